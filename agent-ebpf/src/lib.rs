@@ -1,0 +1,264 @@
+//! Types shared by the kernel programs and the agent.
+//!
+//! Everything here is `#[repr(C)]` and `Copy` with explicit padding, because the same
+//! bytes are written by eBPF code and read back by userspace through map syscalls:
+//! the two sides must agree on every offset. The `user` feature adds `aya::Pod`.
+#![no_std]
+
+// The kernel bin uses aya-ebpf; the lib does not.
+#[cfg(target_arch = "bpf")]
+use aya_ebpf as _;
+
+/// `AF_INET`, as stored in [`LinkKey::family`].
+pub const AF_INET: u32 = 2;
+/// `AF_INET6`, as stored in [`LinkKey::family`].
+pub const AF_INET6: u32 = 10;
+
+/// Number of log2 RTT buckets. Bucket 0 holds 0 µs, bucket `b` holds
+/// `[2^(b-1), 2^b)` µs; the last bucket also holds everything above (≥ 4.2 s).
+pub const RTT_BUCKETS: usize = 24;
+
+/// Upper bound on distinct links tracked by the kernel (LRU: the least recently
+/// touched link is evicted first, so a scan of many peers cannot wedge the map).
+pub const DEFAULT_MAX_LINKS: u32 = 16_384;
+
+/// One link: this host's address talking to one remote address.
+///
+/// Addresses are in network byte order. IPv4 uses the first 4 bytes and leaves the
+/// other 12 zero; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is stored as IPv4,
+/// so a v4 peer reached from a v6 socket is the same link as from a v4 socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LinkKey {
+    /// [`AF_INET`] or [`AF_INET6`]. A u32 (not u16) so the struct has no hidden padding.
+    pub family: u32,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+}
+
+/// Per-CPU counters for one link, as the kernel accumulates them.
+///
+/// All counters only grow (until the LRU evicts the link); userspace sums the CPUs
+/// and takes differences between ticks. Every field is 8 bytes so the layout has no
+/// implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Segments received from the peer on established sockets (ACKs and data):
+    /// grows while the peer is reachable, stops dead in a blackhole.
+    pub progress_segs: u64,
+    /// Retransmitted segments on established sockets (fast retransmit, tail-loss
+    /// probe, and the re-sends that follow an RTO).
+    pub retrans_segs: u64,
+    /// Retransmission timer expirations (RTO) on established sockets. Needs sock_ops.
+    pub rto_timeouts: u64,
+    /// SYNs retransmitted (connect retries).
+    pub syn_retrans: u64,
+    /// Connects that gave up: SYN_SENT → CLOSE.
+    pub failed_connects: u64,
+    /// Resets received from the peer.
+    pub resets_rx: u64,
+    /// Log2 histogram of the smoothed RTT in µs, one sample per segment received.
+    pub rtt_hist: [u64; RTT_BUCKETS],
+    /// Latest smoothed RTT in µs, as of `last_progress_ns`.
+    pub srtt_us: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last segment received, 0 if none.
+    pub last_progress_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last retransmission, RTO, failed connect or reset.
+    pub last_loss_ns: u64,
+}
+
+impl LinkStats {
+    pub const ZERO: Self = Self {
+        progress_segs: 0,
+        retrans_segs: 0,
+        rto_timeouts: 0,
+        syn_retrans: 0,
+        failed_connects: 0,
+        resets_rx: 0,
+        rtt_hist: [0; RTT_BUCKETS],
+        srtt_us: 0,
+        last_progress_ns: 0,
+        last_loss_ns: 0,
+    };
+}
+
+/// Kinds of [`UrgentEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UrgentKind {
+    /// The retransmission timer fired on an established socket.
+    Rto = 1,
+    /// A SYN was retransmitted: a connect is not being answered.
+    SynRetrans = 2,
+    /// A reset was received.
+    Reset = 3,
+    /// The first retransmission on a link that had no loss for a while.
+    FirstLoss = 4,
+    /// A connect gave up (SYN_SENT → CLOSE).
+    FailedConnect = 5,
+}
+
+impl UrgentKind {
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Rto,
+            2 => Self::SynRetrans,
+            3 => Self::Reset,
+            4 => Self::FirstLoss,
+            5 => Self::FailedConnect,
+            _ => return None,
+        })
+    }
+}
+
+/// A rare event worth waking userspace for, sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UrgentEvent {
+    pub link: LinkKey,
+    /// An [`UrgentKind`] as u32.
+    pub kind: u32,
+    /// `bpf_ktime_get_ns()` when it happened.
+    pub at_ns: u64,
+}
+
+/// In-kernel rate limit for urgent events: at most this many per CPU per window.
+pub const URGENT_PER_WINDOW: u64 = 64;
+/// Rate limit window, in ns (10 ms).
+pub const URGENT_WINDOW_NS: u64 = 10_000_000;
+/// A loss is "first" when the link had none for this long (1 s).
+pub const FIRST_LOSS_QUIET_NS: u64 = 1_000_000_000;
+
+/// Per-CPU state of the urgent-event rate limit; `dropped` is read by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UrgentBudget {
+    pub window_start_ns: u64,
+    pub sent_in_window: u64,
+    /// Events suppressed by the rate limit since load.
+    pub dropped: u64,
+    /// Events the ring buffer had no room for since load.
+    pub ring_full: u64,
+}
+
+/// Where the address fields of one tracepoint record sit. Read from tracefs
+/// `format` files at start-up, because record layouts change between kernels.
+/// Offsets are in bytes from the start of the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrLayout {
+    pub family: u16,
+    pub saddr4: u16,
+    pub daddr4: u16,
+    pub saddr6: u16,
+    pub daddr6: u16,
+    /// Explicit padding to an even 6 × u16.
+    pub _pad: u16,
+}
+
+impl AddrLayout {
+    pub const ZERO: Self = Self {
+        family: 0,
+        saddr4: 0,
+        daddr4: 0,
+        saddr6: 0,
+        daddr6: 0,
+        _pad: 0,
+    };
+}
+
+/// `tcp:tcp_retransmit_skb`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetransmitLayout {
+    pub addr: AddrLayout,
+    /// `int state`: the socket's TCP state.
+    pub state: u16,
+    pub _pad: u16,
+}
+
+/// `tcp:tcp_receive_reset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetLayout {
+    pub addr: AddrLayout,
+}
+
+/// `sock:inet_sock_set_state`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateChangeLayout {
+    pub addr: AddrLayout,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub protocol: u16,
+    pub _pad: u16,
+}
+
+/// `tcp:tcp_probe`. Its addresses are whole `sockaddr_in`/`sockaddr_in6`, so the
+/// userspace side points `saddr4`/`saddr6` at `sin_addr`/`sin6_addr` inside them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeLayout {
+    pub addr: AddrLayout,
+    /// `__u32 srtt`, already in µs.
+    pub srtt: u16,
+    pub _pad: u16,
+}
+
+/// TCP states, as in `include/net/tcp_states.h`.
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_CLOSE: i32 = 7;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// The log2 bucket of an RTT in µs (see [`RTT_BUCKETS`]).
+#[inline(always)]
+pub fn rtt_bucket(us: u64) -> usize {
+    let b = (64 - us.leading_zeros()) as usize;
+    if b >= RTT_BUCKETS { RTT_BUCKETS - 1 } else { b }
+}
+
+/// Upper edge (exclusive) of a bucket in µs; the last bucket is open-ended.
+pub fn rtt_bucket_upper_us(bucket: usize) -> u64 {
+    1u64 << bucket
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers, and have
+    // explicit padding fields, so every bit pattern is valid and none is uninit.
+    unsafe impl aya::Pod for super::LinkKey {}
+    unsafe impl aya::Pod for super::LinkStats {}
+    unsafe impl aya::Pod for super::UrgentBudget {}
+    unsafe impl aya::Pod for super::RetransmitLayout {}
+    unsafe impl aya::Pod for super::ResetLayout {}
+    unsafe impl aya::Pod for super::StateChangeLayout {}
+    unsafe impl aya::Pod for super::ProbeLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<LinkKey>(), 36);
+        assert_eq!(core::mem::size_of::<LinkStats>(), 8 * (6 + RTT_BUCKETS + 3));
+        assert_eq!(core::mem::size_of::<UrgentEvent>(), 48);
+        assert_eq!(core::mem::size_of::<AddrLayout>(), 12);
+    }
+
+    #[test]
+    fn rtt_buckets_are_log2_and_clamped() {
+        assert_eq!(rtt_bucket(0), 0);
+        assert_eq!(rtt_bucket(1), 1);
+        assert_eq!(rtt_bucket(3), 2);
+        assert_eq!(rtt_bucket(4), 3);
+        assert_eq!(rtt_bucket(1000), 10);
+        assert_eq!(rtt_bucket(u64::MAX), RTT_BUCKETS - 1);
+        assert!(rtt_bucket_upper_us(10) > 1000);
+    }
+}

@@ -1,0 +1,180 @@
+//! The agent's config file (TOML). Unknown keys are errors, and every error names the
+//! file, line and key, so a typo is caught before anything is attached.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::probe::ProbeOptions;
+
+/// Where `faultline run` looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/faultline/faultline.toml";
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or mistyped key; the message has line and column.
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is well-formed but out of range.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub probe: ProbeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// How often the kernel counters are read. 100 ms: an outage becomes visible within
+    /// a tenth of a second even without urgent events, at a cost of ten map walks a second.
+    #[serde(with = "humantime_serde_compat")]
+    pub tick: Duration,
+    /// Links tracked in the kernel before the LRU evicts the least recently active.
+    /// 16384: a busy front-end talks to a few thousand peers; each link costs ~300 bytes per CPU.
+    pub max_links: u32,
+    /// tracefs mount point (mounted there if missing).
+    pub tracefs: PathBuf,
+    /// cgroup v2 directory for the RTO (sock_ops) program. Default: the root of the
+    /// first cgroup2 mount, which sees every socket on the host. Empty string: off.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        let probe = ProbeOptions::default();
+        Self {
+            tick: Duration::from_millis(100),
+            max_links: probe.max_links,
+            tracefs: probe.tracefs,
+            cgroup: probe.cgroup,
+        }
+    }
+}
+
+impl ProbeConfig {
+    pub fn probe_options(&self) -> ProbeOptions {
+        ProbeOptions {
+            tracefs: self.tracefs.clone(),
+            cgroup: self.cgroup.clone().filter(|p| !p.as_os_str().is_empty()),
+            max_links: self.max_links,
+        }
+    }
+}
+
+impl Config {
+    /// Parses `text`; `path` names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Loads `path`. When `path` is None, the default path is used if it exists and
+    /// the built-in defaults otherwise, so a fresh host runs with no file at all.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&path, &text),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason: reason.to_owned(),
+        };
+        if self.probe.tick < Duration::from_millis(10) || self.probe.tick > Duration::from_secs(10)
+        {
+            return Err(invalid("probe.tick", "must be between 10ms and 10s"));
+        }
+        if self.probe.max_links < 16 {
+            return Err(invalid("probe.max_links", "must be at least 16"));
+        }
+        Ok(())
+    }
+}
+
+/// `tick = "100ms"` in TOML.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{e} (e.g. \"100ms\")")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse(Path::new("f.toml"), "").unwrap();
+        assert_eq!(c.probe.tick, Duration::from_millis(100));
+        assert_eq!(c.probe.max_links, 16_384);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse(
+            Path::new("/etc/f.toml"),
+            "[probe]\ntick = \"50ms\"\ntik = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("/etc/f.toml:"), "{err}");
+        assert!(err.contains("line 3") && err.contains("tik"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_refused() {
+        let err = Config::parse(Path::new("f.toml"), "[probe]\ntick = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("100ms"), "{err}");
+        let err = Config::parse(Path::new("f.toml"), "[probe]\ntick = \"1ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("probe.tick"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
+        assert!(Config::load(Some(Path::new("/nonexistent/faultline.toml"))).is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! Faultline agent library: everything the `faultline` binary does, so integration
+//! tests and benchmarks drive the same code the daemon runs.
+pub mod check;
+pub mod config;
+pub mod links_report;
+pub mod probe;
+pub mod run;

@@ -1,0 +1,124 @@
+//! The `faultline` command line. Only argument handling lives here.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use faultline::{check, config::Config, links_report, run};
+
+#[derive(Parser)]
+#[command(
+    name = "faultline",
+    version,
+    about = "Detects which host, rack, cabinet or site stopped carrying TCP traffic"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text (filter with RUST_LOG, default `info`).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        /// Config file; without it /etc/faultline/faultline.toml is used if present,
+        /// the built-in defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check that this host can run the agent; exits non-zero if it cannot.
+    Check,
+    /// Attach, observe for a while, and print what each TCP link experienced.
+    Links {
+        /// How long to observe.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("faultline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run::run(&config, shutdown_signal()))?;
+        }
+        Command::Check => {
+            let reqs = check::run(&check::CheckPaths::default());
+            print!("{}", check::render(&reqs));
+            if !check::passed(&reqs) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Links {
+            duration,
+            json,
+            config,
+        } => {
+            let config = Config::load(config.as_deref())?;
+            eprintln!(
+                "observing TCP links for {}…",
+                humantime::format_duration(duration)
+            );
+            let samples = run::observe_links(&config, duration)?;
+            let rows = links_report::rows(&samples);
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                print!("{}", links_report::render_table(&rows));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

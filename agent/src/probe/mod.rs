@@ -1,0 +1,288 @@
+//! The kernel half, seen from userspace: load the programs, attach them, read the maps.
+//!
+//! Data enters as per-CPU counters in the `LINKS` map (read every tick, turned into
+//! [`LinkSample`] deltas by [`SampleTracker`]) and as urgent events in the `URGENT`
+//! ring buffer (read as soon as they arrive, see [`urgent`]). Each `Probe` owns its own
+//! maps and links, so two agents on one host never share or corrupt state; dropping a
+//! `Probe` detaches everything.
+pub mod layout;
+pub mod sample;
+pub mod urgent;
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapError, PerCpuArray, PerCpuHashMap},
+    programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
+};
+use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, UrgentBudget};
+
+pub use layout::{LayoutError, Layouts};
+pub use sample::{Link, LinkCounters, LinkSample, LinkTotals, RttHistogram, SampleTracker};
+pub use urgent::{UrgentEvents, UrgentRecord};
+
+/// The eBPF object built by build.rs (empty when the build was skipped).
+static KERNEL_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
+
+/// The tracepoints the programs attach to: (program, group, event).
+pub const TRACEPOINTS: [(&str, &str, &str); 4] = [
+    ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_probe", "tcp", "tcp_probe"),
+];
+const SOCK_OPS_PROGRAM: &str = "faultline_sock_ops";
+
+/// Why the probe could not start or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A tracepoint's record layout is missing or unusable.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The binary was built without the kernel programs (`AYA_BUILD_SKIP`).
+    #[error(
+        "this faultline binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+    )]
+    NoKernelObject,
+    /// The kernel refused the object or a map.
+    #[error("load the eBPF object: {source}")]
+    Load {
+        #[source]
+        source: EbpfError,
+    },
+    /// A program is not in the object (build mismatch).
+    #[error("program `{name}` is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    /// Loading or attaching one program failed.
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is missing or has an unexpected type.
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// Mounting tracefs failed.
+    #[error("mount tracefs at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where to find the kernel interfaces.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// tracefs mount point; mounted there if absent.
+    pub tracefs: PathBuf,
+    /// cgroup v2 directory for the sock_ops program; None skips it (no RTO counts).
+    pub cgroup: Option<PathBuf>,
+    /// Upper bound on tracked links (LRU beyond that).
+    pub max_links: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            tracefs: PathBuf::from("/sys/kernel/tracing"),
+            // The root of the cgroup v2 hierarchy sees every socket on the host.
+            cgroup: cgroup2_mount(),
+            max_links: DEFAULT_MAX_LINKS,
+        }
+    }
+}
+
+/// Whether RTO counting (sock_ops) is active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SockOpsStatus {
+    Attached(PathBuf),
+    /// Not attached; the reason. Retransmissions are still counted, RTOs are not.
+    Unavailable(String),
+}
+
+/// The loaded, attached kernel programs and their maps.
+pub struct Probe {
+    ebpf: Ebpf,
+    tracker: SampleTracker,
+    sock_ops: SockOpsStatus,
+}
+
+impl Probe {
+    /// Reads tracepoint layouts, loads and attaches every program.
+    ///
+    /// A layout problem is reported before anything is loaded. sock_ops is optional:
+    /// when it cannot attach, the reason is kept in [`Probe::sock_ops_status`].
+    pub fn attach(options: &ProbeOptions) -> Result<Self, ProbeError> {
+        ensure_tracefs(&options.tracefs)?;
+        let layouts = Layouts::read(&options.tracefs)?;
+        if KERNEL_OBJECT.is_empty() {
+            return Err(ProbeError::NoKernelObject);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("RETRANSMIT_LAYOUT", &layouts.retransmit, true)
+            .override_global("RESET_LAYOUT", &layouts.reset, true)
+            .override_global("STATE_LAYOUT", &layouts.state_change, true)
+            .override_global("PROBE_LAYOUT", &layouts.probe, true)
+            .map_max_entries("LINKS", options.max_links)
+            .load(KERNEL_OBJECT)
+            .map_err(|source| ProbeError::Load { source })?;
+        for (program, group, event) in TRACEPOINTS {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram { name: program })?
+                .try_into()
+                .map_err(|source| ProbeError::Program {
+                    what: format!("program {program} is not a tracepoint"),
+                    source,
+                })?;
+            tp.load().map_err(|source| ProbeError::Program {
+                what: format!("load {group}:{event}"),
+                source,
+            })?;
+            tp.attach(group, event)
+                .map_err(|source| ProbeError::Program {
+                    what: format!("attach {group}:{event}"),
+                    source,
+                })?;
+        }
+        let sock_ops = match &options.cgroup {
+            None => SockOpsStatus::Unavailable("no cgroup v2 hierarchy configured".into()),
+            Some(cgroup) => match attach_sock_ops(&mut ebpf, cgroup) {
+                Ok(()) => SockOpsStatus::Attached(cgroup.clone()),
+                Err(e) => SockOpsStatus::Unavailable(e),
+            },
+        };
+        Ok(Self {
+            ebpf,
+            tracker: SampleTracker::default(),
+            sock_ops,
+        })
+    }
+
+    pub fn sock_ops_status(&self) -> &SockOpsStatus {
+        &self.sock_ops
+    }
+
+    /// Every link's totals since the kernel first saw it, summed over CPUs.
+    pub fn totals(&self) -> Result<HashMap<LinkKey, LinkTotals>, ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: "LINKS",
+            source,
+        };
+        let links: PerCpuHashMap<_, LinkKey, LinkStats> =
+            PerCpuHashMap::try_from(self.ebpf.map("LINKS").ok_or(ProbeError::Map {
+                name: "LINKS",
+                source: MapError::InvalidName {
+                    name: "LINKS".into(),
+                },
+            })?)
+            .map_err(map_err)?;
+        let mut out = HashMap::new();
+        for entry in links.iter() {
+            match entry {
+                Ok((key, per_cpu)) => {
+                    out.insert(key, LinkTotals::sum(per_cpu.iter()));
+                }
+                // The LRU evicted the key between listing and lookup: skip it.
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(source)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// What changed on each link since the previous call (every link on the first).
+    pub fn sample(&mut self) -> Result<Vec<LinkSample>, ProbeError> {
+        let totals = self.totals()?;
+        Ok(self.tracker.update(totals, sample::monotonic_now_ns()))
+    }
+
+    /// Urgent events dropped by the in-kernel rate limit or a full ring, since load.
+    pub fn urgent_dropped(&self) -> Result<u64, ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            name: "URGENT_BUDGET",
+            source,
+        };
+        let budget: PerCpuArray<_, UrgentBudget> =
+            PerCpuArray::try_from(self.ebpf.map("URGENT_BUDGET").ok_or(ProbeError::Map {
+                name: "URGENT_BUDGET",
+                source: MapError::InvalidName {
+                    name: "URGENT_BUDGET".into(),
+                },
+            })?)
+            .map_err(map_err)?;
+        let per_cpu = budget.get(&0, 0).map_err(map_err)?;
+        Ok(per_cpu.iter().map(|b| b.dropped + b.ring_full).sum())
+    }
+
+    /// The urgent-event stream. Can be taken once; later calls return None.
+    pub fn take_urgent_events(&mut self) -> Option<Result<UrgentEvents, ProbeError>> {
+        let map = self.ebpf.take_map("URGENT")?;
+        Some(UrgentEvents::new(map))
+    }
+}
+
+fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), String> {
+    let program: &mut SockOps = ebpf
+        .program_mut(SOCK_OPS_PROGRAM)
+        .ok_or_else(|| format!("program {SOCK_OPS_PROGRAM} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{SOCK_OPS_PROGRAM} is not sock_ops: {e}"))?;
+    program.load().map_err(|e| format!("load sock_ops: {e}"))?;
+    let dir = File::open(cgroup).map_err(|e| format!("open {}: {e}", cgroup.display()))?;
+    program
+        .attach(dir, CgroupAttachMode::AllowMultiple)
+        .map_err(|e| format!("attach sock_ops to {}: {e}", cgroup.display()))?;
+    Ok(())
+}
+
+/// The first cgroup v2 mount point in /proc/self/mounts.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// Mounts tracefs at `path` if nothing is there yet, and says so.
+fn ensure_tracefs(path: &Path) -> Result<(), ProbeError> {
+    if path.join("events").is_dir() {
+        return Ok(());
+    }
+    let err = |source| ProbeError::Mount {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| err(std::io::Error::other(e)))?;
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null as allowed.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    tracing::info!(path = %path.display(), "mounted tracefs (it was not mounted)");
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Typed link samples: what the kernel counted for one link during one tick.
+//!
+//! The kernel keeps ever-growing per-CPU counters. [`SampleTracker`] sums the CPUs and
+//! subtracts the previous tick, so the detector sees deltas, and the kernel never has
+//! to be reset (which would race with the programs).
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use faultline_ebpf::{AF_INET, LinkKey, LinkStats, RTT_BUCKETS, rtt_bucket_upper_us};
+use serde::Serialize;
+
+/// This host's address talking to one remote address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Link {
+    pub local: IpAddr,
+    pub remote: IpAddr,
+}
+
+impl Link {
+    pub fn from_key(key: &LinkKey) -> Self {
+        let addr = |bytes: &[u8; 16]| -> IpAddr {
+            if key.family == AF_INET {
+                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(*bytes))
+            }
+        };
+        Self {
+            local: addr(&key.local),
+            remote: addr(&key.remote),
+        }
+    }
+}
+
+/// The loss and progress counters of a link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LinkCounters {
+    /// Segments received from the peer (the link delivers).
+    pub progress_segs: u64,
+    /// Retransmitted segments on established connections (fast, TLP, after RTO).
+    pub retrans_segs: u64,
+    /// Retransmission timeouts.
+    pub rto_timeouts: u64,
+    /// SYN retransmissions (connect retries).
+    pub syn_retrans: u64,
+    /// Connects that gave up.
+    pub failed_connects: u64,
+    /// Resets received.
+    pub resets_rx: u64,
+}
+
+impl LinkCounters {
+    fn of(stats: &LinkStats) -> Self {
+        Self {
+            progress_segs: stats.progress_segs,
+            retrans_segs: stats.retrans_segs,
+            rto_timeouts: stats.rto_timeouts,
+            syn_retrans: stats.syn_retrans,
+            failed_connects: stats.failed_connects,
+            resets_rx: stats.resets_rx,
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.progress_segs += other.progress_segs;
+        self.retrans_segs += other.retrans_segs;
+        self.rto_timeouts += other.rto_timeouts;
+        self.syn_retrans += other.syn_retrans;
+        self.failed_connects += other.failed_connects;
+        self.resets_rx += other.resets_rx;
+    }
+
+    /// `self - earlier`; a counter that went down means the link was evicted and
+    /// re-created in the kernel, so everything it holds now is new.
+    fn since(&self, earlier: &Self) -> Self {
+        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+        Self {
+            progress_segs: d(self.progress_segs, earlier.progress_segs),
+            retrans_segs: d(self.retrans_segs, earlier.retrans_segs),
+            rto_timeouts: d(self.rto_timeouts, earlier.rto_timeouts),
+            syn_retrans: d(self.syn_retrans, earlier.syn_retrans),
+            failed_connects: d(self.failed_connects, earlier.failed_connects),
+            resets_rx: d(self.resets_rx, earlier.resets_rx),
+        }
+    }
+
+    /// Any kind of loss at all.
+    pub fn losses(&self) -> u64 {
+        self.retrans_segs
+            + self.rto_timeouts
+            + self.syn_retrans
+            + self.failed_connects
+            + self.resets_rx
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Log2 histogram of smoothed RTT samples, in µs (see `faultline_ebpf::rtt_bucket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RttHistogram(pub [u64; RTT_BUCKETS]);
+
+impl Default for RttHistogram {
+    fn default() -> Self {
+        Self([0; RTT_BUCKETS])
+    }
+}
+
+impl RttHistogram {
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The upper edge, in µs, of the bucket holding quantile `q` (0..=1); None if empty.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        // Rank of the sample at quantile q, 1-based, at least 1.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(rtt_bucket_upper_us(bucket));
+            }
+        }
+        None
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += b;
+        }
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        let mut out = *self;
+        let restarted = self
+            .0
+            .iter()
+            .zip(earlier.0.iter())
+            .any(|(now, then)| now < then);
+        if !restarted {
+            for (a, b) in out.0.iter_mut().zip(earlier.0.iter()) {
+                *a -= b;
+            }
+        }
+        out
+    }
+}
+
+/// A link's counters summed over CPUs, since the kernel first saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkTotals {
+    pub counters: LinkCounters,
+    pub rtt: RttHistogram,
+    /// Latest smoothed RTT (from the CPU that saw the most recent segment).
+    pub srtt_us: u64,
+    pub last_progress_ns: u64,
+    pub last_loss_ns: u64,
+}
+
+impl LinkTotals {
+    /// Sums the per-CPU values of one link.
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a LinkStats>) -> Self {
+        let mut total = Self::default();
+        for stats in per_cpu {
+            total.counters.add(&LinkCounters::of(stats));
+            total.rtt.add(&RttHistogram(stats.rtt_hist));
+            if stats.last_progress_ns > total.last_progress_ns {
+                total.last_progress_ns = stats.last_progress_ns;
+                total.srtt_us = stats.srtt_us;
+            }
+            total.last_loss_ns = total.last_loss_ns.max(stats.last_loss_ns);
+        }
+        total
+    }
+}
+
+/// What one link did during one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkSample {
+    pub link: Link,
+    /// Counted during this tick.
+    pub delta: LinkCounters,
+    /// RTT samples recorded during this tick.
+    pub rtt: RttHistogram,
+    /// Counted since the probe attached (or the link was first seen).
+    pub total: LinkCounters,
+    /// Latest smoothed RTT, µs (0 before any segment was received).
+    pub srtt_us: u64,
+    /// Time since the last segment from the peer; None if never.
+    pub since_progress: Option<Duration>,
+    /// Time since the last loss event; None if never.
+    pub since_loss: Option<Duration>,
+}
+
+/// Turns successive kernel snapshots into per-tick deltas.
+#[derive(Debug, Default)]
+pub struct SampleTracker {
+    previous: HashMap<LinkKey, LinkTotals>,
+}
+
+impl SampleTracker {
+    /// Takes the current totals of every link and returns the samples of the links
+    /// that changed since the last call (all of them on the first call).
+    /// `now_ns` is CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+    pub fn update(
+        &mut self,
+        current: HashMap<LinkKey, LinkTotals>,
+        now_ns: u64,
+    ) -> Vec<LinkSample> {
+        let ago = |at: u64| (at != 0).then(|| Duration::from_nanos(now_ns.saturating_sub(at)));
+        let mut samples = Vec::new();
+        for (key, totals) in &current {
+            let (delta, rtt) = match self.previous.get(key) {
+                Some(prev) => (
+                    totals.counters.since(&prev.counters),
+                    totals.rtt.since(&prev.rtt),
+                ),
+                None => (totals.counters, totals.rtt),
+            };
+            if delta.is_zero() && rtt.count() == 0 && self.previous.contains_key(key) {
+                continue;
+            }
+            samples.push(LinkSample {
+                link: Link::from_key(key),
+                delta,
+                rtt,
+                total: totals.counters,
+                srtt_us: totals.srtt_us,
+                since_progress: ago(totals.last_progress_ns),
+                since_loss: ago(totals.last_loss_ns),
+            });
+        }
+        samples.sort_by_key(|s| s.link);
+        self.previous = current;
+        samples
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, comparable with the kernel's `bpf_ktime_get_ns()`.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    #[expect(clippy::cast_sign_loss)]
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    ns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faultline_ebpf::rtt_bucket;
+
+    fn key(remote: u8) -> LinkKey {
+        let mut k = LinkKey {
+            family: AF_INET,
+            ..LinkKey::default()
+        };
+        k.local[..4].copy_from_slice(&[10, 0, 0, 1]);
+        k.remote[..4].copy_from_slice(&[10, 0, 0, remote]);
+        k
+    }
+
+    fn stats(retrans: u64, progress: u64, at: u64) -> LinkStats {
+        let mut s = LinkStats::ZERO;
+        s.retrans_segs = retrans;
+        s.progress_segs = progress;
+        s.last_progress_ns = at;
+        s.srtt_us = at / 1000;
+        s
+    }
+
+    #[test]
+    fn sums_cpus_and_takes_latest_srtt() {
+        let t = LinkTotals::sum(&[stats(2, 10, 5_000), stats(3, 1, 9_000)]);
+        assert_eq!(t.counters.retrans_segs, 5);
+        assert_eq!(t.counters.progress_segs, 11);
+        assert_eq!(t.srtt_us, 9);
+        assert_eq!(t.last_progress_ns, 9_000);
+    }
+
+    #[test]
+    fn deltas_between_ticks_and_quiet_links_are_skipped() {
+        let mut tracker = SampleTracker::default();
+        let snap = |retrans, progress| {
+            HashMap::from([
+                (key(2), LinkTotals::sum(&[stats(retrans, progress, 1)])),
+                (key(3), LinkTotals::sum(&[stats(0, 7, 1)])),
+            ])
+        };
+        let first = tracker.update(snap(1, 5), 10);
+        assert_eq!(first.len(), 2, "first tick reports every link");
+        let second = tracker.update(snap(4, 9), 20);
+        assert_eq!(second.len(), 1, "the unchanged link is quiet");
+        assert_eq!(second[0].link.remote.to_string(), "10.0.0.2");
+        assert_eq!(second[0].delta.retrans_segs, 3);
+        assert_eq!(second[0].delta.progress_segs, 4);
+        assert_eq!(second[0].total.retrans_segs, 4);
+    }
+
+    #[test]
+    fn a_recreated_link_counts_from_zero() {
+        let mut tracker = SampleTracker::default();
+        tracker.update(
+            HashMap::from([(key(2), LinkTotals::sum(&[stats(50, 50, 1)]))]),
+            1,
+        );
+        let after = tracker.update(
+            HashMap::from([(key(2), LinkTotals::sum(&[stats(2, 3, 1)]))]),
+            2,
+        );
+        assert_eq!(after[0].delta.retrans_segs, 2);
+        assert_eq!(after[0].delta.progress_segs, 3);
+    }
+
+    #[test]
+    fn quantiles_come_from_bucket_edges() {
+        let mut h = RttHistogram::default();
+        h.0[rtt_bucket(100)] = 98; // 64..128 µs
+        h.0[rtt_bucket(5000)] = 2; // 4096..8192 µs
+        assert_eq!(h.quantile_us(0.5), Some(128));
+        assert_eq!(h.quantile_us(0.99), Some(8192));
+        assert_eq!(RttHistogram::default().quantile_us(0.5), None);
+    }
+
+    #[test]
+    fn v4_and_v6_keys_become_addresses() {
+        let link = Link::from_key(&key(9));
+        assert_eq!(link.remote.to_string(), "10.0.0.9");
+        let mut v6 = LinkKey {
+            family: faultline_ebpf::AF_INET6,
+            ..LinkKey::default()
+        };
+        v6.remote = "fd00::7".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(Link::from_key(&v6).remote.to_string(), "fd00::7");
+    }
+}
