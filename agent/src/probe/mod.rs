@@ -240,11 +240,20 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), String> {
         .ok_or_else(|| format!("program {SOCK_OPS_PROGRAM} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{SOCK_OPS_PROGRAM} is not sock_ops: {e}"))?;
-    program.load().map_err(|e| format!("load sock_ops: {e}"))?;
-    let dir = File::open(cgroup).map_err(|e| format!("open {}: {e}", cgroup.display()))?;
     program
-        .attach(dir, CgroupAttachMode::AllowMultiple)
-        .map_err(|e| format!("attach sock_ops to {}: {e}", cgroup.display()))?;
+        .load()
+        .map_err(|e| format!("load sock_ops: {}", error_chain(&e)))?;
+    let dir = File::open(cgroup).map_err(|e| format!("open {}: {e}", cgroup.display()))?;
+    // aya attaches through a bpf_link, which the kernel always stacks with other
+    // programs; it refuses any attach flag there (EINVAL), so "Single" is the only mode
+    // that works, and a second agent still attaches beside this one.
+    program.attach(dir, CgroupAttachMode::Single).map_err(|e| {
+        format!(
+            "attach sock_ops to {}: {}",
+            cgroup.display(),
+            error_chain(&e)
+        )
+    })?;
     Ok(())
 }
 
@@ -285,4 +294,16 @@ fn ensure_tracefs(path: &Path) -> Result<(), ProbeError> {
     }
     tracing::info!(path = %path.display(), "mounted tracefs (it was not mounted)");
     Ok(())
+}
+
+/// "outer: inner: innermost", so a syscall's errno is not lost behind aya's wrapper.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }

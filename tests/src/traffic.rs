@@ -1,0 +1,127 @@
+//! Real TCP traffic between namespaces, always bounded in time.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::Netns;
+
+/// A server that accepts connections and discards what they send, until dropped.
+pub struct Sink {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Listens on `addr` inside `ns`; returns once the socket is listening.
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stop_flag = stop.clone();
+        let thread = ns.run(move || {
+            let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut readers = Vec::new();
+            while !stop_flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let stop = stop_flag.clone();
+                        readers.push(std::thread::spawn(move || drain(stream, &stop)));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("accept on {addr}: {e}"),
+                }
+            }
+            for r in readers {
+                let _ = r.join();
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("sink did not start");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn drain(mut stream: TcpStream, stop: &AtomicBool) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends as fast as TCP allows from `ns` to `to` for `duration`; returns bytes written.
+/// Writes time out after 100 ms so a blackholed connection still stops on time.
+pub fn bulk(ns: &Netns, to: SocketAddr, duration: Duration) -> JoinHandle<u64> {
+    paced(ns, to, duration, u64::MAX)
+}
+
+/// Like [`bulk`], but at most `bytes_per_sec`. Two unpaced flows saturate this
+/// machine's two cores, and the router's backlog then drops packets for real.
+pub fn paced(
+    ns: &Netns,
+    to: SocketAddr,
+    duration: Duration,
+    bytes_per_sec: u64,
+) -> JoinHandle<u64> {
+    ns.run(move || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        stream
+            .set_write_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let buf = vec![0x5au8; 64 * 1024];
+        let start = Instant::now();
+        let deadline = start + duration;
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            let allowed = (start.elapsed().as_secs_f64() * bytes_per_sec as f64) as u64;
+            if sent > allowed {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            match stream.write(&buf) {
+                Ok(n) => sent += n as u64,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("write to {to}: {e}"),
+            }
+        }
+        sent
+    })
+}
+
+/// One connect attempt from `ns` with a timeout; Ok if it connected.
+pub fn connect(ns: &Netns, to: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    ns.run(move || TcpStream::connect_timeout(&to, timeout).map(drop))
+        .join()
+        .expect("connect thread panicked")
+}

@@ -1,0 +1,335 @@
+//! The kernel probe on real TCP traffic with real faults injected on the path.
+//!
+//! Each test builds its own lab (three hosts behind a router, all namespaces), attaches
+//! a fresh probe, drives traffic and reads what the kernel counted. Run one at a time
+//! (`--test-threads=1`): the tracepoints are global to the kernel.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use faultline::probe::{
+    Link, LinkCounters, LinkSample, Probe, ProbeOptions, RttHistogram, UrgentRecord,
+};
+use faultline_ebpf::UrgentKind;
+use faultline_integration::{
+    Lab,
+    netns::Host,
+    traffic::{Sink, bulk, connect, paced},
+};
+
+const PORT: u16 = 5001;
+
+fn attach() -> Probe {
+    Probe::attach(&ProbeOptions::default()).unwrap_or_else(|e| panic!("attach probe: {e}"))
+}
+
+fn ip(host: &Host, v6: bool) -> IpAddr {
+    if v6 { host.v6 } else { host.v4 }
+}
+
+/// Sum of the deltas of one link in a batch of samples.
+fn link(samples: &[LinkSample], from: &Host, to: &Host, v6: bool) -> (LinkCounters, RttHistogram) {
+    let want = Link {
+        local: ip(from, v6),
+        remote: ip(to, v6),
+    };
+    samples
+        .iter()
+        .find(|s| s.link == want)
+        .map(|s| (s.delta, s.rtt))
+        .unwrap_or_default()
+}
+
+fn sample(probe: &mut Probe) -> Vec<LinkSample> {
+    probe.sample().unwrap_or_else(|e| panic!("read probe: {e}"))
+}
+
+fn has_event(events: &[UrgentRecord], kind: UrgentKind, from: &Host, to: &Host, v6: bool) -> bool {
+    events
+        .iter()
+        .any(|e| e.kind == kind && e.link.local == ip(from, v6) && e.link.remote == ip(to, v6))
+}
+
+fn loss_is_counted_on_the_lossy_link_only(v6: bool) {
+    let lab = Lab::new();
+    let _sink_b = Sink::start(&lab.b.ns, lab.b.addr(v6, PORT));
+    let _sink_c = Sink::start(&lab.c.ns, lab.c.addr(v6, PORT));
+    let mut probe = attach();
+    sample(&mut probe);
+    lab.drop_to(ip(&lab.b, v6), 5);
+
+    let to_b = paced(
+        &lab.a.ns,
+        lab.b.addr(v6, PORT),
+        Duration::from_secs(3),
+        40 << 20,
+    );
+    let to_c = paced(
+        &lab.a.ns,
+        lab.c.addr(v6, PORT),
+        Duration::from_secs(3),
+        4 << 20,
+    );
+    // Read while the flows still run: once they close, b's FIN may be retransmitted
+    // because the ACK to it was dropped, which is loss towards b, not from it.
+    std::thread::sleep(Duration::from_millis(2800));
+    let samples = sample(&mut probe);
+    let drops = lab.dropped_packets();
+    assert!(
+        to_b.join().unwrap() > 0 && to_c.join().unwrap() > 0,
+        "traffic flowed"
+    );
+
+    let (lossy, _) = link(&samples, &lab.a, &lab.b, v6);
+    let (reverse, _) = link(&samples, &lab.b, &lab.a, v6);
+    let (unrelated, _) = link(&samples, &lab.a, &lab.c, v6);
+    assert!(drops > 0, "the router dropped nothing");
+    // A dropped packet on veth may be a whole GSO burst, re-sent as one or more
+    // retransmissions; every drop needs at least one, within a small factor.
+    assert!(
+        lossy.retrans_segs * 2 >= drops && lossy.retrans_segs <= drops * 10 + 20,
+        "retransmissions {} not consistent with {drops} drops: {lossy:?}",
+        lossy.retrans_segs
+    );
+    assert!(
+        lossy.progress_segs > 0,
+        "the lossy link still delivers: {lossy:?}"
+    );
+    assert_eq!(
+        reverse.retrans_segs + reverse.rto_timeouts,
+        0,
+        "reverse link: {reverse:?}"
+    );
+    assert!(
+        unrelated.progress_segs > 0,
+        "unrelated link carried traffic: {unrelated:?}"
+    );
+    assert_eq!(
+        unrelated.retrans_segs + unrelated.rto_timeouts,
+        0,
+        "unrelated link: {unrelated:?}"
+    );
+}
+
+fn blackhole_counts_rtos_and_progress_stops(v6: bool) {
+    let lab = Lab::new();
+    let _sink = Sink::start(&lab.b.ns, lab.b.addr(v6, PORT));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut probe = attach();
+    let mut urgent = probe.take_urgent_events().unwrap().unwrap();
+
+    let flow = bulk(&lab.a.ns, lab.b.addr(v6, PORT), Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1));
+    let (healthy, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
+    assert!(
+        healthy.progress_segs > 0,
+        "healthy link progresses: {healthy:?}"
+    );
+    urgent.drain();
+
+    lab.drop_to(ip(&lab.b, v6), 100);
+    std::thread::sleep(Duration::from_millis(500));
+    let (onset, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (dark, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
+    flow.join().unwrap();
+
+    assert_eq!(
+        dark.progress_segs, 0,
+        "no progress in a blackhole: {dark:?}"
+    );
+    assert!(
+        onset.rto_timeouts + dark.rto_timeouts >= 2,
+        "RTOs fire repeatedly: onset {onset:?}, then {dark:?}"
+    );
+    assert!(dark.retrans_segs >= 1, "the RTOs retransmit: {dark:?}");
+    let events = urgent.drain();
+    assert!(
+        has_event(&events, UrgentKind::Rto, &lab.a, &lab.b, v6),
+        "an urgent RTO event arrived: {events:?}"
+    );
+}
+
+fn connect_to_blackhole_retries_syn_then_fails(v6: bool) {
+    let lab = Lab::new();
+    let _sink = Sink::start(&lab.b.ns, lab.b.addr(v6, PORT));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut probe = attach();
+    let mut urgent = probe.take_urgent_events().unwrap().unwrap();
+    lab.drop_to(ip(&lab.b, v6), 100);
+
+    // The first SYN retry fires after the initial 1 s RTO; give up after 2.5 s.
+    let result = connect(&lab.a.ns, lab.b.addr(v6, PORT), Duration::from_millis(2500));
+    assert!(result.is_err(), "connect into a blackhole must fail");
+    let (c, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
+    assert!(c.syn_retrans >= 1, "SYN retransmitted: {c:?}");
+    assert_eq!(c.failed_connects, 1, "one failed connect: {c:?}");
+    assert_eq!(c.progress_segs, 0, "{c:?}");
+    let events = urgent.drain();
+    assert!(
+        has_event(&events, UrgentKind::SynRetrans, &lab.a, &lab.b, v6),
+        "{events:?}"
+    );
+    assert!(
+        has_event(&events, UrgentKind::FailedConnect, &lab.a, &lab.b, v6),
+        "{events:?}"
+    );
+}
+
+fn closed_port_gives_a_reset(v6: bool) {
+    let lab = Lab::new();
+    let mut probe = attach();
+    let result = connect(&lab.a.ns, lab.b.addr(v6, 5999), Duration::from_secs(2));
+    let err = result.expect_err("nothing listens on 5999");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    let (c, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
+    assert_eq!(c.resets_rx, 1, "{c:?}");
+    assert_eq!(c.syn_retrans, 0, "{c:?}");
+}
+
+#[test]
+fn loss_is_counted_on_the_lossy_link_only_v4() {
+    loss_is_counted_on_the_lossy_link_only(false);
+}
+
+#[test]
+fn loss_is_counted_on_the_lossy_link_only_v6() {
+    loss_is_counted_on_the_lossy_link_only(true);
+}
+
+#[test]
+fn blackhole_counts_rtos_and_progress_stops_v4() {
+    blackhole_counts_rtos_and_progress_stops(false);
+}
+
+#[test]
+fn blackhole_counts_rtos_and_progress_stops_v6() {
+    blackhole_counts_rtos_and_progress_stops(true);
+}
+
+#[test]
+fn connect_to_blackhole_retries_syn_then_fails_v4() {
+    connect_to_blackhole_retries_syn_then_fails(false);
+}
+
+#[test]
+fn connect_to_blackhole_retries_syn_then_fails_v6() {
+    connect_to_blackhole_retries_syn_then_fails(true);
+}
+
+#[test]
+fn closed_port_gives_a_reset_v4() {
+    closed_port_gives_a_reset(false);
+}
+
+#[test]
+fn closed_port_gives_a_reset_v6() {
+    closed_port_gives_a_reset(true);
+}
+
+#[test]
+fn queueing_delay_moves_the_rtt_histogram_up() {
+    let lab = Lab::new();
+    let _sink = Sink::start(&lab.b.ns, lab.b.addr(false, PORT));
+    let mut probe = attach();
+    sample(&mut probe);
+    bulk(&lab.a.ns, lab.b.addr(false, PORT), Duration::from_secs(2))
+        .join()
+        .unwrap();
+    let (_, fast) = link(&sample(&mut probe), &lab.a, &lab.b, false);
+
+    lab.shape_to("b", "20mbit");
+    bulk(&lab.a.ns, lab.b.addr(false, PORT), Duration::from_secs(3))
+        .join()
+        .unwrap();
+    let (_, slow) = link(&sample(&mut probe), &lab.a, &lab.b, false);
+
+    let fast_p50 = fast.quantile_us(0.5).expect("RTT samples without shaping");
+    let slow_p50 = slow.quantile_us(0.5).expect("RTT samples with shaping");
+    assert!(
+        slow_p50 >= 4 * fast_p50 && slow_p50 >= 1024,
+        "queueing delay must raise the RTT: p50 {fast_p50} µs unshaped, {slow_p50} µs shaped"
+    );
+}
+
+#[test]
+fn a_second_probe_does_not_disturb_the_first() {
+    let lab = Lab::new();
+    let _sink = Sink::start(&lab.b.ns, lab.b.addr(false, PORT));
+    let mut first = attach();
+    sample(&mut first);
+    let mut second = attach();
+    bulk(&lab.a.ns, lab.b.addr(false, PORT), Duration::from_secs(1))
+        .join()
+        .unwrap();
+    let (seen_by_first, _) = link(&sample(&mut first), &lab.a, &lab.b, false);
+    let (seen_by_second, _) = link(&sample(&mut second), &lab.a, &lab.b, false);
+    assert!(seen_by_first.progress_segs > 0 && seen_by_second.progress_segs > 0);
+    // Both saw the same segments, each in its own maps.
+    let diff = seen_by_first
+        .progress_segs
+        .abs_diff(seen_by_second.progress_segs);
+    assert!(
+        diff * 100 <= seen_by_first.progress_segs,
+        "{seen_by_first:?} vs {seen_by_second:?}"
+    );
+
+    drop(second);
+    bulk(&lab.a.ns, lab.b.addr(false, PORT), Duration::from_secs(1))
+        .join()
+        .unwrap();
+    let (after, _) = link(&sample(&mut first), &lab.a, &lab.b, false);
+    assert!(
+        after.progress_segs > 0,
+        "the first probe keeps counting after the second detached"
+    );
+}
+
+/// A copy of this kernel's format files with one field renamed.
+fn fake_tracefs(dir: &Path, event: &str, from: &str, to: &str) {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures");
+    for (group, name) in [
+        ("tcp", "tcp_retransmit_skb"),
+        ("tcp", "tcp_receive_reset"),
+        ("sock", "inet_sock_set_state"),
+        ("tcp", "tcp_probe"),
+    ] {
+        let target = dir.join("events").join(group).join(name);
+        std::fs::create_dir_all(&target).unwrap();
+        let mut text = std::fs::read_to_string(fixtures.join(format!("{name}.format"))).unwrap();
+        if name == event {
+            text = text.replace(from, to);
+        }
+        std::fs::write(target.join("format"), text).unwrap();
+    }
+}
+
+#[test]
+fn a_malformed_tracepoint_format_refuses_to_start_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("faultline-tracefs-{}", std::process::id()));
+    fake_tracefs(&dir, "tcp_probe", "srtt;", "smoothed_rtt;");
+    let options = ProbeOptions {
+        tracefs: dir.clone(),
+        ..ProbeOptions::default()
+    };
+    let result = Probe::attach(&options);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let Err(err) = result else {
+        panic!("a format without `srtt` must be refused")
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("tcp_probe/format") && msg.contains("`srtt`"),
+        "{msg}"
+    );
+}
