@@ -5,3 +5,4 @@ pub mod config;
 pub mod links_report;
 pub mod probe;
 pub mod run;
+pub mod topology;
