@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     match execute(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("faultline: {e:#}");
+            eprintln!("faultline: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -92,6 +92,20 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message
+/// already includes (our errors embed their source so `to_string()` stands alone).
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,1 +1,131 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. Each one sets up what a fresh machine
+//! lacks before doing anything else, so `cargo xtask run` and `cargo xtask test`
+//! work on a machine that has only Rust (stable + nightly via rustup), gcc and python3.
+mod bench;
+mod build;
+mod run;
+mod setup;
+mod test;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark Faultline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker,
+    /// tracefs). Idempotent: a second run only checks.
+    Setup,
+    /// Set up, then build the agent (`faultline`, with its eBPF programs embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build in release and run `faultline run ARGS...` (as root).
+    Run {
+        /// Arguments for `faultline run`, after `--` (e.g. `-- --config f.toml`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up and run every test of the workspace, one at a time (as root).
+    Test {
+        /// Arguments for the test binaries, after `--` (e.g. `-- --nocapture`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Measure throughput with and without the agent, and the kernel cost per program.
+    Bench(bench::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Cmd::Build { release } => build::run(release).map(|()| ExitCode::SUCCESS),
+        Cmd::Run { args } => run::run(&args),
+        Cmd::Test { args } => test::run(&args),
+        Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("xtask: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The workspace root (the parent of xtask/).
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ lives inside the workspace")
+}
+
+/// `target/` (or `$CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The cargo that runs us (so nested builds use the same toolchain), in the workspace root.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// `prog arg arg…`, for messages.
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd` with inherited stdio; fails unless it exits 0.
+fn run_status(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("start `{}`", describe(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout; fails with its stderr unless it exits 0.
+fn run_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("start `{}`", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", describe(cmd)))
+}

@@ -1,0 +1,228 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, and only that.
+//!
+//! Everything is checked first (one dpkg-query, one rustup call, `bpf-linker --version`,
+//! a stat of tracefs: well under a second), so every other subcommand calls
+//! [`ensure`] before it starts and a machine that has it all pays almost nothing.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cargo, describe, is_root, run_output, run_status};
+
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and bench drive.
+const APT_PACKAGES: [&str; 10] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "nftables",
+    "iproute2",
+    "iperf3",
+    "protobuf-compiler",
+    "python3-venv",
+];
+/// bpf-linker must be built against this LLVM's `llvm-config`, first on PATH.
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const BPF_LINKER_SERIES: &str = "0.13.";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// `cargo xtask setup`: one line per prerequisite.
+pub(crate) fn run() -> Result<()> {
+    prepare(true)
+}
+
+/// Installs whatever is missing, printing only what it installs. Fast when nothing is.
+pub(crate) fn ensure() -> Result<()> {
+    prepare(false)
+}
+
+fn prepare(verbose: bool) -> Result<()> {
+    let packages = apt_status()?;
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, version)| version.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    let tracefs_ok = Path::new(TRACEFS).join("events").is_dir();
+    if !is_root() && (!missing.is_empty() || !tracefs_ok) {
+        let mut lacks = Vec::new();
+        if !missing.is_empty() {
+            lacks.push(format!("Debian packages {}", missing.join(" ")));
+        }
+        if !tracefs_ok {
+            lacks.push(format!("tracefs mounted at {TRACEFS}"));
+        }
+        bail!(
+            "this machine lacks {}, and installing it needs root: run `cargo xtask setup` as root",
+            lacks.join(" and ")
+        );
+    }
+    apt(&packages, &missing, verbose)?;
+    rust_src(verbose)?;
+    bpf_linker(verbose)?;
+    tracefs(tracefs_ok, verbose)
+}
+
+/// Each package with its installed version, None when not (fully) installed.
+fn apt_status() -> Result<Vec<(&'static str, Option<String>)>> {
+    // Exits 1 when a package is unknown to dpkg, but still prints the others.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package}\t${Status}\t${Version}\n"])
+        .args(APT_PACKAGES)
+        .output()
+        .context("run dpkg-query (setup supports Debian 12 and its derivatives)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(APT_PACKAGES
+        .iter()
+        .map(|&name| {
+            let version = stdout.lines().find_map(|line| {
+                let mut f = line.split('\t');
+                let (pkg, status, version) = (f.next()?, f.next()?, f.next()?);
+                (pkg == name && status == "install ok installed").then(|| version.to_owned())
+            });
+            (name, version)
+        })
+        .collect())
+}
+
+fn apt(packages: &[(&str, Option<String>)], missing: &[&str], verbose: bool) -> Result<()> {
+    if verbose {
+        for (name, version) in packages {
+            if let Some(v) = version {
+                println!("ok: {name} {v}");
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("installing: {} (apt-get)", missing.join(" "));
+    run_status(Command::new("apt-get").arg("update"))?;
+    run_status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(missing),
+    )?;
+    let still: Vec<_> = apt_status()?
+        .into_iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(name, _)| name)
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "apt-get install succeeded but {} still not installed",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `rust-src` for nightly (`-Z build-std=core` for the eBPF target).
+fn rust_src(verbose: bool) -> Result<()> {
+    let mut installed = nightly_components()?;
+    if installed.is_none() {
+        println!("installing: Rust nightly toolchain (rustup, minimal profile)");
+        run_status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        installed = nightly_components()?;
+    }
+    let has_src = |list: &Option<String>| {
+        list.as_deref()
+            .is_some_and(|l| l.lines().any(|c| c.starts_with("rust-src")))
+    };
+    if !has_src(&installed) {
+        println!("installing: rust-src for nightly (rustup)");
+        run_status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+        if !has_src(&nightly_components()?) {
+            bail!("rustup added rust-src but it is still not listed for nightly");
+        }
+    }
+    if verbose {
+        let version =
+            run_output(Command::new("rustc").arg("+nightly").arg("--version")).unwrap_or_default();
+        println!("ok: rust-src for nightly ({})", version.trim());
+    }
+    Ok(())
+}
+
+/// Installed components of the nightly toolchain; None when nightly is not installed.
+fn nightly_components() -> Result<Option<String>> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("run rustup (install Rust with rustup: https://rustup.rs)")?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn bpf_linker(verbose: bool) -> Result<()> {
+    let found = bpf_linker_version();
+    if let Some(v) = found
+        .as_deref()
+        .filter(|v| v.starts_with(BPF_LINKER_SERIES))
+    {
+        if verbose {
+            println!("ok: bpf-linker {v}");
+        }
+        return Ok(());
+    }
+    let was = found.map_or_else(|| "not found".to_owned(), |v| format!("found {v}"));
+    println!("installing: bpf-linker 0.13 against LLVM 22 ({was}; cargo install, about a minute)");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![LLVM_BIN.into()];
+    dirs.extend(std::env::split_paths(&path));
+    let mut cmd = cargo();
+    cmd.env("PATH", std::env::join_paths(dirs)?).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        "^0.13",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]);
+    run_status(&mut cmd)?;
+    match bpf_linker_version() {
+        Some(v) if v.starts_with(BPF_LINKER_SERIES) => Ok(()),
+        other => bail!(
+            "`{}` succeeded but `bpf-linker --version` gives {}; is $CARGO_HOME/bin (~/.cargo/bin) on PATH?",
+            describe(&cmd),
+            other.as_deref().unwrap_or("nothing")
+        ),
+    }
+}
+
+/// "bpf-linker 0.13.0" → "0.13.0"; None when it is not on PATH or does not run.
+fn bpf_linker_version() -> Option<String> {
+    let out = Command::new("bpf-linker").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1)?;
+    out.status.success().then(|| version.to_owned())
+}
+
+fn tracefs(mounted: bool, verbose: bool) -> Result<()> {
+    if mounted {
+        if verbose {
+            println!("ok: tracefs at {TRACEFS}");
+        }
+        return Ok(());
+    }
+    println!("mounting: tracefs at {TRACEFS} (it was not mounted)");
+    std::fs::create_dir_all(TRACEFS).with_context(|| format!("create {TRACEFS}"))?;
+    run_status(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
+}
