@@ -2,6 +2,7 @@
 //! tests and benchmarks drive the same code the daemon runs.
 pub mod check;
 pub mod config;
+pub mod detector;
 pub mod links_report;
 pub mod probe;
 pub mod run;

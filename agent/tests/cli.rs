@@ -12,7 +12,11 @@ fn faultline() -> Command {
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "privileged test: run as root (`cargo xtask test` does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (`cargo xtask test` does)"
+    );
 }
 
 #[test]
@@ -21,7 +25,13 @@ fn check_passes_on_this_host_and_lists_every_requirement() {
     let out = faultline().arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for needle in ["privileges", "kernel version", "tracefs", "tcp:tcp_probe", "cgroup v2"] {
+    for needle in [
+        "privileges",
+        "kernel version",
+        "tracefs",
+        "tcp:tcp_probe",
+        "cgroup v2",
+    ] {
         assert!(text.contains(needle), "missing {needle}: {text}");
     }
 }
@@ -62,7 +72,14 @@ fn links_reports_loopback_traffic_as_json() {
         .find(|v| v["link"]["remote"] == ip.as_str() && v["progress_segs"].as_u64() > Some(0))
         .unwrap_or_else(|| panic!("no loopback row with progress in: {text}"));
     // Loss on loopback is possible on a busy machine; the fields must be there.
-    for field in ["retrans_segs", "rto_timeouts", "syn_retrans", "failed_connects", "resets_rx", "srtt_us"] {
+    for field in [
+        "retrans_segs",
+        "rto_timeouts",
+        "syn_retrans",
+        "failed_connects",
+        "resets_rx",
+        "srtt_us",
+    ] {
         assert!(row[field].is_u64(), "{field} missing: {row}");
     }
     assert!(row["rtt_p50_us"].as_u64().is_some(), "{row}");
@@ -74,10 +91,17 @@ fn a_malformed_config_is_refused_before_anything_is_attached() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
     std::fs::write(&path, "[probe]\ntick = \"100ms\"\nmax_linkz = 5\n").unwrap();
-    let out = faultline().args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = faultline()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("bad.toml") && err.contains("line 3") && err.contains("max_linkz"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("line 3") && err.contains("max_linkz"),
+        "{err}"
+    );
     assert!(!err.contains("probe attached"), "{err}");
 }

@@ -1,0 +1,123 @@
+//! Detector thresholds. Every default is explained where it is set, and all of them can
+//! be overridden in the `[detector]` section of the agent's config file.
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// A link with no evidence at all for this long is UNKNOWN. 30 s: longer than the
+    /// gaps between RTOs of a backed-off connection (0.2, 0.4, … 12.8 s), so a
+    /// blackholed link stays FAILED while its connections keep trying.
+    #[serde(with = "crate::config::duration")]
+    pub stale_after: Duration,
+    /// Retransmitting with no progress for this long is FAILED even without an RTO or
+    /// SYN retry (hosts where sock_ops is unavailable). 1 s: five minimum RTOs.
+    #[serde(with = "crate::config::duration")]
+    pub stall_timeout: Duration,
+    /// A FAILED condition must hold this long before it is announced, so one late ACK
+    /// or one observer's hiccup is not an outage. 100 ms: one default tick.
+    #[serde(with = "crate::config::duration")]
+    pub confirm: Duration,
+    /// Leaving FAILED needs this long of sustained health. 5 s: long enough that a
+    /// router does not fail back into a still-shaky rack, short enough to restore
+    /// capacity quickly.
+    #[serde(with = "crate::config::duration")]
+    pub recovery_hold: Duration,
+    /// Each re-entry into FAILED within this window doubles the hold (flap damping).
+    #[serde(with = "crate::config::duration")]
+    pub flap_window: Duration,
+    /// Upper bound of the damped hold. 80 s: 16 × the default hold.
+    #[serde(with = "crate::config::duration")]
+    pub max_recovery_hold: Duration,
+    /// DEGRADED when retransmissions exceed this share of segments received, over
+    /// `loss_window`. 5 %: well above the ~1 % background loss TCP absorbs unnoticed.
+    pub degraded_loss_ratio: f64,
+    /// … and at least this many retransmissions in the window, so two lost packets on
+    /// an idle link are not a gray failure.
+    pub degraded_min_retrans: f64,
+    /// Time constant of the loss window. 2 s.
+    #[serde(with = "crate::config::duration")]
+    pub loss_window: Duration,
+    /// DEGRADED when the recent RTT exceeds the link's own baseline by this factor …
+    pub rtt_factor: f64,
+    /// … and by at least this much, so a 20 µs → 100 µs jump on a LAN is not news. 5 ms.
+    #[serde(with = "crate::config::duration")]
+    pub rtt_min_increase: Duration,
+    /// Time constant of the slow RTT baseline. 60 s.
+    #[serde(with = "crate::config::duration")]
+    pub rtt_baseline_window: Duration,
+    /// Time constant of the recent RTT. 1 s.
+    #[serde(with = "crate::config::duration")]
+    pub rtt_recent_window: Duration,
+    /// A rack, cabinet or site fails only when at least this many of its observed
+    /// children failed. 2: one bad host never fails its rack.
+    pub min_failed_children: u32,
+    /// … and at least this share of its observed children. 0.5: a majority of healthy
+    /// children always vetoes.
+    pub min_failed_fraction: f64,
+    /// Local fault: at least this many failed hosts, in at least two racks, …
+    pub local_fault_min_hosts: u32,
+    /// … while at most this share of the observer's peers still progress. 0.2.
+    pub local_fault_max_healthy_fraction: f64,
+    /// Most peers (links, hosts) listed as evidence in one verdict. 16.
+    pub max_evidence: usize,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(1),
+            confirm: Duration::from_millis(100),
+            recovery_hold: Duration::from_secs(5),
+            flap_window: Duration::from_secs(60),
+            max_recovery_hold: Duration::from_secs(80),
+            degraded_loss_ratio: 0.05,
+            degraded_min_retrans: 5.0,
+            loss_window: Duration::from_secs(2),
+            rtt_factor: 4.0,
+            rtt_min_increase: Duration::from_millis(5),
+            rtt_baseline_window: Duration::from_secs(60),
+            rtt_recent_window: Duration::from_secs(1),
+            min_failed_children: 2,
+            min_failed_fraction: 0.5,
+            local_fault_min_hosts: 3,
+            local_fault_max_healthy_fraction: 0.2,
+            max_evidence: 16,
+        }
+    }
+}
+
+impl DetectorConfig {
+    /// The first value that makes no sense, as (key, reason).
+    pub fn invalid(&self) -> Option<(&'static str, &'static str)> {
+        let fraction = |f: f64| (0.0..=1.0).contains(&f);
+        if !fraction(self.min_failed_fraction) {
+            return Some(("detector.min_failed_fraction", "must be between 0 and 1"));
+        }
+        if !fraction(self.local_fault_max_healthy_fraction) {
+            return Some((
+                "detector.local_fault_max_healthy_fraction",
+                "must be between 0 and 1",
+            ));
+        }
+        if !(self.degraded_loss_ratio > 0.0 && self.degraded_loss_ratio <= 1.0) {
+            return Some(("detector.degraded_loss_ratio", "must be in (0, 1]"));
+        }
+        if self.rtt_factor < 1.0 {
+            return Some(("detector.rtt_factor", "must be at least 1"));
+        }
+        if self.min_failed_children < 1 {
+            return Some(("detector.min_failed_children", "must be at least 1"));
+        }
+        if self.max_recovery_hold < self.recovery_hold {
+            return Some((
+                "detector.max_recovery_hold",
+                "must be at least recovery_hold",
+            ));
+        }
+        None
+    }
+}

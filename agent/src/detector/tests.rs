@@ -1,0 +1,637 @@
+//! The detector under simulated time: a scripted data center whose links are healthy,
+//! lossy or blackholed, ticked every 100 ms.
+use std::{collections::HashMap, net::IpAddr, path::Path, sync::Arc, time::Duration};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::probe::LinkCounters;
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// Two sites × 2 cabinets × 2 racks × 4 hosts; host h of rack r of cabinet c of site s
+/// is 10.s.(10c+r).h and fd00:s:c:r::h; racks have both prefixes.
+fn topology_text() -> String {
+    let mut t = String::new();
+    for s in 1..=2 {
+        t += &format!("[[site]]\nname = \"dc-{s}\"\n");
+        for c in 1..=2 {
+            t += &format!("[[cabinet]]\nname = \"c{c}\"\nsite = \"dc-{s}\"\n");
+            for r in 1..=2 {
+                t += &format!(
+                    "[[rack]]\nname = \"r{r}\"\ncabinet = \"dc-{s}/c{c}\"\nprefixes = [\"10.{s}.{}.0/24\", \"fd00:{s}:{c}:{r}::/64\"]\n",
+                    10 * c + r
+                );
+                for h in 1..=4 {
+                    t += &format!(
+                        "[[host]]\nname = \"h{h}\"\nrack = \"dc-{s}/c{c}/r{r}\"\naddresses = [\"10.{s}.{}.{h}\", \"fd00:{s}:{c}:{r}::{h}\"]\n",
+                        10 * c + r
+                    );
+                }
+            }
+        }
+    }
+    t
+}
+
+fn v4(s: u8, c: u8, r: u8, h: u8) -> IpAddr {
+    format!("10.{s}.{}.{h}", 10 * c + r).parse().unwrap()
+}
+
+fn v6(s: u8, c: u8, r: u8, h: u8) -> IpAddr {
+    format!("fd00:{s}:{c}:{r}::{h}").parse().unwrap()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// Nothing gets through from `at` on; RTOs back off from 200 ms (+ jitter).
+    Blackhole { at: Duration, jitter: Duration },
+    /// Random loss, percent.
+    Loss(f64),
+    /// RTT raised to this many µs.
+    Slow(u64),
+    /// The link carries no traffic.
+    Idle,
+}
+
+/// Small deterministic RNG (xorshift64*), so tests need no seed plumbing.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    #[expect(clippy::cast_precision_loss)]
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
+    }
+}
+
+struct Sim {
+    det: Detector,
+    now: Duration,
+    rng: Rng,
+    /// (observer name, local address, peers) per observer.
+    observers: Vec<(Arc<str>, IpAddr, Vec<IpAddr>)>,
+    faults: HashMap<(usize, IpAddr), Fault>,
+    log: Vec<(Duration, Verdict)>,
+}
+
+impl Sim {
+    fn new(observers: &[(&str, IpAddr, Vec<IpAddr>)]) -> Self {
+        Self::with_config(observers, DetectorConfig::default())
+    }
+
+    fn with_config(observers: &[(&str, IpAddr, Vec<IpAddr>)], cfg: DetectorConfig) -> Self {
+        let topo = Topology::parse(Path::new("sim.toml"), &topology_text()).unwrap();
+        Self {
+            det: Detector::new(topo, cfg),
+            now: Duration::ZERO,
+            rng: Rng(0x9E37_79B9_7F4A_7C15),
+            observers: observers
+                .iter()
+                .map(|(n, l, p)| (Arc::from(*n), *l, p.clone()))
+                .collect(),
+            faults: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn fault(&mut self, observer: usize, peer: IpAddr, fault: Fault) {
+        self.faults.insert((observer, peer), fault);
+    }
+
+    fn heal(&mut self, observer: usize, peer: IpAddr) {
+        self.faults.remove(&(observer, peer));
+    }
+
+    fn blackhole(&mut self, observer: usize, peers: &[IpAddr], jitter: Duration) {
+        for &p in peers {
+            self.fault(
+                observer,
+                p,
+                Fault::Blackhole {
+                    at: self.now,
+                    jitter,
+                },
+            );
+        }
+    }
+
+    fn delta(&mut self, observer: usize, peer: IpAddr) -> LinkDelta {
+        let fault = self.faults.get(&(observer, peer)).copied();
+        let progress = 80 + self.rng.below(40);
+        let mut c = LinkCounters {
+            progress_segs: progress,
+            ..LinkCounters::default()
+        };
+        let mut rtt = 150 + self.rng.below(100);
+        match fault {
+            None => {
+                // Background noise: a rare retransmission.
+                c.retrans_segs = u64::from(self.rng.chance(0.05));
+            }
+            Some(Fault::Loss(pct)) => {
+                for _ in 0..progress {
+                    c.retrans_segs += u64::from(self.rng.chance(pct / 100.0));
+                }
+                // A tail loss now and then ends in an RTO, with progress around it.
+                c.rto_timeouts = u64::from(self.rng.chance(pct / 20.0));
+            }
+            Some(Fault::Slow(us)) => rtt = us,
+            Some(Fault::Idle) => return LinkDelta::default(),
+            Some(Fault::Blackhole { at, jitter }) => {
+                let offset = Duration::from_millis(
+                    self.rng
+                        .below(u64::try_from(jitter.as_millis()).unwrap_or(0) + 1),
+                );
+                c = LinkCounters::default();
+                // RTOs at at + 0.2, 0.6, 1.4, 3.0, … s: does one fall in this tick?
+                let mut rto = at + Duration::from_millis(200) + offset;
+                let mut backoff = Duration::from_millis(400);
+                while rto <= self.now {
+                    if rto + TICK > self.now {
+                        c.rto_timeouts = 1;
+                        c.retrans_segs = 1;
+                    }
+                    rto += backoff;
+                    backoff *= 2;
+                }
+                return LinkDelta {
+                    counters: c,
+                    rtt_p50_us: None,
+                };
+            }
+        }
+        LinkDelta {
+            counters: c,
+            rtt_p50_us: Some(rtt),
+        }
+    }
+
+    /// Advances one tick: every observer reports every peer, then the detector ticks.
+    fn step(&mut self) -> Vec<Verdict> {
+        self.now += TICK;
+        let mut batch = Vec::new();
+        for i in 0..self.observers.len() {
+            let (name, local, peers) = self.observers[i].clone();
+            for peer in peers {
+                let delta = self.delta(i, peer);
+                batch.push(Observation {
+                    observer: name.clone(),
+                    link: Link {
+                        local,
+                        remote: peer,
+                    },
+                    delta,
+                });
+            }
+        }
+        self.det.observe(&batch, self.now);
+        let changes = self.det.tick(self.now);
+        for v in &changes {
+            assert_invariants(&self.det, v);
+            self.log.push((self.now, v.clone()));
+        }
+        changes
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    fn state(&self, level: Level, path: &str) -> State {
+        self.det
+            .verdict(level, path)
+            .map_or(State::Unknown, |v| v.state)
+    }
+
+    fn failed_changes(&self) -> Vec<&Verdict> {
+        self.log
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| v.state == State::Failed)
+            .collect()
+    }
+}
+
+/// Every announced verdict has evidence; no entity is FAILED while most of its
+/// observed children are HEALTHY.
+fn assert_invariants(det: &Detector, v: &Verdict) {
+    if v.state != State::Unknown {
+        assert!(!v.evidence.is_empty(), "verdict without evidence: {v:?}");
+    }
+    if v.state == State::Failed && v.entity.level != Level::Host {
+        let healthy = v
+            .evidence
+            .children
+            .iter()
+            .filter(|c| c.state == State::Healthy)
+            .count();
+        assert!(
+            2 * u32::try_from(healthy).unwrap() <= v.evidence.observed_children,
+            "FAILED over a healthy majority: {v:?}"
+        );
+    }
+    let _ = det;
+}
+
+/// Every host of the data center except the observer itself.
+fn all_peers(me: IpAddr, addr: fn(u8, u8, u8, u8) -> IpAddr) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for s in 1..=2 {
+        for c in 1..=2 {
+            for r in 1..=2 {
+                for h in 1..=4 {
+                    let a = addr(s, c, r, h);
+                    if a != me {
+                        out.push(a);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn rack_hosts(s: u8, c: u8, r: u8, addr: fn(u8, u8, u8, u8) -> IpAddr) -> Vec<IpAddr> {
+    (1..=4).map(|h| addr(s, c, r, h)).collect()
+}
+
+fn one_observer(addr: fn(u8, u8, u8, u8) -> IpAddr) -> Sim {
+    let me = addr(1, 1, 1, 1);
+    Sim::new(&[("obs-a", me, all_peers(me, addr))])
+}
+
+#[test]
+fn healthy_noise_and_one_percent_loss_never_fail() {
+    let mut sim = one_observer(v4);
+    for (i, peer) in all_peers(v4(1, 1, 1, 1), v4).into_iter().enumerate() {
+        if i % 2 == 0 {
+            sim.fault(0, peer, Fault::Loss(1.0));
+        }
+    }
+    sim.run(Duration::from_secs(120));
+    assert!(
+        sim.failed_changes().is_empty(),
+        "{:?}",
+        sim.failed_changes()
+    );
+    assert_eq!(sim.state(Level::Site, "dc-2"), State::Healthy);
+}
+
+#[test]
+fn heavy_loss_is_degraded_not_failed() {
+    let mut sim = one_observer(v4);
+    sim.run(Duration::from_secs(2));
+    sim.fault(0, v4(2, 1, 1, 1), Fault::Loss(15.0));
+    sim.run(Duration::from_secs(3));
+    assert_eq!(sim.state(Level::Host, "dc-2/c1/r1/h1"), State::Degraded);
+    assert!(sim.failed_changes().is_empty());
+}
+
+#[test]
+fn rtt_far_above_baseline_is_degraded() {
+    let mut sim = one_observer(v4);
+    sim.run(Duration::from_secs(10));
+    sim.fault(0, v4(2, 1, 1, 2), Fault::Slow(50_000));
+    sim.run(Duration::from_secs(3));
+    assert_eq!(sim.state(Level::Host, "dc-2/c1/r1/h2"), State::Degraded);
+    let v = sim.det.verdict(Level::Host, "dc-2/c1/r1/h2").unwrap();
+    let p = &v.evidence.peers[0];
+    assert!(p.rtt_recent_us >= 4 * p.rtt_baseline_us, "{v:?}");
+}
+
+#[test]
+fn one_failed_host_never_fails_its_rack() {
+    let mut sim = one_observer(v4);
+    sim.run(Duration::from_secs(2));
+    sim.blackhole(0, &[v4(2, 1, 1, 3)], Duration::ZERO);
+    sim.run(Duration::from_secs(5));
+    let host = sim.det.verdict(Level::Host, "dc-2/c1/r1/h3").unwrap();
+    assert_eq!(host.state, State::Failed);
+    assert_eq!(host.cause, None);
+    assert!(host.reason.contains("no progress"), "{}", host.reason);
+    assert_eq!(host.evidence.peers[0].status, LinkStatus::Failed);
+    assert_eq!(host.observers, vec![Arc::<str>::from("obs-a")]);
+    assert_eq!(sim.state(Level::Rack, "dc-2/c1/r1"), State::Healthy);
+}
+
+fn rack_blackhole_reported_as_the_rack(addr: fn(u8, u8, u8, u8) -> IpAddr) {
+    let mut sim = one_observer(addr);
+    sim.run(Duration::from_secs(2));
+    let start = sim.now;
+    sim.blackhole(0, &rack_hosts(2, 1, 1, addr), Duration::ZERO);
+    sim.run(Duration::from_secs(3));
+    let first_rto = start + Duration::from_millis(200);
+    let rack_failed_at = sim
+        .log
+        .iter()
+        .find(|(_, v)| v.entity.path.as_ref() == "dc-2/c1/r1" && v.state == State::Failed)
+        .map(|(t, _)| *t)
+        .expect("rack announced FAILED");
+    assert!(
+        rack_failed_at <= first_rto + 2 * TICK,
+        "rack FAILED at {rack_failed_at:?}, first RTO evidence at {first_rto:?}"
+    );
+    for v in sim.failed_changes() {
+        match v.entity.level {
+            Level::Rack => assert_eq!(v.entity.path.as_ref(), "dc-2/c1/r1"),
+            Level::Host => assert_eq!(
+                v.cause.as_ref().map(|c| c.path.as_ref()),
+                Some("dc-2/c1/r1"),
+                "a host was announced on its own: {v:?}"
+            ),
+            _ => panic!("nothing above the rack fails: {v:?}"),
+        }
+    }
+    let rack = sim.det.verdict(Level::Rack, "dc-2/c1/r1").unwrap();
+    assert_eq!(rack.evidence.failed_children, 4);
+    assert!(rack.reason.contains("4 of 4"), "{}", rack.reason);
+    // One failed rack of two is not enough to vote its cabinet down.
+    assert_eq!(sim.state(Level::Cabinet, "dc-2/c1"), State::Healthy);
+}
+
+#[test]
+fn a_blackholed_rack_fails_as_the_rack_within_two_ticks() {
+    rack_blackhole_reported_as_the_rack(v4);
+}
+
+#[test]
+fn ipv6_peers_roll_up_the_same_way() {
+    rack_blackhole_reported_as_the_rack(v6);
+}
+
+#[test]
+fn a_blackholed_site_is_reported_as_the_site() {
+    let mut sim = one_observer(v4);
+    sim.run(Duration::from_secs(2));
+    let site: Vec<IpAddr> = all_peers(v4(1, 1, 1, 1), v4)
+        .into_iter()
+        .filter(|a| a.to_string().starts_with("10.2."))
+        .collect();
+    sim.blackhole(0, &site, Duration::from_millis(50));
+    sim.run(Duration::from_secs(3));
+    assert_eq!(sim.state(Level::Site, "dc-2"), State::Failed);
+    let top: Vec<_> = sim
+        .failed_changes()
+        .into_iter()
+        .filter(|v| v.cause.is_none())
+        .collect();
+    assert_eq!(
+        top.len(),
+        1,
+        "only the site is announced on its own: {top:?}"
+    );
+    assert_eq!(sim.state(Level::Site, "dc-1"), State::Healthy);
+}
+
+#[test]
+fn the_observers_own_failure_blames_no_one_else() {
+    let mut sim = one_observer(v4);
+    sim.run(Duration::from_secs(2));
+    let everyone = all_peers(v4(1, 1, 1, 1), v4);
+    sim.blackhole(0, &everyone, Duration::from_millis(90));
+    sim.run(Duration::from_secs(5));
+    let me = sim
+        .det
+        .verdict(Level::Host, "dc-1/c1/r1/h1")
+        .expect("a verdict about the observer");
+    assert_eq!(me.state, State::Failed);
+    assert!(
+        me.local_fault && me.reason.starts_with("local fault"),
+        "{me:?}"
+    );
+    assert!(!me.evidence.peers.is_empty());
+    for v in sim.failed_changes() {
+        assert_eq!(
+            v.entity.path.as_ref(),
+            "dc-1/c1/r1/h1",
+            "blamed someone else: {v:?}"
+        );
+    }
+}
+
+#[test]
+fn recovery_clears_after_the_hold_and_not_before() {
+    let mut sim = one_observer(v4);
+    sim.run(Duration::from_secs(2));
+    let peer = v4(2, 2, 2, 2);
+    sim.blackhole(0, &[peer], Duration::ZERO);
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.state(Level::Host, "dc-2/c2/r2/h2"), State::Failed);
+    sim.heal(0, peer);
+    let healed = sim.now;
+    let hold = sim.det.config().recovery_hold;
+    sim.run(hold - 2 * TICK);
+    assert_eq!(
+        sim.state(Level::Host, "dc-2/c2/r2/h2"),
+        State::Failed,
+        "released before the hold"
+    );
+    sim.run(4 * TICK);
+    assert_eq!(
+        sim.state(Level::Host, "dc-2/c2/r2/h2"),
+        State::Healthy,
+        "not released after the hold"
+    );
+    let back = sim
+        .log
+        .iter()
+        .find(|(t, v)| *t > healed && v.entity.path.as_ref() == "dc-2/c2/r2/h2")
+        .map(|(t, _)| *t - healed)
+        .unwrap();
+    assert!(back >= hold && back <= hold + 2 * TICK, "{back:?}");
+}
+
+#[test]
+fn a_flapping_host_is_held_longer_each_time() {
+    let mut sim = one_observer(v4);
+    let peer = v4(2, 1, 2, 1);
+    sim.run(Duration::from_secs(1));
+    let mut recovered_after = Vec::new();
+    for _ in 0..3 {
+        sim.blackhole(0, &[peer], Duration::ZERO);
+        sim.run(Duration::from_secs(1));
+        sim.heal(0, peer);
+        let healed = sim.now;
+        while sim.state(Level::Host, "dc-2/c1/r2/h1") == State::Failed {
+            sim.step();
+        }
+        recovered_after.push(sim.now - healed);
+    }
+    assert!(
+        recovered_after[1] > recovered_after[0] && recovered_after[2] > recovered_after[1],
+        "{recovered_after:?}"
+    );
+}
+
+#[test]
+fn silence_turns_a_host_unknown() {
+    let mut sim = one_observer(v4);
+    sim.run(Duration::from_secs(1));
+    sim.fault(0, v4(2, 1, 1, 4), Fault::Idle);
+    sim.run(sim.det.config().stale_after + Duration::from_secs(1));
+    assert_eq!(sim.state(Level::Host, "dc-2/c1/r1/h4"), State::Unknown);
+}
+
+#[test]
+fn independent_observers_raise_confidence_and_an_impaired_one_is_discounted() {
+    let a = v4(1, 1, 1, 1);
+    let b = v4(1, 2, 2, 1);
+    let rack = rack_hosts(2, 1, 1, v4);
+    let mut alone = Sim::new(&[("obs-a", a, all_peers(a, v4))]);
+    alone.run(Duration::from_secs(2));
+    alone.blackhole(0, &rack, Duration::ZERO);
+    alone.run(Duration::from_secs(2));
+    let one = alone
+        .det
+        .verdict(Level::Rack, "dc-2/c1/r1")
+        .unwrap()
+        .clone();
+    assert_eq!(one.state, State::Failed);
+    assert_eq!(one.observers, vec![Arc::<str>::from("obs-a")]);
+
+    // Observer c talks to everyone but that rack, and all of its links die.
+    let c = v4(1, 1, 2, 3);
+    let c_peers: Vec<IpAddr> = all_peers(c, v4)
+        .into_iter()
+        .filter(|p| !rack.contains(p))
+        .collect();
+    let mut sim = Sim::new(&[
+        ("obs-a", a, all_peers(a, v4)),
+        ("obs-b", b, all_peers(b, v4)),
+        ("obs-c", c, c_peers.clone()),
+    ]);
+    sim.run(Duration::from_secs(2));
+    sim.blackhole(0, &rack, Duration::ZERO);
+    sim.blackhole(1, &rack, Duration::ZERO);
+    sim.blackhole(2, &c_peers, Duration::from_millis(50));
+    sim.run(Duration::from_secs(2));
+    let both = sim.det.verdict(Level::Rack, "dc-2/c1/r1").unwrap();
+    assert_eq!(both.state, State::Failed);
+    assert_eq!(both.observers.len(), 2, "{:?}", both.observers);
+    assert!(
+        both.confidence > one.confidence,
+        "{} vs {}",
+        both.confidence,
+        one.confidence
+    );
+    // Observer c is cut off: a verdict about itself, and nothing it alone saw is blamed.
+    let me = sim.det.verdict(Level::Host, "dc-1/c1/r2/h3").unwrap();
+    assert!(me.local_fault, "{me:?}");
+    for v in sim.failed_changes() {
+        let p = v.entity.path.as_ref();
+        assert!(
+            p.starts_with("dc-2/c1/r1") || p == "dc-1/c1/r2/h3",
+            "blamed on obs-c's word alone: {v:?}"
+        );
+    }
+}
+
+#[test]
+fn a_peer_unreachable_from_one_observer_only_is_degraded_not_failed() {
+    let a = v4(1, 1, 1, 1);
+    let b = v4(1, 2, 2, 1);
+    let mut sim = Sim::new(&[
+        ("obs-a", a, all_peers(a, v4)),
+        ("obs-b", b, all_peers(b, v4)),
+    ]);
+    sim.run(Duration::from_secs(2));
+    sim.blackhole(0, &[v4(2, 2, 1, 1)], Duration::ZERO);
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.state(Level::Host, "dc-2/c2/r1/h1"), State::Degraded);
+    assert!(
+        sim.failed_changes().is_empty(),
+        "{:?}",
+        sim.failed_changes()
+    );
+}
+
+#[test]
+fn an_unplaced_peer_is_tracked_on_its_own() {
+    let me = v4(1, 1, 1, 1);
+    let stranger: IpAddr = "192.0.2.7".parse().unwrap();
+    let mut peers = all_peers(me, v4);
+    peers.push(stranger);
+    let mut sim = Sim::new(&[("obs-a", me, peers)]);
+    sim.run(Duration::from_secs(1));
+    sim.blackhole(0, &[stranger], Duration::ZERO);
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.state(Level::Host, "unplaced/192.0.2.7"), State::Failed);
+}
+
+#[derive(Debug, Clone)]
+enum Script {
+    Blackhole(u8, u8, u8, u8),
+    BlackholeRack(u8, u8, u8),
+    Loss(u8, u8, u8, u8),
+    Heal,
+    Wait(u8),
+}
+
+fn script() -> impl Strategy<Value = Vec<Script>> {
+    let idx = || 1u8..=2;
+    let host = || 1u8..=4;
+    prop::collection::vec(
+        prop_oneof![
+            (idx(), idx(), idx(), host()).prop_map(|(s, c, r, h)| Script::Blackhole(s, c, r, h)),
+            (idx(), idx(), idx()).prop_map(|(s, c, r)| Script::BlackholeRack(s, c, r)),
+            (idx(), idx(), idx(), host()).prop_map(|(s, c, r, h)| Script::Loss(s, c, r, h)),
+            Just(Script::Heal),
+            (1u8..40).prop_map(Script::Wait),
+        ],
+        1..12,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Under any script of faults, every verdict carries evidence and no entity is
+    /// FAILED over a healthy majority of its observed children (checked on every
+    /// change by `Sim::step`), and the snapshot agrees with the changes.
+    #[test]
+    fn invariants_hold_under_random_faults(steps in script()) {
+        let mut sim = one_observer(v4);
+        sim.run(Duration::from_secs(1));
+        for step in steps {
+            match step {
+                Script::Blackhole(s, c, r, h) => sim.blackhole(0, &[v4(s, c, r, h)], Duration::from_millis(50)),
+                Script::BlackholeRack(s, c, r) => sim.blackhole(0, &rack_hosts(s, c, r, v4), Duration::from_millis(50)),
+                Script::Loss(s, c, r, h) => sim.fault(0, v4(s, c, r, h), Fault::Loss(1.0)),
+                Script::Heal => sim.faults.clear(),
+                Script::Wait(t) => sim.run(TICK * u32::from(t)),
+            }
+            sim.step();
+        }
+        let mut last: HashMap<String, State> = HashMap::new();
+        for (_, v) in &sim.log {
+            last.insert(v.entity.service_name(), v.state);
+        }
+        for v in sim.det.verdicts() {
+            prop_assert_eq!(last.get(&v.entity.service_name()).copied(), Some(v.state));
+            // Majority-healthy check against the live snapshot too.
+            if v.state == State::Failed && v.entity.level != Level::Host {
+                let children: Vec<_> = sim.det.verdicts().into_iter()
+                    .filter(|c| c.entity.path.starts_with(&format!("{}/", v.entity.path))
+                        && c.entity.path.matches('/').count() == v.entity.path.matches('/').count() + 1
+                        && c.state != State::Unknown)
+                    .collect();
+                let healthy = children.iter().filter(|c| c.state == State::Healthy).count();
+                prop_assert!(2 * healthy <= children.len(), "{:?} over {:?}", v, children);
+            }
+        }
+    }
+}
