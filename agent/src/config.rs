@@ -1,13 +1,14 @@
 //! The agent's config file (TOML). Unknown keys are errors, and every error names the
 //! file, line and key, so a typo is caught before anything is attached.
 use std::{
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::Deserialize;
 
-use crate::probe::ProbeOptions;
+use crate::{detector::DetectorConfig, probe::ProbeOptions};
 
 /// Where `faultline run` looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/faultline/faultline.toml";
@@ -41,7 +42,42 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub agent: AgentConfig,
+    pub listen: ListenConfig,
     pub probe: ProbeConfig,
+    pub detector: DetectorConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This agent's name as an observer in verdicts. Default: the host name.
+    pub name: Option<String>,
+    /// The topology file. Default: none, and every peer is an unplaced host of its
+    /// own (verdicts per host only, no racks to vote on).
+    pub topology: Option<PathBuf>,
+    /// The addresses whose links this agent judges. Default: the addresses of this
+    /// network namespace. The kernel sees every namespace's sockets; this keeps
+    /// containers' traffic from being mistaken for the host's.
+    pub local_addresses: Option<Vec<IpAddr>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// gRPC: faultline.v1, grpc.health.v1 and reflection. Default `[::]:7431`.
+    pub grpc: SocketAddr,
+    /// Prometheus `/metrics`. Default `[::]:7432`.
+    pub metrics: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            grpc: SocketAddr::from(([0u16; 8], 7431)),
+            metrics: SocketAddr::from(([0u16; 8], 7432)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -121,6 +157,9 @@ impl Config {
         if self.probe.max_links < 16 {
             return Err(invalid("probe.max_links", "must be at least 16"));
         }
+        if let Some((key, reason)) = self.detector.invalid() {
+            return Err(invalid(key, reason));
+        }
         Ok(())
     }
 }
@@ -171,6 +210,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("probe.tick"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../../examples/faultline.toml");
+        let c = Config::parse(Path::new("faultline.toml"), text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            c.detector, defaults.detector,
+            "the example documents the defaults"
+        );
+        assert_eq!(c.probe.tick, defaults.probe.tick);
+        assert_eq!(c.listen, defaults.listen);
+    }
+
+    #[test]
+    fn detector_values_are_checked() {
+        let err = Config::parse(
+            Path::new("f.toml"),
+            "[detector]\nmin_failed_fraction = 2.0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("detector.min_failed_fraction"), "{err}");
+        let err = Config::parse(
+            Path::new("f.toml"),
+            "[detector]\nrecovery_hold = \"soon\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("recovery_hold"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod check;
 pub mod config;
 pub mod detector;
 pub mod links_report;
+pub mod netif;
 pub mod probe;
 pub mod run;
 pub mod topology;

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use faultline::{check, config::Config, links_report, run};
+use faultline::{check, config::Config, links_report, run, topology::Topology};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,11 @@ enum Command {
     },
     /// Check that this host can run the agent; exits non-zero if it cannot.
     Check,
+    /// Check or query a topology file.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
     /// Attach, observe for a while, and print what each TCP link experienced.
     Links {
         /// How long to observe.
@@ -40,6 +45,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Validate a topology file and summarize it; exits non-zero with the first error.
+    Check { file: PathBuf },
+    /// Print where an address sits, e.g. `dc-a/c1/r3/web-7`.
+    Lookup { file: PathBuf, ip: std::net::IpAddr },
 }
 
 fn main() -> ExitCode {
@@ -61,8 +74,28 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run::run(&config, shutdown_signal()))?;
+            rt.block_on(run::run(&config, shutdown_signal(), |_| {}))?;
         }
+        Command::Topology { command } => match command {
+            TopologyCommand::Check { file } => {
+                let topology = Topology::load(&file)?;
+                let counts: Vec<String> = topology
+                    .counts()
+                    .iter()
+                    .map(|(l, n)| format!("{n} {l}s"))
+                    .collect();
+                println!(
+                    "{}: ok: {}, {} prefixes",
+                    file.display(),
+                    counts.join(", "),
+                    topology.prefix_count()
+                );
+            }
+            TopologyCommand::Lookup { file, ip } => {
+                let topology = Topology::load(&file)?;
+                println!("{}", topology.host_path(ip));
+            }
+        },
         Command::Check => {
             let reqs = check::run(&check::CheckPaths::default());
             print!("{}", check::render(&reqs));

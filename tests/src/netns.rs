@@ -229,6 +229,29 @@ impl Lab {
         self.router.exec(&rule);
     }
 
+    /// Drops every packet forwarded into `prefix` (e.g. `10.101.2.0/24`): a dead rack.
+    pub fn blackhole_prefix(&self, prefix: &str) {
+        let family = if prefix.contains(':') { "ip6" } else { "ip" };
+        self.router.exec(&[
+            "nft", "add", "rule", "inet", "fault", "path", family, "daddr", prefix, "counter",
+            "drop",
+        ]);
+    }
+
+    /// Gives `host` one more address in its subnet (a second "host" behind the same port).
+    pub fn add_address(&self, host: &Host, addr: IpAddr) {
+        let cidr = if addr.is_ipv4() {
+            format!("{addr}/24")
+        } else {
+            format!("{addr}/64")
+        };
+        let mut args = vec!["addr", "add", &cidr, "dev", "eth0"];
+        if addr.is_ipv6() {
+            args.push("nodad");
+        }
+        host.ns.ip(&args);
+    }
+
     /// Removes every fault.
     pub fn heal(&self) {
         self.router

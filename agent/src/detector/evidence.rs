@@ -102,7 +102,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         .map(|s| peer(d, s, now))
         .filter(|p| p.status != LinkStatus::Unknown)
         .collect();
-    peers.sort_by(|a, b| b.status.cmp(&a.status));
+    peers.sort_by_key(|p| std::cmp::Reverse(p.status));
     let agreeing: BTreeSet<u16> = node
         .links
         .iter()

@@ -143,10 +143,10 @@ impl LinkHealth {
         if now.saturating_sub(last) > cfg.stale_after {
             return LinkStatus::Unknown;
         }
-        if let Some(since) = self.stall_since {
-            if self.stall_hard > 0 || now.saturating_sub(since) >= cfg.stall_timeout {
-                return LinkStatus::Failed;
-            }
+        if let Some(since) = self.stall_since
+            && (self.stall_hard > 0 || now.saturating_sub(since) >= cfg.stall_timeout)
+        {
+            return LinkStatus::Failed;
         }
         let retrans = self.retrans.at(now, cfg.loss_window);
         let progress = self.progress.at(now, cfg.loss_window);

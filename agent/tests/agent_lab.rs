@@ -1,0 +1,194 @@
+//! The whole agent (`faultline run`) on a namespace lab: real traffic, a real fault in
+//! the router, verdicts read from its structured log.
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use faultline_integration::{
+    Lab,
+    traffic::{Sink, paced},
+};
+
+/// The agent as a child process, killed on drop even when the test fails.
+struct Agent {
+    child: Child,
+    verdicts: mpsc::Receiver<(Instant, serde_json::Value)>,
+}
+
+impl Agent {
+    fn start(config: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+            .args(["--log-json", "run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start faultline run");
+        let stderr = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (tx, verdicts) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    eprintln!("agent: {line}");
+                    continue;
+                };
+                let message = json["fields"]["message"].as_str().unwrap_or_default();
+                if message == "probe attached, watching TCP links" {
+                    let _ = ready_tx.send(());
+                } else if message == "verdict" {
+                    let _ = tx.send((Instant::now(), json["fields"].clone()));
+                } else {
+                    eprintln!("agent: {line}");
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("agent attached");
+        Self { child, verdicts }
+    }
+
+    /// Waits for a verdict matching `pred`, collecting every verdict seen meanwhile.
+    fn wait_for(
+        &self,
+        seen: &mut Vec<serde_json::Value>,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok((at, v)) = self.verdicts.recv_timeout(left) else {
+                break;
+            };
+            let hit = pred(&v);
+            seen.push(v);
+            if hit {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill with a valid pid of our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn second(addr: IpAddr) -> IpAddr {
+    let IpAddr::V4(v4) = addr else { unreachable!() };
+    let o = v4.octets();
+    IpAddr::from([o[0], o[1], o[2], o[3] + 1])
+}
+
+fn net(addr: IpAddr) -> String {
+    let IpAddr::V4(v4) = addr else { unreachable!() };
+    let o = v4.octets();
+    format!("{}.{}.{}", o[0], o[1], o[2])
+}
+
+#[test]
+fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
+    let lab = Lab::new();
+    let (b1, c1) = (lab.b.v4, lab.c.v4);
+    let (b2, c2) = (second(b1), second(c1));
+    lab.add_address(&lab.b, b2);
+    lab.add_address(&lab.c, c2);
+    let dir = std::env::temp_dir().join(format!("faultline-lab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let topology = format!(
+        "[[site]]\nname = \"lab\"\n[[cabinet]]\nname = \"c1\"\nsite = \"lab\"\n\
+         [[rack]]\nname = \"ra\"\ncabinet = \"lab/c1\"\nprefixes = [\"{a}.0/24\"]\n\
+         [[rack]]\nname = \"rb\"\ncabinet = \"lab/c1\"\nprefixes = [\"{b}.0/24\"]\n\
+         [[rack]]\nname = \"rc\"\ncabinet = \"lab/c1\"\nprefixes = [\"{c}.0/24\"]\n",
+        a = net(lab.a.v4),
+        b = net(b1),
+        c = net(c1)
+    );
+    std::fs::write(dir.join("topology.toml"), topology).unwrap();
+    std::fs::write(
+        dir.join("faultline.toml"),
+        format!(
+            "[agent]\nname = \"lab-a\"\ntopology = \"{}\"\nlocal_addresses = [\"{}\"]\n",
+            dir.join("topology.toml").display(),
+            lab.a.v4
+        ),
+    )
+    .unwrap();
+    let _sink_b = Sink::start(&lab.b.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
+    let _sink_c = Sink::start(&lab.c.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
+    let agent = Agent::start(&dir.join("faultline.toml"));
+    let flows: Vec<_> = [b1, b2, c1, c2]
+        .into_iter()
+        .map(|to| {
+            paced(
+                &lab.a.ns,
+                SocketAddr::new(to, 5001),
+                Duration::from_secs(7),
+                2 << 20,
+            )
+        })
+        .collect();
+
+    let mut seen = Vec::new();
+    let rack_b = "lab/c1/rb";
+    let healthy = agent.wait_for(&mut seen, Duration::from_secs(5), |v| {
+        v["path"] == rack_b && v["state"] == "HEALTHY"
+    });
+    assert!(healthy.is_some(), "rack rb seen healthy first: {seen:#?}");
+
+    let injected = Instant::now();
+    lab.blackhole_prefix(&format!("{}.0/24", net(b1)));
+    let failed = agent.wait_for(&mut seen, Duration::from_secs(10), |v| {
+        v["path"] == rack_b && v["state"] == "FAILED"
+    });
+    let failed = failed.unwrap_or_else(|| panic!("rack rb never FAILED: {seen:#?}"));
+    eprintln!("rack FAILED {:?} after the blackhole", failed - injected);
+    // Let the hosts' own verdicts and any wrong blame arrive.
+    agent.wait_for(&mut seen, Duration::from_secs(2), |_| false);
+    for f in flows {
+        f.join().unwrap();
+    }
+    let status = agent.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert!(
+        status.success(),
+        "agent exits cleanly on SIGTERM: {status:?}"
+    );
+    let failures: Vec<_> = seen.iter().filter(|v| v["state"] == "FAILED").collect();
+    for v in &failures {
+        let path = v["path"].as_str().unwrap();
+        assert!(path.starts_with("lab/c1/rb"), "only rack rb fails: {v:#}");
+        if path != rack_b {
+            assert_eq!(
+                v["cause"], "rack/lab/c1/rb",
+                "its hosts fail because of the rack: {v:#}"
+            );
+        }
+    }
+    let rack = failures.iter().find(|v| v["path"] == rack_b).unwrap();
+    assert_eq!(rack["observers"], "lab-a");
+    assert!(
+        rack["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 2 observed hosts failed"),
+        "{rack:#}"
+    );
+}
