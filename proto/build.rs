@@ -1,0 +1,16 @@
+//! Generates the faultline.v1 messages and services into OUT_DIR, plus a descriptor
+//! set for gRPC reflection. Needs `protoc` (Debian's protobuf-compiler, installed by
+//! `cargo xtask setup`); PROTOC may point elsewhere.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let protos = ["faultline/v1/verdicts.proto", "faultline/v1/observations.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("faultline_v1_descriptor.bin"))
+        .compile_protos(&protos, &["."])?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! The faultline.v1 wire contract, generated from `faultline/v1/*.proto` at build time
+//! and kept apart from hand-written code. The agent maps its own types to these in
+//! `agent/src/feed/`.
+
+/// Generated code: no lints of ours apply.
+#[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("faultline.v1");
+}
+
+/// The encoded descriptor set of faultline.v1, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("faultline_v1_descriptor");
+
+// prost-types backs google.protobuf.Timestamp inside the generated code.
+use prost_types as _;
