@@ -153,9 +153,13 @@ pub struct AddrLayout {
     pub daddr4: u16,
     pub saddr6: u16,
     pub daddr6: u16,
-    /// Explicit padding to an even 6 × u16.
-    pub _pad: u16,
+    /// Bytes of the record the program copies: the end of the last field it reads
+    /// (at most [`RECORD_COPY_MAX`]). One copy per event instead of one per field.
+    pub record_len: u16,
 }
+
+/// Largest record prefix a program copies onto its (512-byte) stack.
+pub const RECORD_COPY_MAX: usize = 128;
 
 impl AddrLayout {
     pub const ZERO: Self = Self {
@@ -164,7 +168,7 @@ impl AddrLayout {
         daddr4: 0,
         saddr6: 0,
         daddr6: 0,
-        _pad: 0,
+        record_len: 0,
     };
 }
 

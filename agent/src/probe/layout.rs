@@ -10,7 +10,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use faultline_ebpf::{AddrLayout, ProbeLayout, ResetLayout, RetransmitLayout, StateChangeLayout};
+use faultline_ebpf::{
+    AddrLayout, ProbeLayout, RECORD_COPY_MAX, ResetLayout, RetransmitLayout, StateChangeLayout,
+};
 
 /// Why a tracepoint layout could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +151,7 @@ impl Format {
             daddr4: self.offset("daddr", 4)?,
             saddr6: self.offset("saddr_v6", 16)?,
             daddr6: self.offset("daddr_v6", 16)?,
-            _pad: 0,
+            record_len: 0,
         })
     }
 }
@@ -193,6 +195,28 @@ impl Layouts {
         state_change: &Format,
         probe: &Format,
     ) -> Result<Self, LayoutError> {
+        let mut layouts = Self::offsets(retransmit, reset, state_change, probe)?;
+        let r = layouts.retransmit;
+        layouts.retransmit.addr.record_len = record_len(retransmit, &r.addr, &[(r.state, 4)])?;
+        let x = layouts.reset;
+        layouts.reset.addr.record_len = record_len(reset, &x.addr, &[])?;
+        let c = layouts.state_change;
+        layouts.state_change.addr.record_len = record_len(
+            state_change,
+            &c.addr,
+            &[(c.oldstate, 4), (c.newstate, 4), (c.protocol, 2)],
+        )?;
+        let p = layouts.probe;
+        layouts.probe.addr.record_len = record_len(probe, &p.addr, &[(p.srtt, 4)])?;
+        Ok(layouts)
+    }
+
+    fn offsets(
+        retransmit: &Format,
+        reset: &Format,
+        state_change: &Format,
+        probe: &Format,
+    ) -> Result<Self, LayoutError> {
         let saddr = probe.offset("saddr", SOCKADDR_IN6_SIZE)?;
         let daddr = probe.offset("daddr", SOCKADDR_IN6_SIZE)?;
         Ok(Self {
@@ -218,13 +242,44 @@ impl Layouts {
                     daddr4: daddr + SIN_ADDR_OFFSET,
                     saddr6: saddr + SIN6_ADDR_OFFSET,
                     daddr6: daddr + SIN6_ADDR_OFFSET,
-                    _pad: 0,
+                    record_len: 0,
                 },
                 srtt: probe.offset("srtt", 4)?,
                 _pad: 0,
             },
         })
     }
+}
+
+/// The end of the last field a program reads: how much of the record it copies.
+fn record_len(
+    format: &Format,
+    addr: &AddrLayout,
+    extra: &[(u16, u16)],
+) -> Result<u16, LayoutError> {
+    let fields = [
+        (addr.family, 2),
+        (addr.saddr4, 4),
+        (addr.daddr4, 4),
+        (addr.saddr6, 16),
+        (addr.daddr6, 16),
+    ];
+    let end = fields
+        .iter()
+        .chain(extra)
+        .map(|(off, size)| off + size)
+        .max()
+        .unwrap_or(0);
+    if usize::from(end) > RECORD_COPY_MAX {
+        return Err(LayoutError::Malformed {
+            path: format.path.clone(),
+            line: 0,
+            text: format!(
+                "fields end at byte {end}, beyond the {RECORD_COPY_MAX} bytes the programs copy"
+            ),
+        });
+    }
+    Ok(end)
 }
 
 #[cfg(test)]
@@ -276,6 +331,28 @@ mod tests {
             err.starts_with("/x/format:") && err.contains("state"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn record_lengths_cover_every_field_read() {
+        let fixture = |name: &str| {
+            let path = format!(
+                "{}/tests/fixtures/{name}.format",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            Format::parse(path.clone().into(), &std::fs::read_to_string(path).unwrap()).unwrap()
+        };
+        let l = Layouts::from_formats(
+            &fixture("tcp_retransmit_skb"),
+            &fixture("tcp_receive_reset"),
+            &fixture("inet_sock_set_state"),
+            &fixture("tcp_probe"),
+        )
+        .unwrap();
+        // daddr_v6 ends at 74 in tcp_retransmit_skb; srtt at 104 in tcp_probe.
+        assert_eq!(l.retransmit.addr.record_len, 74);
+        assert_eq!(l.probe.addr.record_len, 104);
+        assert_eq!(l.probe.addr.daddr6, 36 + 8);
     }
 
     #[test]
