@@ -5,12 +5,16 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["faultline/v1/verdicts.proto", "faultline/v1/observations.proto"];
+    let protos = [
+        "faultline/v1/verdicts.proto",
+        "faultline/v1/observations.proto",
+        "grpc/health/v1/health.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("faultline_v1_descriptor.bin"))
+        .file_descriptor_set_path(out.join("descriptor.bin"))
         .compile_protos(&protos, &["."])?;
     Ok(())
 }

@@ -60,6 +60,10 @@ pub struct AgentConfig {
     /// network namespace. The kernel sees every namespace's sockets; this keeps
     /// containers' traffic from being mistaken for the host's.
     pub local_addresses: Option<Vec<IpAddr>>,
+    /// Other agents to exchange observations with, as gRPC endpoints
+    /// (`http://10.1.2.11:7431`). Their observations join this agent's verdicts under
+    /// their names. Default: none.
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -156,6 +160,18 @@ impl Config {
         }
         if self.probe.max_links < 16 {
             return Err(invalid("probe.max_links", "must be at least 16"));
+        }
+        if let Some(bad) = self
+            .agent
+            .peers
+            .iter()
+            .find(|p| !(p.starts_with("http://") || p.starts_with("https://")))
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "agent.peers",
+                reason: format!("`{bad}` is not an endpoint like http://10.1.2.11:7431"),
+            });
         }
         if let Some((key, reason)) = self.detector.invalid() {
             return Err(invalid(key, reason));

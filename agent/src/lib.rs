@@ -3,6 +3,7 @@
 pub mod check;
 pub mod config;
 pub mod detector;
+pub mod feed;
 pub mod links_report;
 pub mod netif;
 pub mod probe;

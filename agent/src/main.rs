@@ -74,7 +74,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run::run(&config, shutdown_signal(), |_| {}))?;
+            rt.block_on(run::run(&config, shutdown_signal()))?;
         }
         Command::Topology { command } => match command {
             TopologyCommand::Check { file } => {

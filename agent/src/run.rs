@@ -4,16 +4,17 @@
 use std::{
     collections::HashSet,
     future::Future,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
-use tokio::time::MissedTickBehavior;
+use tokio::{sync::mpsc, time::MissedTickBehavior};
 
 use crate::{
     config::Config,
     detector::{Detector, Observation, Verdict},
+    feed::{Feed, FeedLimits, observations::follow_peer},
     netif,
     probe::{LinkSample, Probe, ProbeError, SockOpsStatus, UrgentEvents, UrgentRecord},
     topology::{Topology, TopologyError},
@@ -33,6 +34,19 @@ pub enum RunError {
     LocalAddresses {
         #[source]
         source: std::io::Error,
+    },
+    /// The gRPC port could not be bound (in use, or not an address of this host).
+    #[error("listen on {addr} (listen.grpc): {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {source}")]
+    Serve {
+        #[source]
+        source: tonic::transport::Error,
     },
 }
 
@@ -85,17 +99,24 @@ pub fn load_topology(config: &Config) -> Result<Topology, TopologyError> {
     }
 }
 
-/// Runs until `shutdown` completes; dropping the probe on the way out detaches every
-/// program. `on_change` receives every verdict change (the feed subscribes here).
-pub async fn run(
-    config: &Config,
-    shutdown: impl Future<Output = ()>,
-    mut on_change: impl FnMut(&[Verdict]),
-) -> Result<(), RunError> {
+/// Runs until `shutdown` completes. On the way out the agent's own health goes
+/// NOT_SERVING first, then the server drains, then the probe is dropped (detaching
+/// every program).
+pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     // Everything that can be refused is checked before the kernel is touched.
     let topology = load_topology(config)?;
     let observer = Observer::from_config(config)?;
-    let mut detector = Detector::new(topology, config.detector.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen.grpc)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.listen.grpc,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: config.listen.grpc,
+        source,
+    })?;
+    let mut detector = Detector::new(topology.clone(), config.detector.clone());
     let mut probe = Probe::attach(&config.probe.probe_options())?;
     match probe.sock_ops_status() {
         SockOpsStatus::Attached(cgroup) => {
@@ -106,14 +127,43 @@ pub async fn run(
         }
     }
     let mut urgent = probe.take_urgent_events().transpose()?;
+
+    let start = Instant::now();
+    let feed = Feed::new(
+        observer.name.clone(),
+        Arc::new(topology),
+        SystemTime::now(),
+        FeedLimits::default(),
+    );
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let feed = feed.clone();
+        tokio::spawn(async move {
+            feed.serve(listener, async {
+                let _ = server_stopped.await;
+            })
+            .await
+        })
+    };
+    let (peer_tx, mut peer_rx) = mpsc::channel::<Vec<Observation>>(64);
+    for endpoint in &config.agent.peers {
+        tokio::spawn(follow_peer(
+            endpoint.clone(),
+            observer.name.to_string(),
+            peer_tx.clone(),
+        ));
+    }
+    drop(peer_tx);
     tracing::info!(
         observer = %observer.name,
         local_addresses = observer.locals.len(),
         entities = detector.topology().len(),
+        peers = config.agent.peers.len(),
+        grpc = %grpc_addr,
         tick = ?config.probe.tick,
         "probe attached, watching TCP links"
     );
-    let start = Instant::now();
+
     let mut ticker = tokio::time::interval(config.probe.tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -121,6 +171,11 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = ticker.tick() => {}
+            Some(batch) = peer_rx.recv() => {
+                // Peers' ticks are folded in now and judged at the next evaluation.
+                detector.observe(&batch, start.elapsed());
+                continue;
+            }
             batch = next_urgent(urgent.as_mut()) => match batch {
                 Ok(events) => for e in events {
                     tracing::debug!(kind = ?e.kind, local = %e.link.local, peer = %e.link.remote, "urgent");
@@ -133,16 +188,28 @@ pub async fn run(
         }
         // A tick or an urgent event: evaluate now either way.
         let samples = probe.sample()?;
-        detector.observe(&observer.observations(&samples), start.elapsed());
+        let own = observer.observations(&samples);
+        detector.observe(&own, start.elapsed());
+        feed.publish_observations(&own);
         let changes = detector.tick(start.elapsed());
         for v in &changes {
             log_verdict(v);
         }
         if !changes.is_empty() {
-            on_change(&changes);
+            feed.publish(&changes);
         }
     }
-    tracing::info!("shutting down, detaching programs");
+    tracing::info!("shutting down: agent NOT_SERVING, draining gRPC, detaching programs");
+    feed.stop_serving();
+    // Give health watchers a moment to see NOT_SERVING before connections close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop_server.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => return Err(RunError::Serve { source }),
+        Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
+    }
+    drop(probe);
     Ok(())
 }
 

@@ -124,7 +124,8 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
     std::fs::write(
         dir.join("faultline.toml"),
         format!(
-            "[agent]\nname = \"lab-a\"\ntopology = \"{}\"\nlocal_addresses = [\"{}\"]\n",
+            "[agent]\nname = \"lab-a\"\ntopology = \"{}\"\nlocal_addresses = [\"{}\"]\n\
+             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
             dir.join("topology.toml").display(),
             lab.a.v4
         ),

@@ -8,8 +8,14 @@ pub mod v1 {
     tonic::include_proto!("faultline.v1");
 }
 
-/// The encoded descriptor set of faultline.v1, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("faultline_v1_descriptor");
+/// The standard health protocol, with List (tonic-health's has no List).
+#[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_docs)]
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}
+
+/// The encoded descriptor set of every service here, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");
 
 // prost-types backs google.protobuf.Timestamp inside the generated code.
 use prost_types as _;

@@ -1,0 +1,207 @@
+//! The verdict hub: the latest verdict of every entity, a numbered history of recent
+//! changes, and a broadcast of new ones.
+//!
+//! The detector publishes here and never waits: subscribers read from a bounded
+//! broadcast, and one that falls behind is told so (it then takes a fresh snapshot,
+//! which holds the latest state of every entity, so nothing that matters is lost).
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::broadcast;
+
+use crate::detector::Verdict;
+
+/// A verdict change with its sequence number.
+#[derive(Debug, Clone)]
+pub struct Numbered {
+    pub sequence: u64,
+    pub verdict: Arc<Verdict>,
+}
+
+/// What a new subscriber starts from.
+pub enum Start {
+    /// Every change after the requested sequence number is still in the history.
+    Resume(Vec<Numbered>),
+    /// A snapshot of every entity's latest verdict, as of `sequence`.
+    Snapshot {
+        sequence: u64,
+        verdicts: Vec<Arc<Verdict>>,
+    },
+}
+
+struct State {
+    sequence: u64,
+    /// Latest verdict per entity, keyed by health service name (level/path).
+    latest: BTreeMap<String, Arc<Verdict>>,
+    /// The most recent changes, oldest first.
+    history: VecDeque<Numbered>,
+}
+
+/// Shared by the run loop (publisher) and the gRPC services (subscribers).
+pub struct Hub {
+    state: Mutex<State>,
+    live: broadcast::Sender<Numbered>,
+    history_len: usize,
+}
+
+impl Hub {
+    /// `history_len`: changes kept for resuming; `backlog`: changes a subscriber may
+    /// fall behind before it is switched to a snapshot.
+    pub fn new(history_len: usize, backlog: usize) -> Self {
+        let (live, _) = broadcast::channel(backlog.max(1));
+        Self {
+            state: Mutex::new(State {
+                sequence: 0,
+                latest: BTreeMap::new(),
+                history: VecDeque::new(),
+            }),
+            live,
+            history_len,
+        }
+    }
+
+    /// Records and broadcasts changes, in order. Never blocks on subscribers.
+    pub fn publish(&self, changes: &[Verdict]) {
+        let mut state = self.state.lock().expect("hub lock");
+        for v in changes {
+            state.sequence += 1;
+            let numbered = Numbered {
+                sequence: state.sequence,
+                verdict: Arc::new(v.clone()),
+            };
+            state
+                .latest
+                .insert(v.entity.service_name(), numbered.verdict.clone());
+            state.history.push_back(numbered.clone());
+            if state.history.len() > self.history_len {
+                state.history.pop_front();
+            }
+            // No receivers is fine: nobody is watching yet.
+            let _ = self.live.send(numbered);
+        }
+    }
+
+    /// Subscribes, and says where to start: the changes after `resume_after` if they
+    /// are all still in the history, a snapshot otherwise. Done under the lock, so no
+    /// change falls between the start and the live stream.
+    pub fn subscribe(&self, resume_after: Option<u64>) -> (Start, broadcast::Receiver<Numbered>) {
+        let state = self.state.lock().expect("hub lock");
+        let live = self.live.subscribe();
+        if let Some(after) = resume_after {
+            let oldest = state
+                .history
+                .front()
+                .map_or(state.sequence + 1, |n| n.sequence);
+            // Resumable when nothing between `after` and now has been dropped.
+            if after <= state.sequence && after + 1 >= oldest {
+                let missed = state
+                    .history
+                    .iter()
+                    .filter(|n| n.sequence > after)
+                    .cloned()
+                    .collect();
+                return (Start::Resume(missed), live);
+            }
+        }
+        (
+            Start::Snapshot {
+                sequence: state.sequence,
+                verdicts: state.latest.values().cloned().collect(),
+            },
+            live,
+        )
+    }
+
+    /// The latest verdict of every entity, and the sequence number it is as of.
+    pub fn snapshot(&self) -> (u64, Vec<Arc<Verdict>>) {
+        let state = self.state.lock().expect("hub lock");
+        (state.sequence, state.latest.values().cloned().collect())
+    }
+
+    /// The latest verdict of one entity by service name (`rack/dc-a/c1/r1`).
+    pub fn latest(&self, service: &str) -> Option<Arc<Verdict>> {
+        self.state
+            .lock()
+            .expect("hub lock")
+            .latest
+            .get(service)
+            .cloned()
+    }
+
+    /// A receiver of live changes only (health Watch).
+    pub fn live(&self) -> broadcast::Receiver<Numbered> {
+        self.live.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        detector::{Entity, Evidence, State as VState},
+        topology::Level,
+    };
+
+    pub(crate) fn verdict(path: &str, state: VState) -> Verdict {
+        Verdict {
+            entity: Entity {
+                level: Level::Rack,
+                path: path.into(),
+            },
+            state,
+            since: Duration::ZERO,
+            confidence: 1.0,
+            reason: String::new(),
+            cause: None,
+            evidence: Evidence::default(),
+            observers: Vec::new(),
+            local_fault: false,
+        }
+    }
+
+    #[test]
+    fn resume_within_history_and_snapshot_beyond_it() {
+        let hub = Hub::new(3, 16);
+        for i in 0..5 {
+            hub.publish(&[verdict(&format!("r{i}"), VState::Failed)]);
+        }
+        // History holds 3, 4, 5: resuming after 2 misses nothing.
+        match hub.subscribe(Some(2)).0 {
+            Start::Resume(missed) => assert_eq!(
+                missed.iter().map(|n| n.sequence).collect::<Vec<_>>(),
+                [3, 4, 5]
+            ),
+            Start::Snapshot { .. } => panic!("2 is resumable"),
+        }
+        // After 1, change 2 is gone: a snapshot of all five entities.
+        match hub.subscribe(Some(1)).0 {
+            Start::Snapshot { sequence, verdicts } => {
+                assert_eq!(sequence, 5);
+                assert_eq!(verdicts.len(), 5);
+            }
+            Start::Resume(_) => panic!("1 is too old"),
+        }
+        // A sequence from the future (another agent run) gets a snapshot too.
+        assert!(matches!(hub.subscribe(Some(99)).0, Start::Snapshot { .. }));
+        // Up to date: resume with nothing missed.
+        assert!(matches!(hub.subscribe(Some(5)).0, Start::Resume(m) if m.is_empty()));
+    }
+
+    #[test]
+    fn latest_state_per_entity_survives() {
+        let hub = Hub::new(2, 2);
+        hub.publish(&[
+            verdict("a", VState::Failed),
+            verdict("b", VState::Failed),
+            verdict("a", VState::Healthy),
+        ]);
+        let (seq, all) = hub.snapshot();
+        assert_eq!(seq, 3);
+        assert_eq!(all.len(), 2);
+        assert_eq!(hub.latest("rack/a").unwrap().state, VState::Healthy);
+    }
+}

@@ -1,0 +1,134 @@
+//! The gRPC side of the agent: the verdict feed (faultline.v1.Verdicts), the standard
+//! health protocol (grpc.health.v1), the agent-to-agent exchange
+//! (faultline.v1.Observations) and server reflection, all on one port (7431).
+//!
+//! Verdict changes enter through [`Feed::publish`] from the run loop; observations of
+//! this agent through [`Feed::publish_observations`]. Subscribers read from bounded
+//! buffers, so no client can slow detection down.
+pub mod convert;
+pub mod filter;
+pub mod health;
+pub mod hub;
+pub mod observations;
+pub mod verdicts;
+
+use std::{future::Future, sync::Arc, time::SystemTime};
+
+use faultline_proto::{health::health_server::HealthServer, v1};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    detector::{Observation, Verdict},
+    topology::Topology,
+};
+use hub::Hub;
+use observations::Publisher;
+
+/// Largest request the services decode (bytes). Real requests are tiny; a larger
+/// one is refused by the transport.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Buffer sizes of the feed; the defaults suit thousands of subscribers.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedLimits {
+    /// Changes kept so a reconnecting client can resume without a snapshot.
+    pub history: usize,
+    /// Changes a subscriber may fall behind before it gets a snapshot instead.
+    pub backlog: usize,
+    /// Messages queued towards one client.
+    pub queue: usize,
+}
+
+impl Default for FeedLimits {
+    fn default() -> Self {
+        Self {
+            history: 4096,
+            backlog: 1024,
+            queue: 64,
+        }
+    }
+}
+
+/// Handles shared between the run loop and the gRPC services.
+#[derive(Clone)]
+pub struct Feed {
+    pub hub: Arc<Hub>,
+    pub observations: Publisher,
+    topology: Arc<Topology>,
+    epoch: SystemTime,
+    limits: FeedLimits,
+    agent_serving: Arc<watch::Sender<bool>>,
+}
+
+impl Feed {
+    /// `epoch`: the wall-clock time of the detector's zero.
+    pub fn new(
+        observer: Arc<str>,
+        topology: Arc<Topology>,
+        epoch: SystemTime,
+        limits: FeedLimits,
+    ) -> Self {
+        Self {
+            hub: Arc::new(Hub::new(limits.history, limits.backlog)),
+            observations: Publisher::new(observer, 64),
+            topology,
+            epoch,
+            limits,
+            agent_serving: Arc::new(watch::channel(true).0),
+        }
+    }
+
+    pub fn publish(&self, changes: &[Verdict]) {
+        self.hub.publish(changes);
+    }
+
+    pub fn publish_observations(&self, observations: &[Observation]) {
+        self.observations.publish(observations);
+    }
+
+    /// Marks the agent itself (health name `""`) NOT_SERVING: the first step of a
+    /// shutdown, so load balancers stop sending before the server goes away.
+    pub fn stop_serving(&self) {
+        self.agent_serving.send_replace(false);
+    }
+
+    /// Serves every service on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let verdicts = v1::verdicts_server::VerdictsServer::new(verdicts::VerdictService::new(
+            self.hub.clone(),
+            self.epoch,
+            self.limits.queue,
+        ))
+        .max_decoding_message_size(MAX_REQUEST);
+        let health = HealthServer::new(health::HealthService::new(
+            self.hub.clone(),
+            self.topology.clone(),
+            self.agent_serving.subscribe(),
+        ))
+        .max_decoding_message_size(MAX_REQUEST);
+        let observations =
+            v1::observations_server::ObservationsServer::new(self.observations.clone())
+                .max_decoding_message_size(MAX_REQUEST);
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(faultline_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the generated descriptor set is valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(faultline_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the generated descriptor set is valid");
+        tonic::transport::Server::builder()
+            .add_service(verdicts)
+            .add_service(health)
+            .add_service(observations)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+}

@@ -1,0 +1,206 @@
+//! Agent-to-agent exchange. Each agent publishes its own links' ticks
+//! (`faultline.v1.Observations/Subscribe`); an agent configured with peers subscribes
+//! to each of them and feeds what they saw to its detector, under their names.
+//!
+//! Nothing here can stall the agent: publishing is a bounded broadcast (a slow
+//! subscriber skips batches, visible as sequence gaps), and each peer is read by its
+//! own task that hands batches over without waiting and reconnects with backoff.
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use faultline_proto::v1::{
+    self as pb, observations_client::ObservationsClient, observations_server::Observations,
+};
+use tokio::sync::{broadcast, broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    detector::{LinkDelta, Observation},
+    probe::{Link, LinkCounters},
+};
+
+/// The publishing side, shared by the run loop and the gRPC service.
+#[derive(Clone)]
+pub struct Publisher {
+    observer: Arc<str>,
+    tx: broadcast::Sender<Arc<pb::ObservationBatch>>,
+    sequence: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Publisher {
+    /// `backlog`: batches a subscriber may fall behind before it skips.
+    pub fn new(observer: Arc<str>, backlog: usize) -> Self {
+        let (tx, _) = broadcast::channel(backlog.max(1));
+        Self {
+            observer,
+            tx,
+            sequence: Arc::default(),
+        }
+    }
+
+    /// Publishes this agent's own observations of one tick.
+    pub fn publish(&self, observations: &[Observation]) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let sequence = self
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let batch = pb::ObservationBatch {
+            observer: self.observer.to_string(),
+            sequence,
+            links: observations.iter().map(to_wire).collect(),
+        };
+        let _ = self.tx.send(Arc::new(batch));
+    }
+}
+
+fn to_wire(o: &Observation) -> pb::LinkObservation {
+    let c = &o.delta.counters;
+    pb::LinkObservation {
+        local_address: o.link.local.to_string(),
+        remote_address: o.link.remote.to_string(),
+        progress_segs: c.progress_segs,
+        retrans_segs: c.retrans_segs,
+        rto_timeouts: c.rto_timeouts,
+        syn_retrans: c.syn_retrans,
+        failed_connects: c.failed_connects,
+        resets_rx: c.resets_rx,
+        rtt_p50_us: o.delta.rtt_p50_us,
+    }
+}
+
+/// A peer's batch as detector observations; None if it names no observer or carries
+/// an address that does not parse.
+pub fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>> {
+    if batch.observer.is_empty() {
+        return None;
+    }
+    let observer: Arc<str> = batch.observer.as_str().into();
+    batch
+        .links
+        .iter()
+        .map(|l| {
+            Some(Observation {
+                observer: observer.clone(),
+                link: Link {
+                    local: l.local_address.parse::<IpAddr>().ok()?,
+                    remote: l.remote_address.parse::<IpAddr>().ok()?,
+                },
+                delta: LinkDelta {
+                    counters: LinkCounters {
+                        progress_segs: l.progress_segs,
+                        retrans_segs: l.retrans_segs,
+                        rto_timeouts: l.rto_timeouts,
+                        syn_retrans: l.syn_retrans,
+                        failed_connects: l.failed_connects,
+                        resets_rx: l.resets_rx,
+                    },
+                    rtt_p50_us: l.rtt_p50_us,
+                },
+            })
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Observations for Publisher {
+    type SubscribeStream = ReceiverStream<Result<pb::ObservationBatch, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let subscriber = request.into_inner().subscriber;
+        if subscriber.len() > 256 {
+            return Err(Status::invalid_argument("subscriber: at most 256 bytes"));
+        }
+        let mut rx = self.tx.subscribe();
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            tracing::info!(%subscriber, "peer subscribed to observations");
+            loop {
+                let next = tokio::select! {
+                    () = tx.closed() => break,
+                    next = rx.recv() => next,
+                };
+                match next {
+                    Ok(batch) => {
+                        if tx.send(Ok((*batch).clone())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::debug!(%subscriber, skipped = n, "slow peer skipped batches")
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+            tracing::info!(%subscriber, "peer unsubscribed");
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+/// Reads one peer forever: subscribe, hand batches over, reconnect with backoff
+/// (100 ms doubling to 5 s) when the peer goes away. Batches that the run loop has no
+/// room for are dropped, never waited on.
+pub async fn follow_peer(
+    endpoint: String,
+    me: String,
+    to_detector: mpsc::Sender<Vec<Observation>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match subscribe_once(&endpoint, &me, &to_detector).await {
+            Ok(()) => {
+                tracing::warn!(peer = %endpoint, "peer closed the observation stream; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(peer = %endpoint, error = %e, retry_in = ?backoff, "peer unreachable")
+            }
+        }
+        if to_detector.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn subscribe_once(
+    endpoint: &str,
+    me: &str,
+    to_detector: &mpsc::Sender<Vec<Observation>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut stream = ObservationsClient::new(channel)
+        .subscribe(pb::SubscribeRequest {
+            subscriber: me.to_owned(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(peer = %endpoint, "following peer observations");
+    let mut last = None;
+    while let Some(batch) = stream.message().await? {
+        if let Some(prev) = last
+            && batch.sequence > prev + 1
+        {
+            tracing::debug!(peer = %endpoint, skipped = batch.sequence - prev - 1, "missed peer batches");
+        }
+        last = Some(batch.sequence);
+        match from_wire(&batch) {
+            Some(observations) => {
+                if to_detector.try_send(observations).is_err() && to_detector.is_closed() {
+                    return Ok(());
+                }
+            }
+            None => tracing::warn!(peer = %endpoint, "malformed observation batch ignored"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! `faultline.v1.Verdicts`: a snapshot, then every change in order, per subscriber.
+//!
+//! Each Watch gets a task that reads the hub's broadcast and writes into a bounded
+//! queue towards the client. A client that stops reading fills its queue; its task then
+//! waits, its broadcast receiver falls behind, and when it reads again it gets a fresh
+//! snapshot (the latest state of every entity) instead of the changes it missed. The
+//! detector and the other subscribers never wait for it.
+use std::{sync::Arc, time::SystemTime};
+
+use faultline_proto::v1::{self as pb, verdicts_server::Verdicts};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert,
+    filter::Filter,
+    hub::{Hub, Numbered, Start},
+};
+use crate::detector::Verdict;
+
+pub struct VerdictService {
+    hub: Arc<Hub>,
+    /// Wall-clock time of the detector's zero.
+    epoch: SystemTime,
+    /// Messages queued per subscriber before it counts as slow.
+    queue: usize,
+}
+
+impl VerdictService {
+    pub fn new(hub: Arc<Hub>, epoch: SystemTime, queue: usize) -> Self {
+        Self {
+            hub,
+            epoch,
+            queue: queue.max(1),
+        }
+    }
+}
+
+type EventResult = Result<pb::WatchEvent, Status>;
+
+#[tonic::async_trait]
+impl Verdicts for VerdictService {
+    type WatchStream = ReceiverStream<EventResult>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let filter = Filter::parse(request.filter.as_ref())?;
+        let (start, live) = self.hub.subscribe(request.resume_after);
+        let (tx, rx) = mpsc::channel(self.queue);
+        let subscriber = Subscriber {
+            hub: self.hub.clone(),
+            epoch: self.epoch,
+            filter,
+            tx,
+        };
+        tokio::spawn(subscriber.forward(start, request.resume_after.unwrap_or(0), live));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::VerdictSnapshot>, Status> {
+        let filter = Filter::parse(request.into_inner().filter.as_ref())?;
+        let (sequence, verdicts) = self.hub.snapshot();
+        Ok(Response::new(snapshot(
+            &filter, sequence, &verdicts, self.epoch,
+        )))
+    }
+}
+
+fn snapshot(
+    filter: &Filter,
+    sequence: u64,
+    verdicts: &[Arc<Verdict>],
+    epoch: SystemTime,
+) -> pb::VerdictSnapshot {
+    pb::VerdictSnapshot {
+        sequence,
+        verdicts: verdicts
+            .iter()
+            .filter(|v| filter.matches(v))
+            .map(|v| convert::verdict(v, epoch))
+            .collect(),
+    }
+}
+
+struct Subscriber {
+    hub: Arc<Hub>,
+    epoch: SystemTime,
+    filter: Filter,
+    tx: mpsc::Sender<EventResult>,
+}
+
+impl Subscriber {
+    async fn forward(
+        self,
+        start: Start,
+        resume_after: u64,
+        mut live: tokio::sync::broadcast::Receiver<Numbered>,
+    ) {
+        let mut last = match start {
+            Start::Resume(missed) => {
+                let mut last = resume_after;
+                let mut first = true;
+                for n in &missed {
+                    last = n.sequence;
+                    if self.filter.matches(&n.verdict) {
+                        if !self.send(self.change(n, first)).await {
+                            return;
+                        }
+                        first = false;
+                    }
+                }
+                // Nothing matching was missed: say so, so the client knows it resumed.
+                if first
+                    && !self
+                        .send(pb::WatchEvent {
+                            event: None,
+                            resumed: true,
+                        })
+                        .await
+                {
+                    return;
+                }
+                last
+            }
+            Start::Snapshot { sequence, verdicts } => {
+                if !self.send_snapshot(sequence, &verdicts).await {
+                    return;
+                }
+                sequence
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                () = self.tx.closed() => return,
+                next = live.recv() => next,
+            };
+            match next {
+                Ok(n) if n.sequence <= last => {}
+                Ok(n) => {
+                    last = n.sequence;
+                    if self.filter.matches(&n.verdict) && !self.send(self.change(&n, false)).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Too slow: the latest state of every entity replaces the backlog.
+                    let (sequence, verdicts) = self.hub.snapshot();
+                    if !self.send_snapshot(sequence, &verdicts).await {
+                        return;
+                    }
+                    last = sequence;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn change(&self, n: &Numbered, resumed: bool) -> pb::WatchEvent {
+        pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Change(pb::Change {
+                sequence: n.sequence,
+                verdict: Some(convert::verdict(&n.verdict, self.epoch)),
+            })),
+            resumed,
+        }
+    }
+
+    async fn send_snapshot(&self, sequence: u64, verdicts: &[Arc<Verdict>]) -> bool {
+        let event = pb::WatchEvent {
+            event: Some(pb::watch_event::Event::Snapshot(snapshot(
+                &self.filter,
+                sequence,
+                verdicts,
+                self.epoch,
+            ))),
+            resumed: false,
+        };
+        self.send(event).await
+    }
+
+    /// False when the client is gone.
+    async fn send(&self, event: pb::WatchEvent) -> bool {
+        self.tx.send(Ok(event)).await.is_ok()
+    }
+}
