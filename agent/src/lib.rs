@@ -9,3 +9,4 @@ pub mod netif;
 pub mod probe;
 pub mod run;
 pub mod topology;
+pub mod watch;

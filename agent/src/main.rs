@@ -2,7 +2,13 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use faultline::{check, config::Config, links_report, run, topology::Topology};
+use faultline::{
+    check,
+    config::Config,
+    links_report, run,
+    topology::{Level, Topology},
+    watch,
+};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +35,21 @@ enum Command {
     },
     /// Check that this host can run the agent; exits non-zero if it cannot.
     Check,
+    /// Follow an agent's verdict feed: a table, then one line per change.
+    Watch {
+        /// The agent's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:7431")]
+        endpoint: String,
+        /// Only this level (repeatable): host, rack, cabinet, site.
+        #[arg(long, value_parser = parse_level)]
+        level: Vec<Level>,
+        /// Only entities at or below this path, e.g. dc-a/c1.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// One JSON object per verdict instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check or query a topology file.
     Topology {
         #[command(subcommand)]
@@ -75,6 +96,28 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(run::run(&config, shutdown_signal()))?;
+        }
+        Command::Watch {
+            endpoint,
+            level,
+            prefix,
+            json,
+        } => {
+            let options = watch::WatchOptions {
+                endpoint,
+                levels: level,
+                path_prefix: prefix,
+                json,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                tokio::select! {
+                    r = watch::watch(&options, std::io::stdout()) => r.map_err(|s| anyhow::anyhow!("{}", s.message())),
+                    () = shutdown_signal() => Ok(()),
+                }
+            })?;
         }
         Command::Topology { command } => match command {
             TopologyCommand::Check { file } => {
@@ -125,6 +168,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_level(text: &str) -> Result<Level, String> {
+    Level::parse(text).ok_or_else(|| format!("`{text}` is not a level (host, rack, cabinet, site)"))
 }
 
 /// The error and its causes on one line, skipping a cause whose text the message

@@ -14,7 +14,10 @@ use tokio::{sync::mpsc, time::MissedTickBehavior};
 use crate::{
     config::Config,
     detector::{Detector, Observation, Verdict},
-    feed::{Feed, FeedLimits, observations::follow_peer},
+    feed::{
+        Feed, FeedLimits,
+        observations::{PeerMessage, follow_peer},
+    },
     netif,
     probe::{LinkSample, Probe, ProbeError, SockOpsStatus, UrgentEvents, UrgentRecord},
     topology::{Topology, TopologyError},
@@ -145,7 +148,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
             .await
         })
     };
-    let (peer_tx, mut peer_rx) = mpsc::channel::<Vec<Observation>>(64);
+    let (peer_tx, mut peer_rx) = mpsc::channel::<PeerMessage>(64);
     for endpoint in &config.agent.peers {
         tokio::spawn(follow_peer(
             endpoint.clone(),
@@ -171,9 +174,15 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         tokio::select! {
             () = &mut shutdown => break,
             _ = ticker.tick() => {}
-            Some(batch) = peer_rx.recv() => {
-                // Peers' ticks are folded in now and judged at the next evaluation.
-                detector.observe(&batch, start.elapsed());
+            Some(message) = peer_rx.recv() => {
+                match message {
+                    // Peers' ticks are folded in now and judged at the next evaluation.
+                    PeerMessage::Batch(batch) => detector.observe(&batch, start.elapsed()),
+                    PeerMessage::Lost(name) => {
+                        tracing::warn!(peer = %name, "peer observer gone; its evidence is dropped");
+                        detector.forget_observer(&name);
+                    }
+                }
                 continue;
             }
             batch = next_urgent(urgent.as_mut()) => match batch {

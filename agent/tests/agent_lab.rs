@@ -17,6 +17,8 @@ use faultline_integration::{
 struct Agent {
     child: Child,
     verdicts: mpsc::Receiver<(Instant, serde_json::Value)>,
+    /// The gRPC address it serves on (from its start-up line).
+    grpc: String,
 }
 
 impl Agent {
@@ -39,7 +41,12 @@ impl Agent {
                 };
                 let message = json["fields"]["message"].as_str().unwrap_or_default();
                 if message == "probe attached, watching TCP links" {
-                    let _ = ready_tx.send(());
+                    let _ = ready_tx.send(
+                        json["fields"]["grpc"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 } else if message == "verdict" {
                     let _ = tx.send((Instant::now(), json["fields"].clone()));
                 } else {
@@ -47,10 +54,14 @@ impl Agent {
                 }
             }
         });
-        ready_rx
+        let grpc = ready_rx
             .recv_timeout(Duration::from_secs(20))
             .expect("agent attached");
-        Self { child, verdicts }
+        Self {
+            child,
+            verdicts,
+            grpc,
+        }
     }
 
     /// Waits for a verdict matching `pred`, collecting every verdict seen meanwhile.
@@ -90,6 +101,40 @@ impl Drop for Agent {
     }
 }
 
+/// Writes a topology of three racks (one per lab subnet) and an agent config.
+fn write_config(
+    dir: &std::path::Path,
+    lab: &Lab,
+    name: &str,
+    local: IpAddr,
+    peers: &[String],
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let topology = format!(
+        "[[site]]\nname = \"lab\"\n[[cabinet]]\nname = \"c1\"\nsite = \"lab\"\n\
+         [[rack]]\nname = \"ra\"\ncabinet = \"lab/c1\"\nprefixes = [\"{a}.0/24\"]\n\
+         [[rack]]\nname = \"rb\"\ncabinet = \"lab/c1\"\nprefixes = [\"{b}.0/24\"]\n\
+         [[rack]]\nname = \"rc\"\ncabinet = \"lab/c1\"\nprefixes = [\"{c}.0/24\"]\n",
+        a = net(lab.a.v4),
+        b = net(lab.b.v4),
+        c = net(lab.c.v4)
+    );
+    std::fs::write(dir.join("topology.toml"), topology).unwrap();
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nname = \"{name}\"\ntopology = \"{}\"\nlocal_addresses = [\"{local}\"]\npeers = [{}]\n\
+             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+            dir.join("topology.toml").display(),
+            peers.join(", ")
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn second(addr: IpAddr) -> IpAddr {
     let IpAddr::V4(v4) = addr else { unreachable!() };
     let o = v4.octets();
@@ -110,30 +155,10 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
     lab.add_address(&lab.b, b2);
     lab.add_address(&lab.c, c2);
     let dir = std::env::temp_dir().join(format!("faultline-lab-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let topology = format!(
-        "[[site]]\nname = \"lab\"\n[[cabinet]]\nname = \"c1\"\nsite = \"lab\"\n\
-         [[rack]]\nname = \"ra\"\ncabinet = \"lab/c1\"\nprefixes = [\"{a}.0/24\"]\n\
-         [[rack]]\nname = \"rb\"\ncabinet = \"lab/c1\"\nprefixes = [\"{b}.0/24\"]\n\
-         [[rack]]\nname = \"rc\"\ncabinet = \"lab/c1\"\nprefixes = [\"{c}.0/24\"]\n",
-        a = net(lab.a.v4),
-        b = net(b1),
-        c = net(c1)
-    );
-    std::fs::write(dir.join("topology.toml"), topology).unwrap();
-    std::fs::write(
-        dir.join("faultline.toml"),
-        format!(
-            "[agent]\nname = \"lab-a\"\ntopology = \"{}\"\nlocal_addresses = [\"{}\"]\n\
-             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
-            dir.join("topology.toml").display(),
-            lab.a.v4
-        ),
-    )
-    .unwrap();
+    let config = write_config(&dir, &lab, "lab-a", lab.a.v4, &[]);
     let _sink_b = Sink::start(&lab.b.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
     let _sink_c = Sink::start(&lab.c.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
-    let agent = Agent::start(&dir.join("faultline.toml"));
+    let agent = Agent::start(&config);
     let flows: Vec<_> = [b1, b2, c1, c2]
         .into_iter()
         .map(|to| {
@@ -192,4 +217,75 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
             .contains("2 of 2 observed hosts failed"),
         "{rack:#}"
     );
+}
+
+#[test]
+fn two_agents_merge_observations_and_survive_a_peer_dying() {
+    let lab = Lab::new();
+    let (b1, c1) = (lab.b.v4, lab.c.v4);
+    let b2 = second(b1);
+    lab.add_address(&lab.b, b2);
+    let dir = std::env::temp_dir().join(format!("faultline-pair-{}", std::process::id()));
+    let _sink_a = Sink::start(&lab.a.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
+    let _sink_b = Sink::start(&lab.b.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
+    let _sink_c = Sink::start(&lab.c.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
+    // Agent C observes from host c; agent A from host a and follows C.
+    let agent_c = Agent::start(&write_config(&dir, &lab, "lab-c", c1, &[]));
+    let agent_a = Agent::start(&write_config(
+        &dir,
+        &lab,
+        "lab-a",
+        lab.a.v4,
+        &[format!("http://{}", agent_c.grpc)],
+    ));
+    let mut flows = Vec::new();
+    for (from, to) in [
+        (&lab.a, b1),
+        (&lab.a, b2),
+        (&lab.a, c1),
+        (&lab.c, b1),
+        (&lab.c, b2),
+        (&lab.c, lab.a.v4),
+    ] {
+        flows.push(paced(
+            &from.ns,
+            SocketAddr::new(to, 5001),
+            Duration::from_secs(9),
+            1 << 20,
+        ));
+    }
+    let mut seen = Vec::new();
+    let rack_b = "lab/c1/rb";
+    assert!(
+        agent_a
+            .wait_for(&mut seen, Duration::from_secs(5), |v| v["path"] == rack_b
+                && v["state"] == "HEALTHY")
+            .is_some(),
+        "{seen:#?}"
+    );
+    lab.blackhole_prefix(&format!("{}.0/24", net(b1)));
+    let both = agent_a.wait_for(&mut seen, Duration::from_secs(10), |v| {
+        v["path"] == rack_b && v["state"] == "FAILED" && v["observers"] == "lab-a,lab-c"
+    });
+    assert!(
+        both.is_some(),
+        "agent A's verdict rests on both observers: {seen:#?}"
+    );
+
+    // Agent C dies mid-stream; A keeps judging on its own and announces the recovery.
+    drop(agent_c);
+    lab.heal();
+    let recovered = agent_a.wait_for(&mut seen, Duration::from_secs(20), |v| {
+        v["path"] == rack_b && v["state"] == "HEALTHY"
+    });
+    assert!(
+        recovered.is_some(),
+        "A announces recovery without its peer: {seen:#?}"
+    );
+    for f in flows {
+        f.join().unwrap();
+    }
+    let status = agent_a.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -351,7 +351,7 @@ async fn a_stalled_subscriber_gets_the_latest_state_and_slows_no_one() {
             .unwrap()
             .parse()
             .unwrap();
-        let want = if k % 2 == 0 {
+        let want = if k.is_multiple_of(2) {
             pb::State::Failed
         } else {
             pb::State::Healthy
@@ -515,7 +515,7 @@ async fn health_check_watch_and_list_follow_verdicts() {
         .unwrap()
         .into_inner()
         .statuses;
-    let of = |name: &str| list.get(name).map(|r| r.status());
+    let of = |name: &str| list.get(name).map(faultline_proto::health::HealthCheckResponse::status);
     assert_eq!(of(""), Some(ServingStatus::Serving));
     assert_eq!(of("site/dc-a"), Some(ServingStatus::Serving));
     assert_eq!(of("rack/dc-a/c1/r1"), Some(ServingStatus::NotServing));

@@ -181,6 +181,22 @@ impl Detector {
         }
     }
 
+    /// Drops everything an observer reported (a peer agent that went away): its last
+    /// word must not keep entities FAILED or DEGRADED until it goes stale.
+    pub fn forget_observer(&mut self, name: &str) {
+        let Some(&id) = self.observer_ids.get(name) else {
+            return;
+        };
+        for node in &mut self.nodes {
+            node.links.retain(|s| s.observer != id);
+        }
+        self.link_index.retain(|(o, _), _| *o != id);
+        self.observers[usize::from(id)].impaired = Hold::default();
+        if let Some(host) = self.observers[usize::from(id)].host {
+            self.nodes[host.index()].local_fault = false;
+        }
+    }
+
     fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
         if let Some(&id) = self.observer_ids.get(name) {
             if self.observers[usize::from(id)].host.is_none() {
@@ -410,6 +426,25 @@ impl Detector {
                     }
                     None => state == State::Unknown,
                 };
+                if unchanged
+                    && state == State::Failed
+                    && cause.is_none()
+                    && let Some(published) = &node.published
+                {
+                    // A failure that more observers now confirm is worth re-announcing:
+                    // its confidence and observers changed. (Observers dropping out while
+                    // it recovers under the hold is not news.)
+                    let fresh = evidence::build(self, id, state, cause, published.since, now);
+                    if fresh
+                        .observers
+                        .iter()
+                        .any(|o| !published.observers.contains(o))
+                    {
+                        changes.push(fresh.clone());
+                        self.nodes[id.index()].published = Some(fresh);
+                    }
+                    continue;
+                }
                 if !unchanged {
                     let since = match &node.published {
                         Some(p) if p.state == state => p.since,

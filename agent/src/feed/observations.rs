@@ -143,22 +143,34 @@ impl Observations for Publisher {
     }
 }
 
+/// What a peer follower tells the run loop.
+#[derive(Debug)]
+pub enum PeerMessage {
+    /// One tick of the peer's observations.
+    Batch(Vec<Observation>),
+    /// The peer's stream ended: forget what this observer said.
+    Lost(Arc<str>),
+}
+
 /// Reads one peer forever: subscribe, hand batches over, reconnect with backoff
 /// (100 ms doubling to 5 s) when the peer goes away. Batches that the run loop has no
 /// room for are dropped, never waited on.
-pub async fn follow_peer(
-    endpoint: String,
-    me: String,
-    to_detector: mpsc::Sender<Vec<Observation>>,
-) {
+pub async fn follow_peer(endpoint: String, me: String, to_detector: mpsc::Sender<PeerMessage>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match subscribe_once(&endpoint, &me, &to_detector).await {
+        let mut observer = None;
+        match subscribe_once(&endpoint, &me, &to_detector, &mut observer).await {
             Ok(()) => {
                 tracing::warn!(peer = %endpoint, "peer closed the observation stream; reconnecting")
             }
             Err(e) => {
                 tracing::warn!(peer = %endpoint, error = %e, retry_in = ?backoff, "peer unreachable")
+            }
+        }
+        if let Some(name) = observer {
+            backoff = Duration::from_millis(100);
+            if to_detector.send(PeerMessage::Lost(name)).await.is_err() {
+                return;
             }
         }
         if to_detector.is_closed() {
@@ -172,7 +184,8 @@ pub async fn follow_peer(
 async fn subscribe_once(
     endpoint: &str,
     me: &str,
-    to_detector: &mpsc::Sender<Vec<Observation>>,
+    to_detector: &mpsc::Sender<PeerMessage>,
+    observer: &mut Option<Arc<str>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(2))
@@ -195,7 +208,14 @@ async fn subscribe_once(
         last = Some(batch.sequence);
         match from_wire(&batch) {
             Some(observations) => {
-                if to_detector.try_send(observations).is_err() && to_detector.is_closed() {
+                if observer.is_none() {
+                    *observer = Some(batch.observer.as_str().into());
+                }
+                if to_detector
+                    .try_send(PeerMessage::Batch(observations))
+                    .is_err()
+                    && to_detector.is_closed()
+                {
                     return Ok(());
                 }
             }

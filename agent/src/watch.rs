@@ -1,0 +1,188 @@
+//! `faultline watch`: a live view of an agent's verdict feed for operators. Text
+//! mode prints the snapshot as a table, then one line per change; JSON mode prints one
+//! object per verdict. It reconnects with backoff and resumes where it left off.
+use std::{fmt::Write as _, time::Duration};
+
+use faultline_proto::v1::{self as pb, verdicts_client::VerdictsClient, watch_event::Event};
+use serde_json::json;
+
+use crate::{feed::convert, topology::Level};
+
+/// What to watch and how to print it.
+pub struct WatchOptions {
+    pub endpoint: String,
+    pub levels: Vec<Level>,
+    pub path_prefix: String,
+    pub json: bool,
+}
+
+/// Runs until the process is interrupted; returns an error only for a request the
+/// agent refuses (a bad filter), which retrying cannot fix.
+pub async fn watch(
+    options: &WatchOptions,
+    mut out: impl std::io::Write,
+) -> Result<(), tonic::Status> {
+    let mut resume_after = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match stream_once(options, &mut resume_after, &mut out).await {
+            Err(status) if status.code() == tonic::Code::InvalidArgument => return Err(status),
+            Err(status) => eprintln!(
+                "faultline watch: {}: {}; retrying in {backoff:?}",
+                options.endpoint,
+                status.message()
+            ),
+            Ok(()) => eprintln!(
+                "faultline watch: {}: stream ended; reconnecting",
+                options.endpoint
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn stream_once(
+    options: &WatchOptions,
+    resume_after: &mut Option<u64>,
+    out: &mut impl std::io::Write,
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
+        .map_err(|e| {
+            tonic::Status::invalid_argument(format!("endpoint `{}`: {e}", options.endpoint))
+        })?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let request = pb::WatchRequest {
+        filter: Some(pb::Filter {
+            levels: options
+                .levels
+                .iter()
+                .map(|l| convert::level(*l) as i32)
+                .collect(),
+            path_prefix: options.path_prefix.clone(),
+        }),
+        resume_after: *resume_after,
+    };
+    let mut stream = VerdictsClient::new(channel)
+        .watch(request)
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        let text = match event.event {
+            Some(Event::Snapshot(s)) => {
+                *resume_after = Some(s.sequence);
+                render_snapshot(&s, options.json)
+            }
+            Some(Event::Change(c)) => {
+                *resume_after = Some(c.sequence);
+                c.verdict
+                    .map(|v| render_change(c.sequence, &v, options.json))
+                    .unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            // stdout closed (e.g. piped into `head`): nothing left to do.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn state_name(v: &pb::Verdict) -> &'static str {
+    match v.state() {
+        pb::State::Unspecified | pb::State::Unknown => "UNKNOWN",
+        pb::State::Healthy => "HEALTHY",
+        pb::State::Degraded => "DEGRADED",
+        pb::State::Failed => "FAILED",
+    }
+}
+
+fn level_name(e: Option<&pb::Entity>) -> &'static str {
+    e.and_then(|e| pb::Level::try_from(e.level).ok())
+        .and_then(convert::level_from)
+        .map_or("?", Level::as_str)
+}
+
+/// One verdict as JSON: what scripts and dashboards consume.
+pub fn verdict_json(sequence: u64, v: &pb::Verdict) -> serde_json::Value {
+    let entity = v.entity.as_ref();
+    json!({
+        "sequence": sequence,
+        "level": level_name(entity),
+        "path": entity.map_or("", |e| e.path.as_str()),
+        "state": state_name(v),
+        "since": v.since.map(|t| t.seconds),
+        "confidence": v.confidence,
+        "reason": v.reason,
+        "cause": v.cause.as_ref().map(|c| format!("{}/{}", level_name(Some(c)), c.path)),
+        "observers": v.observers,
+        "local_fault": v.local_fault,
+        "evidence": v.evidence.as_ref().map(|e| json!({
+            "failed_children": e.failed_children,
+            "observed_children": e.observed_children,
+            "links": e.links.iter().map(|l| json!({
+                "observer": l.observer, "local": l.local_address, "remote": l.remote_address,
+                "rto": l.rto_timeouts, "retrans": l.retrans_segs, "progress": l.progress_segs,
+            })).collect::<Vec<_>>(),
+        })),
+    })
+}
+
+fn render_change(sequence: u64, v: &pb::Verdict, json: bool) -> String {
+    if json {
+        return format!("{}\n", verdict_json(sequence, v));
+    }
+    let entity = v.entity.as_ref();
+    let cause = v.cause.as_ref().map_or(String::new(), |c| {
+        format!(" (because of {} {})", level_name(Some(c)), c.path)
+    });
+    format!(
+        "#{sequence:<6} {:<8} {:<40} {:<9} {:.2}  {}{cause}\n",
+        level_name(entity),
+        entity.map_or("", |e| e.path.as_str()),
+        state_name(v),
+        v.confidence,
+        v.reason
+    )
+}
+
+fn render_snapshot(s: &pb::VerdictSnapshot, json: bool) -> String {
+    let mut text = String::new();
+    if json {
+        for v in &s.verdicts {
+            let _ = writeln!(text, "{}", verdict_json(s.sequence, v));
+        }
+        return text;
+    }
+    let _ = writeln!(
+        text,
+        "snapshot as of #{}: {} verdict(s)",
+        s.sequence,
+        s.verdicts.len()
+    );
+    let _ = writeln!(
+        text,
+        "{:<7} {:<8} {:<40} {:<9} CONF  REASON",
+        "SEQ", "LEVEL", "PATH", "STATE"
+    );
+    let mut rows: Vec<&pb::Verdict> = s.verdicts.iter().collect();
+    // Worst first, then by path, so a failure is on the first screen.
+    rows.sort_by_key(|v| {
+        (
+            std::cmp::Reverse(v.state),
+            v.entity.as_ref().map(|e| e.path.clone()),
+        )
+    });
+    for v in rows {
+        text.push_str(&render_change(s.sequence, v, false));
+    }
+    text
+}
