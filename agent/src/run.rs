@@ -18,6 +18,7 @@ use crate::{
         Feed, FeedLimits,
         observations::{PeerMessage, follow_peer},
     },
+    metrics::Metrics,
     netif,
     probe::{LinkSample, Probe, ProbeError, SockOpsStatus, UrgentEvents, UrgentRecord},
     topology::{Topology, TopologyError},
@@ -119,6 +120,18 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         addr: config.listen.grpc,
         source,
     })?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.listen.metrics)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.listen.metrics,
+            source,
+        })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| RunError::Listen {
+            addr: config.listen.metrics,
+            source,
+        })?;
     let mut detector = Detector::new(topology.clone(), config.detector.clone());
     let mut probe = Probe::attach(&config.probe.probe_options())?;
     match probe.sock_ops_status() {
@@ -148,6 +161,12 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
             .await
         })
     };
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        feed.hub.clone(),
+    ));
     let (peer_tx, mut peer_rx) = mpsc::channel::<PeerMessage>(64);
     for endpoint in &config.agent.peers {
         tokio::spawn(follow_peer(
@@ -163,6 +182,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         entities = detector.topology().len(),
         peers = config.agent.peers.len(),
         grpc = %grpc_addr,
+        metrics = %metrics_addr,
         tick = ?config.probe.tick,
         "probe attached, watching TCP links"
     );
@@ -177,7 +197,10 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
             Some(message) = peer_rx.recv() => {
                 match message {
                     // Peers' ticks are folded in now and judged at the next evaluation.
-                    PeerMessage::Batch(batch) => detector.observe(&batch, start.elapsed()),
+                    PeerMessage::Batch(batch) => {
+                        Metrics::add(&metrics.peer_batches, 1);
+                        detector.observe(&batch, start.elapsed());
+                    }
                     PeerMessage::Lost(name) => {
                         tracing::warn!(peer = %name, "peer observer gone; its evidence is dropped");
                         detector.forget_observer(&name);
@@ -186,9 +209,12 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
                 continue;
             }
             batch = next_urgent(urgent.as_mut()) => match batch {
-                Ok(events) => for e in events {
-                    tracing::debug!(kind = ?e.kind, local = %e.link.local, peer = %e.link.remote, "urgent");
-                },
+                Ok(events) => {
+                    Metrics::add(&metrics.urgent_events, events.len() as u64);
+                    for e in events {
+                        tracing::debug!(kind = ?e.kind, local = %e.link.local, peer = %e.link.remote, "urgent");
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "urgent event ring unreadable; relying on ticks");
                     urgent = None;
@@ -196,6 +222,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
             },
         }
         // A tick or an urgent event: evaluate now either way.
+        let began = Instant::now();
         let samples = probe.sample()?;
         let own = observer.observations(&samples);
         detector.observe(&own, start.elapsed());
@@ -206,6 +233,16 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         }
         if !changes.is_empty() {
             feed.publish(&changes);
+        }
+        Metrics::add(&metrics.ticks, 1);
+        Metrics::add(&metrics.verdict_changes, changes.len() as u64);
+        Metrics::set(&metrics.links_in_tick, own.len() as u64);
+        Metrics::set(
+            &metrics.last_tick_ns,
+            u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        );
+        if let Ok(dropped) = probe.urgent_dropped() {
+            Metrics::set(&metrics.urgent_dropped, dropped);
         }
     }
     tracing::info!("shutting down: agent NOT_SERVING, draining gRPC, detaching programs");

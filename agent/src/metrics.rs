@@ -1,0 +1,227 @@
+//! Prometheus `/metrics` on port 7432: what the agent itself is doing, for dashboards.
+//!
+//! The run loop bumps atomic counters; a scrape renders them together with the
+//! current verdicts per level and state. The HTTP side is deliberately tiny (GET
+//! /metrics, connection: close): a scraper is the only client.
+use std::{
+    fmt::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{detector::State, feed::hub::Hub, topology::Level};
+
+/// Counters the run loop updates.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ticks: AtomicU64,
+    /// Duration of the latest evaluation (read maps + detector tick), ns.
+    pub last_tick_ns: AtomicU64,
+    /// Links with evidence in the latest tick.
+    pub links_in_tick: AtomicU64,
+    pub urgent_events: AtomicU64,
+    /// Urgent events the kernel suppressed (rate limit or full ring), as last read.
+    pub urgent_dropped: AtomicU64,
+    pub verdict_changes: AtomicU64,
+    pub peer_batches: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of these counters and the hub's verdicts.
+    pub fn render(&self, hub: &Hub) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "faultline_ticks_total",
+            "counter",
+            "Evaluations of the kernel counters.",
+            get(&self.ticks).to_string(),
+        );
+        #[expect(clippy::cast_precision_loss)]
+        let tick = get(&self.last_tick_ns) as f64 / 1e9;
+        metric(
+            "faultline_tick_seconds",
+            "gauge",
+            "Duration of the latest evaluation.",
+            format!("{tick:.9}"),
+        );
+        metric(
+            "faultline_links_in_tick",
+            "gauge",
+            "Links with evidence in the latest tick.",
+            get(&self.links_in_tick).to_string(),
+        );
+        metric(
+            "faultline_urgent_events_total",
+            "counter",
+            "Urgent kernel events received.",
+            get(&self.urgent_events).to_string(),
+        );
+        metric(
+            "faultline_urgent_dropped_total",
+            "counter",
+            "Urgent kernel events suppressed by the in-kernel rate limit or a full ring.",
+            get(&self.urgent_dropped).to_string(),
+        );
+        metric(
+            "faultline_verdict_changes_total",
+            "counter",
+            "Verdict changes published.",
+            get(&self.verdict_changes).to_string(),
+        );
+        metric(
+            "faultline_peer_batches_total",
+            "counter",
+            "Observation batches received from peer agents.",
+            get(&self.peer_batches).to_string(),
+        );
+        let (sequence, verdicts) = hub.snapshot();
+        metric(
+            "faultline_feed_sequence",
+            "counter",
+            "Sequence number of the latest verdict change.",
+            sequence.to_string(),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP faultline_entities Entities by level and current state.\n# TYPE faultline_entities gauge"
+        );
+        for level in Level::ALL {
+            for state in [
+                State::Unknown,
+                State::Healthy,
+                State::Degraded,
+                State::Failed,
+            ] {
+                let n = verdicts
+                    .iter()
+                    .filter(|v| v.entity.level == level && v.state == state)
+                    .count();
+                let _ = writeln!(
+                    s,
+                    "faultline_entities{{level=\"{level}\",state=\"{}\"}} {n}",
+                    state.as_str()
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Serves `/metrics` on `listener` forever.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Arc<Hub>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // Read the request head, bounded in size and time.
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    let n = conn.read(&mut buf[len..]).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    len += n;
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return Some(());
+                    }
+                }
+                None
+            })
+            .await;
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let response = match read {
+                Ok(Some(()))
+                    if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") =>
+                {
+                    let body = metrics.render(&hub);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                Ok(Some(())) => {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                }
+                _ => "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned(),
+            };
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::{Entity, Evidence, Verdict};
+
+    #[tokio::test]
+    async fn scrape_shows_counters_and_entities() {
+        let hub = Arc::new(Hub::new(8, 8));
+        hub.publish(&[Verdict {
+            entity: Entity {
+                level: Level::Rack,
+                path: "dc-a/c1/r1".into(),
+            },
+            state: State::Failed,
+            since: Duration::ZERO,
+            confidence: 1.0,
+            reason: String::new(),
+            cause: None,
+            evidence: Evidence::default(),
+            observers: Vec::new(),
+            local_fault: false,
+        }]);
+        let metrics = Arc::new(Metrics::default());
+        Metrics::add(&metrics.ticks, 3);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, metrics, hub));
+        let get = |path: &'static str| async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let body = get("/metrics").await;
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(body.contains("\nfaultline_ticks_total 3\n"), "{body}");
+        assert!(
+            body.contains("faultline_entities{level=\"rack\",state=\"FAILED\"} 1"),
+            "{body}"
+        );
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+    }
+}
