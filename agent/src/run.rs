@@ -250,10 +250,17 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
     // Give health watchers a moment to see NOT_SERVING before connections close.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = stop_server.send(());
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(source)) => return Err(RunError::Serve { source }),
-        Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
+    // Graceful shutdown waits for open streams, and watchers never end theirs: give
+    // in-flight calls a moment, then close the rest.
+    let abort = server.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(source))) => return Err(RunError::Serve { source }),
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+        Err(_) => {
+            tracing::info!("closing the remaining gRPC streams");
+            abort.abort();
+        }
     }
     drop(probe);
     Ok(())

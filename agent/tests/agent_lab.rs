@@ -135,6 +135,45 @@ fn write_config(
     config
 }
 
+/// A real gRPC client on the agent's feed: every change to a rack, with the instant
+/// it arrived.
+fn watch_racks(grpc: &str) -> mpsc::Receiver<(Instant, String, i32)> {
+    use faultline_proto::v1::{self as pb, verdicts_client::VerdictsClient, watch_event::Event};
+    let (tx, rx) = mpsc::channel();
+    let url = format!("http://{grpc}");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut client = VerdictsClient::connect(url)
+                .await
+                .expect("connect to the agent's feed");
+            let request = pb::WatchRequest {
+                filter: Some(pb::Filter {
+                    levels: vec![pb::Level::Rack as i32],
+                    path_prefix: String::new(),
+                }),
+                resume_after: None,
+            };
+            let mut stream = client.watch(request).await.unwrap().into_inner();
+            while let Ok(Some(e)) = stream.message().await {
+                if let Some(Event::Change(c)) = e.event {
+                    let v = c.verdict.unwrap();
+                    if tx
+                        .send((Instant::now(), v.entity.unwrap().path, v.state))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    });
+    rx
+}
+
 fn second(addr: IpAddr) -> IpAddr {
     let IpAddr::V4(v4) = addr else { unreachable!() };
     let o = v4.octets();
@@ -159,6 +198,7 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
     let _sink_b = Sink::start(&lab.b.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
     let _sink_c = Sink::start(&lab.c.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
     let agent = Agent::start(&config);
+    let feed = watch_racks(&agent.grpc);
     let flows: Vec<_> = [b1, b2, c1, c2]
         .into_iter()
         .map(|to| {
@@ -184,7 +224,19 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
         v["path"] == rack_b && v["state"] == "FAILED"
     });
     let failed = failed.unwrap_or_else(|| panic!("rack rb never FAILED: {seen:#?}"));
-    eprintln!("rack FAILED {:?} after the blackhole", failed - injected);
+    let over_grpc = loop {
+        let (at, path, state) = feed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the gRPC feed announces it too");
+        if path == rack_b && state == faultline_proto::v1::State::Failed as i32 {
+            break at;
+        }
+    };
+    eprintln!(
+        "rack FAILED {:?} after the blackhole in the log, {:?} at a gRPC subscriber",
+        failed - injected,
+        over_grpc - injected
+    );
     // Let the hosts' own verdicts and any wrong blame arrive.
     agent.wait_for(&mut seen, Duration::from_secs(2), |_| false);
     for f in flows {
