@@ -515,7 +515,10 @@ async fn health_check_watch_and_list_follow_verdicts() {
         .unwrap()
         .into_inner()
         .statuses;
-    let of = |name: &str| list.get(name).map(faultline_proto::health::HealthCheckResponse::status);
+    let of = |name: &str| {
+        list.get(name)
+            .map(faultline_proto::health::HealthCheckResponse::status)
+    };
     assert_eq!(of(""), Some(ServingStatus::Serving));
     assert_eq!(of("site/dc-a"), Some(ServingStatus::Serving));
     assert_eq!(of("rack/dc-a/c1/r1"), Some(ServingStatus::NotServing));

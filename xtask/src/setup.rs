@@ -1,13 +1,14 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks, and only that.
 //!
 //! Everything is checked first (one dpkg-query, one rustup call, `bpf-linker --version`,
-//! a stat of tracefs: well under a second), so every other subcommand calls
-//! [`ensure`] before it starts and a machine that has it all pays almost nothing.
+//! a stat of tracefs, one import in the Python venv: well under a second), so every
+//! other subcommand calls [`ensure`] before it starts and a machine that has it all
+//! pays almost nothing.
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, describe, is_root, run_output, run_status};
+use crate::{cargo, describe, is_root, run_output, run_status, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and bench drive.
 const APT_PACKAGES: [&str; 10] = [
@@ -26,6 +27,16 @@ const APT_PACKAGES: [&str; 10] = [
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const BPF_LINKER_SERIES: &str = "0.13.";
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// The virtualenv (in the workspace root) of the independent gRPC client the tests run
+/// against the feed (tests/python/), and the PyPI packages it needs.
+const VENV: &str = ".venv";
+const PYPI_PACKAGES: [&str; 3] = ["grpcio", "grpcio-health-checking", "grpcio-reflection"];
+/// Imports every module the client uses, then prints the packages' versions.
+const VENV_CHECK: &str = "import grpc, grpc_health.v1.health_pb2_grpc, \
+    grpc_reflection.v1alpha.reflection_pb2_grpc\n\
+    from importlib.metadata import version\n\
+    print(', '.join(f'{p} {version(p)}' for p in \
+    ('grpcio', 'grpcio-health-checking', 'grpcio-reflection')))";
 
 /// `cargo xtask setup`: one line per prerequisite.
 pub(crate) fn run() -> Result<()> {
@@ -61,7 +72,8 @@ fn prepare(verbose: bool) -> Result<()> {
     apt(&packages, &missing, verbose)?;
     rust_src(verbose)?;
     bpf_linker(verbose)?;
-    tracefs(tracefs_ok, verbose)
+    tracefs(tracefs_ok, verbose)?;
+    python_venv(verbose)
 }
 
 /// Each package with its installed version, None when not (fully) installed.
@@ -225,4 +237,63 @@ fn tracefs(mounted: bool, verbose: bool) -> Result<()> {
     println!("mounting: tracefs at {TRACEFS} (it was not mounted)");
     std::fs::create_dir_all(TRACEFS).with_context(|| format!("create {TRACEFS}"))?;
     run_status(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))
+}
+
+/// `.venv` with grpcio, grpcio-health-checking and grpcio-reflection.
+fn python_venv(verbose: bool) -> Result<()> {
+    let venv = workspace_root().join(VENV);
+    let python = venv.join("bin/python");
+    if let Some(versions) = venv_versions(&python) {
+        if verbose {
+            println!("ok: python venv ({versions})");
+        }
+        return Ok(());
+    }
+    println!(
+        "installing: python venv {} with {} (python3 -m venv, pip)",
+        venv.display(),
+        PYPI_PACKAGES.join(" ")
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "venv"]);
+    // A venv whose interpreter no longer runs (its base Python moved) is made anew.
+    if venv.exists() && !runs(Command::new(&python).args(["-c", "pass"])) {
+        cmd.arg("--clear");
+    }
+    run_status(cmd.arg(&venv))?;
+    run_status(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+            ])
+            .args(PYPI_PACKAGES),
+    )?;
+    if venv_versions(&python).is_none() {
+        // Run the check once more, for its error message.
+        run_output(Command::new(&python).args(["-c", VENV_CHECK]))
+            .with_context(|| format!("pip installed {}", PYPI_PACKAGES.join(" ")))?;
+    }
+    Ok(())
+}
+
+/// "grpcio 1.x, grpcio-health-checking 1.x, grpcio-reflection 1.x"; None when the venv
+/// is missing or lacks one of them.
+fn venv_versions(python: &Path) -> Option<String> {
+    let out = Command::new(python)
+        .args(["-c", VENV_CHECK])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Whether `cmd` starts and exits 0 (its output discarded).
+fn runs(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|out| out.status.success())
 }

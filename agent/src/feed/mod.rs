@@ -16,7 +16,6 @@ use std::{future::Future, sync::Arc, time::SystemTime};
 
 use faultline_proto::{health::health_server::HealthServer, v1};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     detector::{Observation, Verdict},
@@ -128,7 +127,12 @@ impl Feed {
             .add_service(observations)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                // TCP_NODELAY: a change is a small write; Nagle would hold it back until
+                // the client's delayed ACK (40 ms) releases it.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
     }
 }
