@@ -9,9 +9,16 @@
 //!    program's run_cnt / run_time_ns over the iperf3 run. Stats are off during the
 //!    throughput runs, as in production.
 //!
+//! 3. Detector engine: the criterion benchmark `agent/benches/detector_tick.rs`, one
+//!    `observe` + `tick` at 10k and 100k links in a 10,000-host topology, healthy and
+//!    with a blackholed rack; criterion's per-tick means are read back from
+//!    `target/criterion` ([`detector`]). Pure CPU: `--detector-only` runs just this
+//!    part (no root, no namespaces); `--skip-detector` leaves it out.
+//!
 //! Prints a table and writes `target/bench/latest.json`. Namespaces, the iperf3 server
 //! and agents are removed by guards even on error, panic or Ctrl-C.
 mod agent;
+mod detector;
 mod lab;
 
 use std::{
@@ -28,6 +35,7 @@ use serde_json::json;
 
 use self::{
     agent::{Agent, BpfStats, ProgCost},
+    detector::DetectorBench,
     lab::Lab,
 };
 use crate::{build, is_root, setup, target_dir, workspace_root};
@@ -40,16 +48,51 @@ pub(crate) struct Options {
     /// Length of each iperf3 run, in seconds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=60))]
     seconds: u32,
+    /// Only the detector engine benchmark (pure CPU: needs neither root nor namespaces).
+    #[arg(long, conflicts_with = "skip_detector")]
+    detector_only: bool,
+    /// Leave out the detector engine benchmark (throughput and kernel cost only).
+    #[arg(long)]
+    skip_detector: bool,
+    /// Run only the detector benchmarks whose id matches this regex (criterion's
+    /// filter), e.g. `100k` or `observe_tick/100k_links_healthy`.
+    #[arg(long, value_name = "REGEX", conflicts_with = "skip_detector")]
+    detector_filter: Option<String>,
 }
 
 pub(crate) fn run(opts: &Options) -> Result<()> {
-    if !is_root() {
-        bail!("the benchmark creates network namespaces and loads eBPF programs; run as root");
+    if !opts.detector_only && !is_root() {
+        bail!(
+            "the benchmark creates network namespaces and loads eBPF programs; run as root \
+             (or `--detector-only` for the detector engine alone)"
+        );
     }
     setup::ensure()?;
-    let bin = build::faultline(true)?;
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    // First: pure CPU, and nothing else is running yet to disturb it.
+    let detector = if opts.skip_detector {
+        None
+    } else {
+        Some(detector::run(opts.detector_filter.as_deref())?)
+    };
+    let network = if opts.detector_only {
+        None
+    } else {
+        Some(network(opts, &out_dir)?)
+    };
+    let report = Report { network, detector };
+    print!("{}", report.table());
+    let path = out_dir.join("latest.json");
+    let text = serde_json::to_string_pretty(&report.json())?;
+    std::fs::write(&path, text + "\n").with_context(|| format!("write {}", path.display()))?;
+    println!("wrote {}", relative(&path));
+    Ok(())
+}
+
+/// Parts 1 and 2: throughput with and without the agent, and the kernel cost.
+fn network(opts: &Options, out_dir: &Path) -> Result<NetworkReport> {
+    let bin = build::faultline(true)?;
     let log = out_dir.join("agent.log");
     std::fs::write(&log, "").with_context(|| format!("create {}", log.display()))?;
     install_signal_handlers();
@@ -92,20 +135,13 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     }
     let cost = kernel_cost(&lab, &bin, &log, opts.seconds)?;
     drop(lab);
-
-    let report = Report {
+    Ok(NetworkReport {
         runs: opts.runs,
         seconds: opts.seconds,
         without,
         with,
         cost,
-    };
-    print!("{}", report.table());
-    let path = out_dir.join("latest.json");
-    let text = serde_json::to_string_pretty(&report.json())?;
-    std::fs::write(&path, text + "\n").with_context(|| format!("write {}", path.display()))?;
-    println!("wrote {}", relative(&path));
-    Ok(())
+    })
 }
 
 /// What the agent's programs did during one agent-attached iperf3 run.
@@ -141,7 +177,48 @@ fn kernel_cost(lab: &Lab, bin: &Path, log: &Path, seconds: u32) -> Result<Kernel
     })
 }
 
+/// What this run measured: the network parts, the detector engine, or both.
 struct Report {
+    network: Option<NetworkReport>,
+    detector: Option<DetectorBench>,
+}
+
+impl Report {
+    fn table(&self) -> String {
+        let mut s = String::new();
+        if let Some(n) = &self.network {
+            s += &n.table();
+        }
+        if let Some(d) = &self.detector {
+            s += &d.table();
+        }
+        s
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut v = match &self.network {
+            Some(n) => n.json(),
+            None => json!({}),
+        };
+        v["timestamp_unix"] = json!(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default()
+        );
+        v["kernel"] = json!(
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+        );
+        if let Some(d) = &self.detector {
+            v["detector"] = d.json();
+        }
+        v
+    }
+}
+
+struct NetworkReport {
     runs: u32,
     seconds: u32,
     without: Vec<f64>,
@@ -149,7 +226,7 @@ struct Report {
     cost: KernelCost,
 }
 
-impl Report {
+impl NetworkReport {
     fn ratio(&self) -> f64 {
         mean(&self.with) / mean(&self.without)
     }
@@ -227,13 +304,6 @@ impl Report {
     fn json(&self) -> serde_json::Value {
         let c = &self.cost;
         json!({
-            "timestamp_unix": SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim(),
             "runs": self.runs,
             "seconds": self.seconds,
             "throughput": {

@@ -3,6 +3,7 @@
 //! work on a machine that has only Rust (stable + nightly via rustup), gcc and python3.
 mod bench;
 mod build;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -48,8 +49,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Measure throughput with and without the agent, and the kernel cost per program.
+    /// Measure throughput with and without the agent, the kernel cost per program, and
+    /// the detector engine's cost per tick at 10k and 100k links.
     Bench(bench::Options),
+    /// Fuzz the topology parser (cargo-fuzz on nightly) for --seconds (default 60).
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run::run(&args),
         Cmd::Test { args } => test::run(&args),
         Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
+        Cmd::Fuzz(options) => fuzz::run(&options),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: {e:#}");
