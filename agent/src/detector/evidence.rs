@@ -62,7 +62,7 @@ fn peer(d: &Detector, slot: &LinkSlot, now: Duration) -> PeerEvidence {
         local: slot.link.local,
         remote: slot.link.remote,
         status: slot.health.status(now, &d.cfg),
-        last: slot.health.last_delta,
+        last: slot.health.last_counters(),
         stall_hard: slot.health.stall_hard(),
         stall_retrans: slot.health.stall_retrans(),
         since_progress_ms: slot
@@ -98,6 +98,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     let mut peers: Vec<PeerEvidence> = node
         .links
         .iter()
+        .map(|&(_, slot)| &d.slots[slot as usize])
         .filter(|s| !d.observers[usize::from(s.observer)].impaired.held)
         .map(|s| peer(d, s, now))
         .filter(|p| p.status != LinkStatus::Unknown)
@@ -106,6 +107,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     let agreeing: BTreeSet<u16> = node
         .links
         .iter()
+        .map(|&(_, slot)| &d.slots[slot as usize])
         .filter(|s| !d.observers[usize::from(s.observer)].impaired.held)
         .filter(|s| {
             let st = s.health.status(now, &d.cfg);
@@ -167,7 +169,8 @@ fn local_fault(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         for slot in d.nodes[host.index()]
             .links
             .iter()
-            .filter(|s| s.observer == index)
+            .filter(|&&(o, _)| o == index)
+            .map(|&(_, slot)| &d.slots[slot as usize])
         {
             if slot.health.status(now, &d.cfg) == LinkStatus::Failed
                 && peers.len() < d.cfg.max_evidence
@@ -220,7 +223,11 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         if !is_within(&d.topology, host, id) || !d.nodes[host.index()].hold.held {
             continue;
         }
-        for s in &d.nodes[host.index()].links {
+        for s in d.nodes[host.index()]
+            .links
+            .iter()
+            .map(|&(_, slot)| &d.slots[slot as usize])
+        {
             if !d.observers[usize::from(s.observer)].impaired.held
                 && s.health.status(now, &d.cfg) == LinkStatus::Failed
             {

@@ -21,6 +21,8 @@ pub mod verdict;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
+use rustc_hash::FxHashMap;
+
 pub use config::DetectorConfig;
 use hold::Hold;
 pub use link::{LinkDelta, LinkHealth, LinkStatus};
@@ -68,10 +70,15 @@ struct Vote {
     healthy_hosts: u32,
 }
 
+/// A link's place in the slot arena.
+type SlotId = u32;
+
 #[derive(Default)]
 struct Node {
-    /// Links to this host (hosts only), sorted by observer.
-    links: Vec<LinkSlot>,
+    /// Links to this host (hosts only): (observer, slot), sorted by observer.
+    links: Vec<(u16, SlotId)>,
+    /// This tick's view of each observer of this host, computed once per tick.
+    views: Vec<(u16, LinkStatus)>,
     /// This tick: the merged view of a host, or the vote of a higher entity.
     observed: bool,
     raw_failing: bool,
@@ -110,8 +117,17 @@ pub struct Detector {
     nodes: Vec<Node>,
     observers: Vec<Observer>,
     observer_ids: HashMap<Arc<str>, u16>,
-    /// (observer, link) → host entity holding the slot.
-    link_index: HashMap<(u16, Link), EntityId>,
+    /// Every link's state, in the order links were first seen: a tick walks it
+    /// sequentially, which at 100k links is most of the tick's cost.
+    slots: Vec<LinkSlot>,
+    /// Each slot's status this tick, computed once.
+    status: Vec<LinkStatus>,
+    /// (observer, link) → slot.
+    link_index: FxHashMap<(u16, Link), SlotId>,
+    /// Per observer, the slot its i-th observation went to last time: batches from
+    /// one agent come in a stable order, so most lookups skip the hash.
+    hints: Vec<Vec<SlotId>>,
+    weights: link::DecayWeights,
     host_of_ip: HashMap<IpAddr, EntityId>,
     /// Entities in the order a tick visits them bottom-up (hosts first).
     by_level: [Vec<EntityId>; 4],
@@ -124,7 +140,11 @@ impl Detector {
             nodes: Vec::new(),
             observers: Vec::new(),
             observer_ids: HashMap::new(),
-            link_index: HashMap::new(),
+            slots: Vec::new(),
+            status: Vec::new(),
+            link_index: FxHashMap::default(),
+            hints: Vec::new(),
+            weights: link::DecayWeights::default(),
             host_of_ip: HashMap::new(),
             by_level: Default::default(),
             topology: Topology::default(),
@@ -152,33 +172,62 @@ impl Detector {
         observations: impl IntoIterator<Item = &'a Observation>,
         now: Duration,
     ) {
+        // (observer name, id, position in its run of observations)
+        let mut current: Option<(&'a Arc<str>, u16, usize)> = None;
         for o in observations {
-            let observer = self.observer(&o.observer, o.link.local);
-            let host = match self.link_index.get(&(observer, o.link)) {
-                Some(&h) => h,
-                None => {
-                    let h = self.host_entity(o.link.remote);
-                    let links = &mut self.nodes[h.index()].links;
-                    let at = links.partition_point(|s| s.observer <= observer);
-                    links.insert(
-                        at,
-                        LinkSlot {
-                            observer,
-                            link: o.link,
-                            health: LinkHealth::default(),
-                        },
-                    );
-                    self.link_index.insert((observer, o.link), h);
-                    h
+            let (observer, position) = match current {
+                Some((name, id, i)) if Arc::ptr_eq(name, &o.observer) || **name == *o.observer => {
+                    (id, i)
                 }
+                _ => (self.observer(&o.observer, o.link.local), 0),
             };
-            let slot = self.nodes[host.index()]
-                .links
-                .iter_mut()
-                .find(|s| s.observer == observer && s.link == o.link)
-                .expect("indexed link has a slot");
-            slot.health.observe(&o.delta, now, &self.cfg);
+            current = Some((&o.observer, observer, position + 1));
+            let slot = self.slot_for(observer, position, o.link);
+            self.slots[slot as usize].health.observe_with(
+                &o.delta,
+                now,
+                &self.cfg,
+                &mut self.weights,
+            );
         }
+    }
+
+    /// The slot of `link`, trying the observer's hint for `position` first.
+    fn slot_for(&mut self, observer: u16, position: usize, link: Link) -> SlotId {
+        let o = usize::from(observer);
+        if self.hints.len() <= o {
+            self.hints.resize_with(o + 1, Vec::new);
+        }
+        if let Some(&id) = self.hints[o].get(position)
+            && let Some(slot) = self.slots.get(id as usize)
+            && slot.observer == observer
+            && slot.link == link
+        {
+            return id;
+        }
+        let id = match self.link_index.get(&(observer, link)) {
+            Some(&id) => id,
+            None => {
+                let host = self.host_entity(link.remote);
+                let id = SlotId::try_from(self.slots.len()).expect("fewer than 2^32 links");
+                self.slots.push(LinkSlot {
+                    observer,
+                    link,
+                    health: LinkHealth::default(),
+                });
+                let links = &mut self.nodes[host.index()].links;
+                let at = links.partition_point(|&(ob, _)| ob <= observer);
+                links.insert(at, (observer, id));
+                self.link_index.insert((observer, link), id);
+                id
+            }
+        };
+        let hints = &mut self.hints[o];
+        if hints.len() <= position {
+            hints.resize(position + 1, SlotId::MAX);
+        }
+        hints[position] = id;
+        id
     }
 
     /// Drops everything an observer reported (a peer agent that went away): its last
@@ -188,9 +237,16 @@ impl Detector {
             return;
         };
         for node in &mut self.nodes {
-            node.links.retain(|s| s.observer != id);
+            node.links.retain(|&(o, _)| o != id);
         }
         self.link_index.retain(|(o, _), _| *o != id);
+        // The slots stay (ids are stable) but say nothing any more.
+        for slot in self.slots.iter_mut().filter(|s| s.observer == id) {
+            slot.health = LinkHealth::default();
+        }
+        if let Some(hints) = self.hints.get_mut(usize::from(id)) {
+            hints.clear();
+        }
         self.observers[usize::from(id)].impaired = Hold::default();
         if let Some(host) = self.observers[usize::from(id)].host {
             self.nodes[host.index()].local_fault = false;
@@ -280,6 +336,10 @@ impl Detector {
 
     /// Step 2a: each observer's view of each host, aggregated per observer.
     fn observer_views(&mut self, now: Duration) {
+        let cfg = &self.cfg;
+        self.status.clear();
+        self.status
+            .extend(self.slots.iter().map(|s| s.health.status(now, cfg)));
         for o in &mut self.observers {
             o.observed_hosts = 0;
             o.failed_hosts = 0;
@@ -289,7 +349,10 @@ impl Detector {
             o.failed_lca = None;
         }
         for &host in &self.by_level[0] {
-            for (observer, view) in views(&self.nodes[host.index()].links, now, &self.cfg) {
+            let node = &mut self.nodes[host.index()];
+            node.views.clear();
+            node.views.extend(views(&node.links, &self.status));
+            for &(observer, view) in &self.nodes[host.index()].views {
                 let o = &mut self.observers[usize::from(observer)];
                 match view {
                     LinkStatus::Unknown => continue,
@@ -330,7 +393,7 @@ impl Detector {
         for &host in &self.by_level[0] {
             let node = &self.nodes[host.index()];
             let (mut failed, mut healthy, mut degraded) = (0u32, 0u32, 0u32);
-            for (observer, view) in views(&node.links, now, &self.cfg) {
+            for &(observer, view) in &node.views {
                 if self.observers[usize::from(observer)].impaired.held {
                     continue;
                 }
@@ -499,33 +562,30 @@ impl Detector {
 
 /// Per observer, its view of one host from its links to it (links sorted by observer).
 fn views<'a>(
-    links: &'a [LinkSlot],
-    now: Duration,
-    cfg: &'a DetectorConfig,
+    links: &'a [(u16, SlotId)],
+    status: &'a [LinkStatus],
 ) -> impl Iterator<Item = (u16, LinkStatus)> + 'a {
-    links
-        .chunk_by(|a, b| a.observer == b.observer)
-        .map(move |chunk| {
-            let (mut failed, mut healthy, mut degraded) = (false, false, false);
-            for s in chunk {
-                match s.health.status(now, cfg) {
-                    LinkStatus::Failed => failed = true,
-                    LinkStatus::Healthy => healthy = true,
-                    LinkStatus::Degraded => degraded = true,
-                    LinkStatus::Unknown => {}
-                }
+    links.chunk_by(|a, b| a.0 == b.0).map(move |chunk| {
+        let (mut failed, mut healthy, mut degraded) = (false, false, false);
+        for &(_, slot) in chunk {
+            match status[slot as usize] {
+                LinkStatus::Failed => failed = true,
+                LinkStatus::Healthy => healthy = true,
+                LinkStatus::Degraded => degraded = true,
+                LinkStatus::Unknown => {}
             }
-            let view = if failed && !healthy && !degraded {
-                LinkStatus::Failed
-            } else if degraded || failed {
-                LinkStatus::Degraded
-            } else if healthy {
-                LinkStatus::Healthy
-            } else {
-                LinkStatus::Unknown
-            };
-            (chunk[0].observer, view)
-        })
+        }
+        let view = if failed && !healthy && !degraded {
+            LinkStatus::Failed
+        } else if degraded || failed {
+            LinkStatus::Degraded
+        } else if healthy {
+            LinkStatus::Healthy
+        } else {
+            LinkStatus::Unknown
+        };
+        (chunk[0].0, view)
+    })
 }
 
 /// An observer is cut off itself when its links fail in several racks at once while
