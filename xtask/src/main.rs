@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker,
-    /// tracefs). Idempotent: a second run only checks.
+    /// tracefs, a Python venv with grpcio). Idempotent: a second run only checks.
     Setup,
     /// Set up, then build the agent (`faultline`, with its eBPF programs embedded).
     Build {
