@@ -134,6 +134,8 @@ impl Metrics {
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Arc<Hub>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
+            // Out of file descriptors, say: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let metrics = metrics.clone();
@@ -182,25 +184,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Arc<Hub>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::{Entity, Evidence, Verdict};
+    use crate::detector::Verdict;
 
     #[tokio::test]
     async fn scrape_shows_counters_and_entities() {
         let hub = Arc::new(Hub::new(8, 8));
-        hub.publish(&[Verdict {
-            entity: Entity {
-                level: Level::Rack,
-                path: "dc-a/c1/r1".into(),
-            },
-            state: State::Failed,
-            since: Duration::ZERO,
-            confidence: 1.0,
-            reason: String::new(),
-            cause: None,
-            evidence: Evidence::default(),
-            observers: Vec::new(),
-            local_fault: false,
-        }]);
+        hub.publish(&[Verdict::scripted(Level::Rack, "dc-a/c1/r1", State::Failed)]);
         let metrics = Arc::new(Metrics::default());
         Metrics::add(&metrics.ticks, 3);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

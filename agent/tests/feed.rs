@@ -1,13 +1,14 @@
 //! The gRPC feed in-process on 127.0.0.1:0, driven by scripted verdicts, with real
 //! tonic clients: snapshot then ordered changes, resume, slow subscribers, fan-out,
 //! bad requests, and grpc.health.v1.
-use std::{path::Path, sync::Arc, time::Duration, time::SystemTime};
+use std::time::Duration;
 
 use faultline::{
-    detector::{Entity, Evidence, State, Verdict},
-    feed::{Feed, FeedLimits},
-    topology::{Level, Topology},
+    detector::{State, Verdict},
+    feed::FeedLimits,
+    topology::Level,
 };
+use faultline_integration::feed::FeedServer;
 use faultline_proto::{
     health::{
         HealthCheckRequest, HealthListRequest, health_check_response::ServingStatus,
@@ -15,64 +16,35 @@ use faultline_proto::{
     },
     v1::{self as pb, verdicts_client::VerdictsClient, watch_event::Event},
 };
-use tokio::net::TcpListener;
 use tonic::{Code, transport::Channel};
 
 const TOPOLOGY: &str = "[[site]]\nname = \"dc-a\"\n[[cabinet]]\nname = \"c1\"\nsite = \"dc-a\"\n\
     [[rack]]\nname = \"r1\"\ncabinet = \"dc-a/c1\"\n[[rack]]\nname = \"r2\"\ncabinet = \"dc-a/c1\"\n";
 
 fn verdict(level: Level, path: &str, state: State) -> Verdict {
-    Verdict {
-        entity: Entity {
-            level,
-            path: path.into(),
-        },
-        state,
-        since: Duration::from_secs(1),
-        confidence: 0.6,
-        reason: format!("scripted {path}"),
-        cause: None,
-        evidence: Evidence::default(),
-        observers: vec!["obs".into()],
-        local_fault: false,
-    }
+    Verdict::scripted(level, path, state)
 }
 
 fn rack(n: u32, state: State) -> Verdict {
     verdict(Level::Rack, &format!("dc-a/c1/r{n}"), state)
 }
 
-struct Server {
-    feed: Feed,
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+struct Server(FeedServer);
+
+impl std::ops::Deref for Server {
+    type Target = FeedServer;
+    fn deref(&self) -> &FeedServer {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start(limits: FeedLimits) -> Self {
-        let topology = Topology::parse(Path::new("t.toml"), TOPOLOGY).unwrap();
-        let feed = Feed::new("obs".into(), Arc::new(topology), SystemTime::now(), limits);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = feed.clone();
-        tokio::spawn(async move {
-            serving
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            feed,
-            url,
-            stop: Some(stop),
-        }
+        Self(FeedServer::start(TOPOLOGY, limits).await)
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
+        Channel::from_shared(self.url())
             .unwrap()
             .connect()
             .await
@@ -81,14 +53,6 @@ impl Server {
 
     async fn client(&self) -> VerdictsClient<Channel> {
         VerdictsClient::new(self.channel().await)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

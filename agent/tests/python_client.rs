@@ -8,16 +8,16 @@ use std::{
     io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use faultline::{
-    detector::{Entity, Evidence, State, Verdict},
-    feed::{Feed, FeedLimits},
-    topology::{Level, Topology},
+    detector::{State, Verdict},
+    feed::FeedLimits,
+    topology::Level,
 };
-use tokio::{net::TcpListener, sync::mpsc};
+use faultline_integration::feed::FeedServer;
+use tokio::sync::mpsc;
 
 const TOPOLOGY: &str = "[[site]]\nname = \"dc-a\"\n[[cabinet]]\nname = \"c1\"\nsite = \"dc-a\"\n\
     [[rack]]\nname = \"r1\"\ncabinet = \"dc-a/c1\"\n[[rack]]\nname = \"r2\"\ncabinet = \"dc-a/c1\"\n";
@@ -26,65 +26,7 @@ const TOPOLOGY: &str = "[[site]]\nname = \"dc-a\"\n[[cabinet]]\nname = \"c1\"\ns
 const WAIT: Duration = Duration::from_secs(30);
 
 fn rack(n: u32, state: State) -> Verdict {
-    let path = format!("dc-a/c1/r{n}");
-    Verdict {
-        entity: Entity {
-            level: Level::Rack,
-            path: path.as_str().into(),
-        },
-        state,
-        since: Duration::from_secs(1),
-        confidence: 0.6,
-        reason: format!("scripted {path}"),
-        cause: None,
-        evidence: Evidence::default(),
-        observers: vec!["obs".into()],
-        local_fault: false,
-    }
-}
-
-/// The feed on 127.0.0.1:0, stopped on drop.
-struct Server {
-    feed: Feed,
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Server {
-    async fn start() -> Self {
-        let topology = Topology::parse(Path::new("t.toml"), TOPOLOGY).unwrap();
-        let feed = Feed::new(
-            "obs".into(),
-            Arc::new(topology),
-            SystemTime::now(),
-            FeedLimits::default(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = feed.clone();
-        tokio::spawn(async move {
-            serving
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            feed,
-            addr,
-            stop: Some(stop),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    Verdict::scripted(Level::Rack, &format!("dc-a/c1/r{n}"), state)
 }
 
 /// The script's process, killed (and reaped) if the test ends before it does.
@@ -211,7 +153,8 @@ async fn python_grpcio_health_and_reflection_clients_agree_with_the_spec() {
     );
     let script = root.join("tests/python/health_client.py");
 
-    let server = Server::start().await;
+    let server = FeedServer::start(TOPOLOGY, FeedLimits::default()).await;
+    let target = server.addr.to_string();
     server
         .feed
         .publish(&[rack(2, State::Healthy), rack(1, State::Healthy)]);
@@ -221,7 +164,7 @@ async fn python_grpcio_health_and_reflection_clients_agree_with_the_spec() {
         &script,
         &[
             "--target",
-            &server.addr,
+            &target,
             "--failed",
             "rack/dc-a/c1/r1",
             "--serving",

@@ -111,3 +111,24 @@ pub struct Verdict {
     /// once, so it is the observer that is cut off, and no remote entity is blamed.
     pub local_fault: bool,
 }
+
+impl Verdict {
+    /// A verdict with no evidence, for tests and benchmarks that drive the feed without
+    /// a detector. The detector itself never announces a verdict without evidence.
+    pub fn scripted(level: Level, path: &str, state: State) -> Self {
+        Self {
+            entity: Entity {
+                level,
+                path: path.into(),
+            },
+            state,
+            since: Duration::from_secs(1),
+            confidence: 0.6,
+            reason: format!("scripted {path}"),
+            cause: None,
+            evidence: Evidence::default(),
+            observers: vec!["obs".into()],
+            local_fault: false,
+        }
+    }
+}

@@ -74,23 +74,10 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::{Entity, Evidence, State};
+    use crate::detector::State;
 
     fn v(level: Level, path: &str) -> Verdict {
-        Verdict {
-            entity: Entity {
-                level,
-                path: path.into(),
-            },
-            state: State::Failed,
-            since: std::time::Duration::ZERO,
-            confidence: 1.0,
-            reason: String::new(),
-            cause: None,
-            evidence: Evidence::default(),
-            observers: Vec::new(),
-            local_fault: false,
-        }
+        Verdict::scripted(level, path, State::Failed)
     }
 
     fn filter(levels: &[i32], prefix: &str) -> Result<Filter, Status> {

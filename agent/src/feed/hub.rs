@@ -138,29 +138,11 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::{
-        detector::{Entity, Evidence, State as VState},
-        topology::Level,
-    };
+    use crate::{detector::State as VState, topology::Level};
 
-    pub(crate) fn verdict(path: &str, state: VState) -> Verdict {
-        Verdict {
-            entity: Entity {
-                level: Level::Rack,
-                path: path.into(),
-            },
-            state,
-            since: Duration::ZERO,
-            confidence: 1.0,
-            reason: String::new(),
-            cause: None,
-            evidence: Evidence::default(),
-            observers: Vec::new(),
-            local_fault: false,
-        }
+    fn verdict(path: &str, state: VState) -> Verdict {
+        Verdict::scripted(Level::Rack, path, state)
     }
 
     #[test]
