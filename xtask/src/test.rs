@@ -2,7 +2,8 @@
 //! tests, one test at a time: they share one kernel (tracepoints are global).
 use std::{
     ffi::OsString,
-    process::ExitCode,
+    io::{BufRead as _, BufReader},
+    process::{ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
@@ -27,13 +28,29 @@ pub(crate) fn run(args: &[OsString]) -> Result<ExitCode> {
         "--test-threads=1",
     ])
     .args(args);
-    let status = cmd
-        .status()
+    // Pass the output through while adding up every binary's "test result:" line, so
+    // the run ends with one total rather than the last binary's (often empty) doc tests.
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
         .with_context(|| format!("start `{}`", describe(&cmd)))?;
+    let mut total = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("read cargo test output")?;
+            println!("{line}");
+            total.add(&line);
+        }
+    }
+    let status = child.wait().context("wait for cargo test")?;
     let verdict = if status.success() { "passed" } else { "FAILED" };
     println!(
         "xtask test: {verdict}; total wall time {} (setup, build and tests)",
         format_duration(start.elapsed())
+    );
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.ignored
     );
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
@@ -41,6 +58,36 @@ pub(crate) fn run(args: &[OsString]) -> Result<ExitCode> {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE, // killed by a signal
     })
+}
+
+/// Sums of cargo test's per-binary result lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds "test result: ok. 59 passed; 0 failed; 1 ignored; …" if `line` is one.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// "3m 07.2s" / "12.4s".
@@ -53,5 +100,26 @@ fn format_duration(d: Duration) -> String {
         #[expect(clippy::cast_precision_loss, reason = "minutes fit an f64 exactly")]
         let rest = secs - (minutes * 60) as f64;
         format!("{minutes}m {rest:04.1}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines_add_up() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 59 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.40s");
+        t.add("test result: FAILED. 6 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 65,
+                failed: 2,
+                ignored: 1
+            }
+        );
     }
 }
