@@ -105,3 +105,71 @@ fn a_malformed_config_is_refused_before_anything_is_attached() {
     );
     assert!(!err.contains("probe attached"), "{err}");
 }
+
+#[test]
+fn watch_prints_the_snapshot_then_each_change_as_json() {
+    use faultline::{
+        detector::{State, Verdict},
+        feed::FeedLimits,
+        topology::Level,
+    };
+    use faultline_integration::feed::FeedServer;
+    use std::io::BufRead as _;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let topology = "[[site]]\nname = \"dc-a\"\n[[cabinet]]\nname = \"c1\"\nsite = \"dc-a\"\n\
+                    [[rack]]\nname = \"r1\"\ncabinet = \"dc-a/c1\"\n";
+    let server = rt.block_on(FeedServer::start(topology, FeedLimits::default()));
+    server.feed.publish(&[
+        Verdict::scripted(Level::Rack, "dc-a/c1/r1", State::Healthy),
+        Verdict::scripted(Level::Host, "dc-a/c1/r1/h1", State::Healthy),
+    ]);
+    let mut child = faultline()
+        .args([
+            "watch",
+            "--json",
+            "--level",
+            "rack",
+            "--endpoint",
+            &server.url(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let first = next();
+    assert_eq!(
+        (first["path"].as_str(), first["state"].as_str()),
+        (Some("dc-a/c1/r1"), Some("HEALTHY"))
+    );
+    server.feed.publish(&[
+        Verdict::scripted(Level::Host, "dc-a/c1/r1/h1", State::Failed),
+        Verdict::scripted(Level::Rack, "dc-a/c1/r1", State::Failed),
+    ]);
+    let change = next();
+    assert_eq!(
+        change["state"], "FAILED",
+        "the host change is filtered out: {change}"
+    );
+    assert_eq!(change["level"], "rack");
+    assert_eq!(change["sequence"], 4);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn watch_refuses_an_unknown_level_with_a_clear_error() {
+    let out = faultline()
+        .args(["watch", "--level", "aisle"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`aisle` is not a level"), "{err}");
+}
