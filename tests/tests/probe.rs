@@ -10,7 +10,7 @@ use std::{
 };
 
 use faultline::probe::{
-    Link, LinkCounters, LinkSample, Probe, ProbeOptions, RttHistogram, UrgentRecord,
+    Link, LinkCounters, LinkSample, Probe, ProbeOptions, RttHistogram, UrgentEvents, UrgentRecord,
 };
 use faultline_ebpf::UrgentKind;
 use faultline_integration::{
@@ -23,6 +23,31 @@ const PORT: u16 = 5001;
 
 fn attach() -> Probe {
     Probe::attach(&ProbeOptions::default()).unwrap_or_else(|e| panic!("attach probe: {e}"))
+}
+
+/// A probe with its urgent-event ring, which needs a tokio reactor to register with.
+/// Fields drop in order: the ring before the runtime it is registered with.
+struct Watched {
+    urgent: UrgentEvents,
+    probe: Probe,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn attach_watching() -> Watched {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut probe = attach();
+    let urgent = {
+        let _guard = runtime.enter();
+        probe.take_urgent_events().unwrap().unwrap()
+    };
+    Watched {
+        urgent,
+        probe,
+        _runtime: runtime,
+    }
 }
 
 fn ip(host: &Host, v6: bool) -> IpAddr {
@@ -116,13 +141,11 @@ fn loss_is_counted_on_the_lossy_link_only(v6: bool) {
 fn blackhole_counts_rtos_and_progress_stops(v6: bool) {
     let lab = Lab::new();
     let _sink = Sink::start(&lab.b.ns, lab.b.addr(v6, PORT));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let mut probe = attach();
-    let mut urgent = probe.take_urgent_events().unwrap().unwrap();
+    let Watched {
+        mut urgent,
+        mut probe,
+        _runtime,
+    } = attach_watching();
 
     let flow = bulk(&lab.a.ns, lab.b.addr(v6, PORT), Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(1));
@@ -159,13 +182,11 @@ fn blackhole_counts_rtos_and_progress_stops(v6: bool) {
 fn connect_to_blackhole_retries_syn_then_fails(v6: bool) {
     let lab = Lab::new();
     let _sink = Sink::start(&lab.b.ns, lab.b.addr(v6, PORT));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let mut probe = attach();
-    let mut urgent = probe.take_urgent_events().unwrap().unwrap();
+    let Watched {
+        mut urgent,
+        mut probe,
+        _runtime,
+    } = attach_watching();
     lab.drop_to(ip(&lab.b, v6), 100);
 
     // The first SYN retry fires after the initial 1 s RTO; give up after 2.5 s.

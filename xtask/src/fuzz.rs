@@ -124,14 +124,7 @@ fn ensure_nightly() -> Result<()> {
     if list.lines().any(|l| l.starts_with("nightly")) {
         return Ok(());
     }
-    println!("installing: Rust nightly toolchain (rustup, minimal profile)");
-    run_status(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
-    ]))
+    crate::setup::install_nightly()
 }
 
 /// libfuzzer-sys compiles libFuzzer's C++ sources.

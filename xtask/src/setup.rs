@@ -131,18 +131,23 @@ fn apt(packages: &[(&str, Option<String>)], missing: &[&str], verbose: bool) -> 
     Ok(())
 }
 
+/// rustup's nightly toolchain, minimal profile (the eBPF build and cargo-fuzz use it).
+pub(crate) fn install_nightly() -> Result<()> {
+    println!("installing: Rust nightly toolchain (rustup, minimal profile)");
+    run_status(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))
+}
+
 /// `rust-src` for nightly (`-Z build-std=core` for the eBPF target).
 fn rust_src(verbose: bool) -> Result<()> {
     let mut installed = nightly_components()?;
     if installed.is_none() {
-        println!("installing: Rust nightly toolchain (rustup, minimal profile)");
-        run_status(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        install_nightly()?;
         installed = nightly_components()?;
     }
     let has_src = |list: &Option<String>| {
