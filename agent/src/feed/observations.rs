@@ -206,6 +206,14 @@ async fn subscribe_once(
             tracing::debug!(peer = %endpoint, skipped = batch.sequence - prev - 1, "missed peer batches");
         }
         last = Some(batch.sequence);
+        // A peer speaks for itself only: one observer name per stream, so a confused
+        // peer cannot flood the detector with observers it invents.
+        if let Some(name) = observer.as_deref()
+            && name != batch.observer
+        {
+            tracing::warn!(peer = %endpoint, expected = %name, got = %batch.observer, "batch under another observer's name ignored");
+            continue;
+        }
         match from_wire(&batch) {
             Some(observations) => {
                 if observer.is_none() {
