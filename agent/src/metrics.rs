@@ -117,7 +117,7 @@ impl Metrics {
             ] {
                 let n = verdicts
                     .iter()
-                    .filter(|v| v.entity.level == level && v.state == state)
+                    .filter(|n| n.verdict.entity.level == level && n.verdict.state == state)
                     .count();
                 let _ = writeln!(
                     s,
@@ -188,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn scrape_shows_counters_and_entities() {
-        let hub = Arc::new(Hub::new(8, 8));
+        let hub = Arc::new(Hub::new(8, 8, std::time::SystemTime::UNIX_EPOCH));
         hub.publish(&[Verdict::scripted(Level::Rack, "dc-a/c1/r1", State::Failed)]);
         let metrics = Arc::new(Metrics::default());
         Metrics::add(&metrics.ticks, 3);

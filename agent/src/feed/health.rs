@@ -146,7 +146,8 @@ impl Health for HealthService {
             statuses.insert(name, status);
         }
         // Hosts the agent met that the topology does not list.
-        for v in self.hub.snapshot().1 {
+        for n in self.hub.snapshot().1 {
+            let v = &n.verdict;
             let name = v.entity.service_name();
             let status = if v.state == State::Failed {
                 ServingStatus::NotServing

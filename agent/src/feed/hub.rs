@@ -7,17 +7,22 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{Arc, Mutex},
+    time::SystemTime,
 };
 
+use faultline_proto::v1 as pb;
 use tokio::sync::broadcast;
 
+use super::convert;
 use crate::detector::Verdict;
 
-/// A verdict change with its sequence number.
+/// A verdict change with its sequence number, and its wire form, converted once here
+/// rather than once per subscriber (1,000 subscribers would convert it 1,000 times).
 #[derive(Debug, Clone)]
 pub struct Numbered {
     pub sequence: u64,
     pub verdict: Arc<Verdict>,
+    pub wire: Arc<pb::Verdict>,
 }
 
 /// What a new subscriber starts from.
@@ -27,14 +32,14 @@ pub enum Start {
     /// A snapshot of every entity's latest verdict, as of `sequence`.
     Snapshot {
         sequence: u64,
-        verdicts: Vec<Arc<Verdict>>,
+        verdicts: Vec<Numbered>,
     },
 }
 
 struct State {
     sequence: u64,
     /// Latest verdict per entity, keyed by health service name (level/path).
-    latest: BTreeMap<String, Arc<Verdict>>,
+    latest: BTreeMap<String, Numbered>,
     /// The most recent changes, oldest first.
     history: VecDeque<Numbered>,
 }
@@ -44,12 +49,14 @@ pub struct Hub {
     state: Mutex<State>,
     live: broadcast::Sender<Numbered>,
     history_len: usize,
+    /// Wall-clock time of the detector's zero, for the wire form's timestamps.
+    epoch: SystemTime,
 }
 
 impl Hub {
     /// `history_len`: changes kept for resuming; `backlog`: changes a subscriber may
     /// fall behind before it is switched to a snapshot.
-    pub fn new(history_len: usize, backlog: usize) -> Self {
+    pub fn new(history_len: usize, backlog: usize, epoch: SystemTime) -> Self {
         let (live, _) = broadcast::channel(backlog.max(1));
         Self {
             state: Mutex::new(State {
@@ -59,6 +66,7 @@ impl Hub {
             }),
             live,
             history_len,
+            epoch,
         }
     }
 
@@ -70,10 +78,11 @@ impl Hub {
             let numbered = Numbered {
                 sequence: state.sequence,
                 verdict: Arc::new(v.clone()),
+                wire: Arc::new(convert::verdict(v, self.epoch)),
             };
             state
                 .latest
-                .insert(v.entity.service_name(), numbered.verdict.clone());
+                .insert(v.entity.service_name(), numbered.clone());
             state.history.push_back(numbered.clone());
             if state.history.len() > self.history_len {
                 state.history.pop_front();
@@ -115,7 +124,7 @@ impl Hub {
     }
 
     /// The latest verdict of every entity, and the sequence number it is as of.
-    pub fn snapshot(&self) -> (u64, Vec<Arc<Verdict>>) {
+    pub fn snapshot(&self) -> (u64, Vec<Numbered>) {
         let state = self.state.lock().expect("hub lock");
         (state.sequence, state.latest.values().cloned().collect())
     }
@@ -127,7 +136,7 @@ impl Hub {
             .expect("hub lock")
             .latest
             .get(service)
-            .cloned()
+            .map(|n| n.verdict.clone())
     }
 
     /// A receiver of live changes only (health Watch).
@@ -147,7 +156,7 @@ mod tests {
 
     #[test]
     fn resume_within_history_and_snapshot_beyond_it() {
-        let hub = Hub::new(3, 16);
+        let hub = Hub::new(3, 16, SystemTime::UNIX_EPOCH);
         for i in 0..5 {
             hub.publish(&[verdict(&format!("r{i}"), VState::Failed)]);
         }
@@ -175,7 +184,7 @@ mod tests {
 
     #[test]
     fn latest_state_per_entity_survives() {
-        let hub = Hub::new(2, 2);
+        let hub = Hub::new(2, 2, SystemTime::UNIX_EPOCH);
         hub.publish(&[
             verdict("a", VState::Failed),
             verdict("b", VState::Failed),

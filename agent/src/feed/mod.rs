@@ -55,7 +55,6 @@ pub struct Feed {
     pub hub: Arc<Hub>,
     pub observations: Publisher,
     topology: Arc<Topology>,
-    epoch: SystemTime,
     limits: FeedLimits,
     agent_serving: Arc<watch::Sender<bool>>,
 }
@@ -69,10 +68,9 @@ impl Feed {
         limits: FeedLimits,
     ) -> Self {
         Self {
-            hub: Arc::new(Hub::new(limits.history, limits.backlog)),
+            hub: Arc::new(Hub::new(limits.history, limits.backlog, epoch)),
             observations: Publisher::new(observer, 64),
             topology,
-            epoch,
             limits,
             agent_serving: Arc::new(watch::channel(true).0),
         }
@@ -100,7 +98,6 @@ impl Feed {
     ) -> Result<(), tonic::transport::Error> {
         let verdicts = v1::verdicts_server::VerdictsServer::new(verdicts::VerdictService::new(
             self.hub.clone(),
-            self.epoch,
             self.limits.queue,
         ))
         .max_decoding_message_size(MAX_REQUEST);

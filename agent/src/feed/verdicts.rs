@@ -5,7 +5,7 @@
 //! waits, its broadcast receiver falls behind, and when it reads again it gets a fresh
 //! snapshot (the latest state of every entity) instead of the changes it missed. The
 //! detector and the other subscribers never wait for it.
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use faultline_proto::v1::{self as pb, verdicts_server::Verdicts};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -13,25 +13,20 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert,
     filter::Filter,
     hub::{Hub, Numbered, Start},
 };
-use crate::detector::Verdict;
 
 pub struct VerdictService {
     hub: Arc<Hub>,
-    /// Wall-clock time of the detector's zero.
-    epoch: SystemTime,
     /// Messages queued per subscriber before it counts as slow.
     queue: usize,
 }
 
 impl VerdictService {
-    pub fn new(hub: Arc<Hub>, epoch: SystemTime, queue: usize) -> Self {
+    pub fn new(hub: Arc<Hub>, queue: usize) -> Self {
         Self {
             hub,
-            epoch,
             queue: queue.max(1),
         }
     }
@@ -53,7 +48,6 @@ impl Verdicts for VerdictService {
         let (tx, rx) = mpsc::channel(self.queue);
         let subscriber = Subscriber {
             hub: self.hub.clone(),
-            epoch: self.epoch,
             filter,
             tx,
         };
@@ -67,31 +61,23 @@ impl Verdicts for VerdictService {
     ) -> Result<Response<pb::VerdictSnapshot>, Status> {
         let filter = Filter::parse(request.into_inner().filter.as_ref())?;
         let (sequence, verdicts) = self.hub.snapshot();
-        Ok(Response::new(snapshot(
-            &filter, sequence, &verdicts, self.epoch,
-        )))
+        Ok(Response::new(snapshot(&filter, sequence, &verdicts)))
     }
 }
 
-fn snapshot(
-    filter: &Filter,
-    sequence: u64,
-    verdicts: &[Arc<Verdict>],
-    epoch: SystemTime,
-) -> pb::VerdictSnapshot {
+fn snapshot(filter: &Filter, sequence: u64, verdicts: &[Numbered]) -> pb::VerdictSnapshot {
     pb::VerdictSnapshot {
         sequence,
         verdicts: verdicts
             .iter()
-            .filter(|v| filter.matches(v))
-            .map(|v| convert::verdict(v, epoch))
+            .filter(|n| filter.matches(&n.verdict))
+            .map(|n| (*n.wire).clone())
             .collect(),
     }
 }
 
 struct Subscriber {
     hub: Arc<Hub>,
-    epoch: SystemTime,
     filter: Filter,
     tx: mpsc::Sender<EventResult>,
 }
@@ -166,19 +152,18 @@ impl Subscriber {
         pb::WatchEvent {
             event: Some(pb::watch_event::Event::Change(pb::Change {
                 sequence: n.sequence,
-                verdict: Some(convert::verdict(&n.verdict, self.epoch)),
+                verdict: Some((*n.wire).clone()),
             })),
             resumed,
         }
     }
 
-    async fn send_snapshot(&self, sequence: u64, verdicts: &[Arc<Verdict>]) -> bool {
+    async fn send_snapshot(&self, sequence: u64, verdicts: &[Numbered]) -> bool {
         let event = pb::WatchEvent {
             event: Some(pb::watch_event::Event::Snapshot(snapshot(
                 &self.filter,
                 sequence,
                 verdicts,
-                self.epoch,
             ))),
             resumed: false,
         };
