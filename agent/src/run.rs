@@ -114,6 +114,12 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
     // Everything that can be refused is checked before the kernel is touched.
     let topology = load_topology(config)?;
     let observer = Observer::from_config(config)?;
+    if observer.locals.is_empty() {
+        tracing::warn!(
+            "this network namespace has no address but loopback: no link will be judged; \
+             set agent.local_addresses"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen.grpc)
         .await
         .map_err(|source| RunError::Listen {
