@@ -236,16 +236,10 @@ impl Detector {
         let Some(&id) = self.observer_ids.get(name) else {
             return;
         };
-        for node in &mut self.nodes {
-            node.links.retain(|&(o, _)| o != id);
-        }
-        self.link_index.retain(|(o, _), _| *o != id);
-        // The slots stay (ids are stable) but say nothing any more.
+        // Its slots say nothing any more, but stay where they are: a peer that comes
+        // back reuses them, so a flapping peer does not grow the arena.
         for slot in self.slots.iter_mut().filter(|s| s.observer == id) {
             slot.health = LinkHealth::default();
-        }
-        if let Some(hints) = self.hints.get_mut(usize::from(id)) {
-            hints.clear();
         }
         self.observers[usize::from(id)].impaired = Hold::default();
         if let Some(host) = self.observers[usize::from(id)].host {

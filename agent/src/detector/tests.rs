@@ -635,3 +635,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_forgotten_observer_says_nothing_and_reuses_its_links_when_it_returns() {
+    let a = v4(1, 1, 1, 1);
+    let b = v4(1, 2, 2, 1);
+    let mut sim = Sim::new(&[
+        ("obs-a", a, all_peers(a, v4)),
+        ("obs-b", b, all_peers(b, v4)),
+    ]);
+    sim.run(Duration::from_secs(1));
+    // Only obs-b sees this host fail; while it speaks, the host is DEGRADED (obs-a still reaches it).
+    sim.blackhole(1, &[v4(2, 1, 1, 1)], Duration::ZERO);
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.state(Level::Host, "dc-2/c1/r1/h1"), State::Degraded);
+    let slots = sim.det.slots.len();
+    sim.det.forget_observer("obs-b");
+    sim.observers.truncate(1);
+    sim.run(sim.det.config().recovery_hold + Duration::from_secs(1));
+    assert_eq!(
+        sim.state(Level::Host, "dc-2/c1/r1/h1"),
+        State::Healthy,
+        "obs-b's last word is gone"
+    );
+    // It comes back: same links, no new slots.
+    sim.observers.push(("obs-b".into(), b, all_peers(b, v4)));
+    sim.heal(1, v4(2, 1, 1, 1));
+    sim.run(Duration::from_secs(1));
+    assert_eq!(sim.det.slots.len(), slots);
+}
