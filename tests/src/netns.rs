@@ -103,6 +103,28 @@ impl Drop for Netns {
     }
 }
 
+/// Deletes namespaces left by a test process that was killed (a killed process runs
+/// no Drop): ours are named `fl<pid>-…`, so a name whose pid is gone is stale.
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("fl")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
 /// One host attached to the router.
 pub struct Host {
     pub ns: Netns,
@@ -133,6 +155,7 @@ pub struct Lab {
 impl Lab {
     pub fn new() -> Self {
         require_root();
+        remove_stale_namespaces();
         static LABS: AtomicU32 = AtomicU32::new(0);
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let net = 100 + (std::process::id().wrapping_mul(13).wrapping_add(n) % 150);
