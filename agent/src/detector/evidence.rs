@@ -93,6 +93,54 @@ fn observer_confidence(d: &Detector, observers: &BTreeSet<u16>) -> f64 {
     }
 }
 
+/// The unimpaired observers whose links support `state` for this entity: for a host,
+/// its own links; above, the failed links of the held hosts below it; for an
+/// observer's own local fault, that observer. Cheap next to a whole verdict, so the
+/// tick can ask whether new observers confirm a failure without building evidence.
+pub(super) fn agreeing(d: &Detector, id: EntityId, state: State, now: Duration) -> BTreeSet<u16> {
+    let node = &d.nodes[id.index()];
+    let usable = |o: u16| !d.observers[usize::from(o)].impaired.held;
+    let level = d.topology.entity(id).level;
+    if level == Level::Host && node.local_fault {
+        return d
+            .observers
+            .iter()
+            .position(|o| o.host == Some(id))
+            .and_then(|i| u16::try_from(i).ok())
+            .into_iter()
+            .collect();
+    }
+    let supports = |st: LinkStatus| match state {
+        State::Failed => st == LinkStatus::Failed,
+        State::Degraded => matches!(st, LinkStatus::Degraded | LinkStatus::Failed),
+        _ => st != LinkStatus::Unknown,
+    };
+    let slots = |host: EntityId| {
+        d.nodes[host.index()]
+            .links
+            .iter()
+            .filter(|&&(o, _)| usable(o))
+            .map(|&(_, slot)| &d.slots[slot as usize])
+    };
+    if level == Level::Host {
+        return slots(id)
+            .filter(|s| supports(s.health.status(now, &d.cfg)))
+            .map(|s| s.observer)
+            .collect();
+    }
+    let mut observers = BTreeSet::new();
+    for &host in &d.by_level[0] {
+        if d.nodes[host.index()].hold.held && is_within(&d.topology, host, id) {
+            observers.extend(
+                slots(host)
+                    .filter(|s| s.health.status(now, &d.cfg) == LinkStatus::Failed)
+                    .map(|s| s.observer),
+            );
+        }
+    }
+    observers
+}
+
 fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     let node = &d.nodes[id.index()];
     let mut peers: Vec<PeerEvidence> = node
@@ -104,21 +152,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         .filter(|p| p.status != LinkStatus::Unknown)
         .collect();
     peers.sort_by_key(|p| std::cmp::Reverse(p.status));
-    let agreeing: BTreeSet<u16> = node
-        .links
-        .iter()
-        .map(|&(_, slot)| &d.slots[slot as usize])
-        .filter(|s| !d.observers[usize::from(s.observer)].impaired.held)
-        .filter(|s| {
-            let st = s.health.status(now, &d.cfg);
-            match v.state {
-                State::Failed => st == LinkStatus::Failed,
-                State::Degraded => matches!(st, LinkStatus::Degraded | LinkStatus::Failed),
-                _ => st != LinkStatus::Unknown,
-            }
-        })
-        .map(|s| s.observer)
-        .collect();
+    let agreeing = agreeing(d, id, v.state, now);
     let failed = peers
         .iter()
         .filter(|p| p.status == LinkStatus::Failed)
@@ -217,38 +251,12 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         })
         .collect();
     children.sort_by(|a, b| b.state.cmp(&a.state).then_with(|| a.entity.cmp(&b.entity)));
-    // Observers that saw failures below this entity.
-    let mut observers: BTreeSet<u16> = BTreeSet::new();
-    for &host in &d.by_level[0] {
-        if !is_within(&d.topology, host, id) || !d.nodes[host.index()].hold.held {
-            continue;
-        }
-        for s in d.nodes[host.index()]
-            .links
-            .iter()
-            .map(|&(_, slot)| &d.slots[slot as usize])
-        {
-            if !d.observers[usize::from(s.observer)].impaired.held
-                && s.health.status(now, &d.cfg) == LinkStatus::Failed
-            {
-                observers.insert(s.observer);
-            }
-        }
-    }
+    let observers = agreeing(d, id, v.state, now);
     let vote = node.vote;
-    let total_healthy: u32 = d.by_level[0]
-        .iter()
-        .filter(|&&h| {
-            let n = &d.nodes[h.index()];
-            n.observed && !n.hold.held && !n.raw_degraded
-        })
-        .count()
-        .try_into()
-        .unwrap_or(u32::MAX);
     v.evidence.observed_children = vote.observed;
     v.evidence.failed_children = vote.failed;
     v.evidence.degraded_children = vote.degraded;
-    v.evidence.healthy_outside = total_healthy.saturating_sub(vote.healthy_hosts);
+    v.evidence.healthy_outside = d.total_healthy.saturating_sub(vote.healthy_hosts);
     let share = if vote.observed == 0 {
         0.0
     } else {

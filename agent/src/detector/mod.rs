@@ -128,6 +128,8 @@ pub struct Detector {
     /// one agent come in a stable order, so most lookups skip the hash.
     hints: Vec<Vec<SlotId>>,
     weights: link::DecayWeights,
+    /// Healthy observed hosts this tick (for "others are fine").
+    total_healthy: u32,
     host_of_ip: HashMap<IpAddr, EntityId>,
     /// Entities in the order a tick visits them bottom-up (hosts first).
     by_level: [Vec<EntityId>; 4],
@@ -145,6 +147,7 @@ impl Detector {
             link_index: FxHashMap::default(),
             hints: Vec::new(),
             weights: link::DecayWeights::default(),
+            total_healthy: 0,
             host_of_ip: HashMap::new(),
             by_level: Default::default(),
             topology: Topology::default(),
@@ -416,11 +419,11 @@ impl Detector {
                 self.nodes[id.index()].vote = Vote::default();
             }
         }
-        let mut total_healthy = 0;
+        self.total_healthy = 0;
         for &host in &self.by_level[0] {
             let n = &self.nodes[host.index()];
             if n.observed && !n.hold.held && !n.raw_degraded {
-                total_healthy += 1;
+                self.total_healthy += 1;
                 let mut up = self.topology.entity(host).parent;
                 while let Some(p) = up {
                     self.nodes[p.index()].vote.healthy_hosts += 1;
@@ -432,7 +435,7 @@ impl Detector {
             for i in 0..self.by_level[level].len() {
                 let id = self.by_level[level][i];
                 if level > 0 {
-                    self.judge_group(id, total_healthy, now);
+                    self.judge_group(id, now);
                 }
                 let n = &self.nodes[id.index()];
                 let (observed, held, degraded) = (n.observed, n.hold.held, n.hold.degraded(now));
@@ -451,7 +454,8 @@ impl Detector {
         }
     }
 
-    fn judge_group(&mut self, id: EntityId, total_healthy: u32, now: Duration) {
+    fn judge_group(&mut self, id: EntityId, now: Duration) {
+        let total_healthy = self.total_healthy;
         let cfg = &self.cfg;
         let node = &mut self.nodes[id.index()];
         let v = node.vote;
@@ -490,13 +494,15 @@ impl Detector {
                 {
                     // A failure that more observers now confirm is worth re-announcing:
                     // its confidence and observers changed. (Observers dropping out while
-                    // it recovers under the hold is not news.)
-                    let fresh = evidence::build(self, id, state, cause, published.since, now);
-                    if fresh
-                        .observers
-                        .iter()
-                        .any(|o| !published.observers.contains(o))
-                    {
+                    // it recovers under the hold is not news.) Only the observer set is
+                    // computed per tick; the whole verdict only when it grew.
+                    let grew = evidence::agreeing(self, id, state, now).iter().any(|&o| {
+                        !published
+                            .observers
+                            .contains(&self.observers[usize::from(o)].name)
+                    });
+                    if grew {
+                        let fresh = evidence::build(self, id, state, cause, published.since, now);
                         changes.push(fresh.clone());
                         self.nodes[id.index()].published = Some(fresh);
                     }
