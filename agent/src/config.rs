@@ -89,7 +89,7 @@ impl Default for ListenConfig {
 pub struct ProbeConfig {
     /// How often the kernel counters are read. 100 ms: an outage becomes visible within
     /// a tenth of a second even without urgent events, at a cost of ten map walks a second.
-    #[serde(with = "duration")]
+    #[serde(with = "faultline_core::duration")]
     pub tick: Duration,
     /// Links tracked in the kernel before the LRU evicts the least recently active.
     /// 16384: a busy front-end talks to a few thousand peers; each link costs ~300 bytes per CPU.
@@ -181,18 +181,6 @@ impl Config {
 }
 
 /// Durations written as `"100ms"`, `"5s"` in TOML.
-pub(crate) mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("{e} (e.g. \"100ms\")")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use std::{
     path::Path,
 };
 
-use faultline::topology::{EntityId, Level, Placement, Topology, TopologyError, UNPLACED};
+use faultline_core::topology::{EntityId, Level, Placement, Topology, TopologyError, UNPLACED};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,9 +1,8 @@
 //! `cargo xtask fuzz [--seconds N]`: fuzzes the topology parser with cargo-fuzz
 //! (libFuzzer, nightly) for N seconds (default 60).
 //!
-//! The fuzz crate (`fuzz/`) is its own workspace. It is built with `AYA_BUILD_SKIP=1`,
-//! so agent/build.rs writes a stub eBPF object instead of building the kernel programs
-//! under the sanitizer flags. Installs what is missing first: nightly (rustup),
+//! The fuzz crate (`fuzz/`) is its own workspace and depends only on the pure core
+//! (`faultline-core`), so no eBPF object is built under the sanitizer flags. Installs what is missing first: nightly (rustup),
 //! cargo-fuzz (`cargo install`), a C++ compiler for libFuzzer (apt, as root). The
 //! corpus (`fuzz/corpus/topology/`) is seeded from examples/topology.toml and a few
 //! small files; libFuzzer keeps what it finds there between runs. A crash leaves its
@@ -69,7 +68,6 @@ pub(crate) fn run(opts: &Options) -> Result<ExitCode> {
     // `cargo +nightly` needs rustup's proxy, not the toolchain's cargo in $CARGO.
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)
-        .env("AYA_BUILD_SKIP", "1")
         .env_remove("RUSTUP_TOOLCHAIN")
         .args(["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", TARGET])
         .arg(&corpus)
@@ -104,7 +102,7 @@ pub(crate) fn run(opts: &Options) -> Result<ExitCode> {
     for path in &crashes {
         let bytes = fs::read(path).unwrap_or_default();
         println!(
-            "fuzz: crash input {} ({} bytes):\n{}\n--- reproduce: AYA_BUILD_SKIP=1 cargo +nightly fuzz run --fuzz-dir fuzz {TARGET} {}",
+            "fuzz: crash input {} ({} bytes):\n{}\n--- reproduce: cargo +nightly fuzz run --fuzz-dir fuzz {TARGET} {}",
             relative(path),
             bytes.len(),
             String::from_utf8_lossy(&bytes),

@@ -22,8 +22,9 @@ use aya::{
 };
 use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, UrgentBudget};
 
+pub use faultline_core::link::{Link, LinkCounters, LinkSample, RttHistogram};
 pub use layout::{LayoutError, Layouts};
-pub use sample::{Link, LinkCounters, LinkSample, LinkTotals, RttHistogram, SampleTracker};
+pub use sample::{LinkTotals, SampleTracker};
 pub use urgent::{UrgentEvents, UrgentRecord};
 
 /// The eBPF object built by build.rs (empty when the build was skipped).

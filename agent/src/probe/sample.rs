@@ -9,155 +9,35 @@ use std::{
     time::Duration,
 };
 
-use faultline_ebpf::{AF_INET, LinkKey, LinkStats, RTT_BUCKETS, rtt_bucket_upper_us};
-use serde::Serialize;
+use faultline_core::link::{Link, LinkCounters, LinkSample, RTT_BUCKETS, RttHistogram};
+use faultline_ebpf::{AF_INET, LinkKey, LinkStats};
 
-/// This host's address talking to one remote address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Link {
-    pub local: IpAddr,
-    pub remote: IpAddr,
-}
+// The detector's histogram type mirrors the kernel's buckets one for one.
+const _: () = assert!(RTT_BUCKETS == faultline_ebpf::RTT_BUCKETS);
 
-impl Link {
-    pub fn from_key(key: &LinkKey) -> Self {
-        let addr = |bytes: &[u8; 16]| -> IpAddr {
-            if key.family == AF_INET {
-                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-            } else {
-                IpAddr::V6(Ipv6Addr::from(*bytes))
-            }
-        };
-        Self {
-            local: addr(&key.local),
-            remote: addr(&key.remote),
+/// The link a kernel key names.
+pub(crate) fn link_of(key: &LinkKey) -> Link {
+    let addr = |bytes: &[u8; 16]| -> IpAddr {
+        if key.family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*bytes))
         }
+    };
+    Link {
+        local: addr(&key.local),
+        remote: addr(&key.remote),
     }
 }
 
-/// The loss and progress counters of a link.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LinkCounters {
-    /// Segments received from the peer (the link delivers).
-    pub progress_segs: u64,
-    /// Retransmitted segments on established connections (fast, TLP, after RTO).
-    pub retrans_segs: u64,
-    /// Retransmission timeouts.
-    pub rto_timeouts: u64,
-    /// SYN retransmissions (connect retries).
-    pub syn_retrans: u64,
-    /// Connects that gave up.
-    pub failed_connects: u64,
-    /// Resets received.
-    pub resets_rx: u64,
-}
-
-impl LinkCounters {
-    fn of(stats: &LinkStats) -> Self {
-        Self {
-            progress_segs: stats.progress_segs,
-            retrans_segs: stats.retrans_segs,
-            rto_timeouts: stats.rto_timeouts,
-            syn_retrans: stats.syn_retrans,
-            failed_connects: stats.failed_connects,
-            resets_rx: stats.resets_rx,
-        }
-    }
-
-    fn add(&mut self, other: &Self) {
-        self.progress_segs += other.progress_segs;
-        self.retrans_segs += other.retrans_segs;
-        self.rto_timeouts += other.rto_timeouts;
-        self.syn_retrans += other.syn_retrans;
-        self.failed_connects += other.failed_connects;
-        self.resets_rx += other.resets_rx;
-    }
-
-    /// `self - earlier`; a counter that went down means the link was evicted and
-    /// re-created in the kernel, so everything it holds now is new.
-    fn since(&self, earlier: &Self) -> Self {
-        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
-        Self {
-            progress_segs: d(self.progress_segs, earlier.progress_segs),
-            retrans_segs: d(self.retrans_segs, earlier.retrans_segs),
-            rto_timeouts: d(self.rto_timeouts, earlier.rto_timeouts),
-            syn_retrans: d(self.syn_retrans, earlier.syn_retrans),
-            failed_connects: d(self.failed_connects, earlier.failed_connects),
-            resets_rx: d(self.resets_rx, earlier.resets_rx),
-        }
-    }
-
-    /// Any kind of loss at all.
-    pub fn losses(&self) -> u64 {
-        self.retrans_segs
-            + self.rto_timeouts
-            + self.syn_retrans
-            + self.failed_connects
-            + self.resets_rx
-    }
-
-    pub fn is_zero(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// Log2 histogram of smoothed RTT samples, in µs (see `faultline_ebpf::rtt_bucket`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct RttHistogram(pub [u64; RTT_BUCKETS]);
-
-impl Default for RttHistogram {
-    fn default() -> Self {
-        Self([0; RTT_BUCKETS])
-    }
-}
-
-impl RttHistogram {
-    pub fn count(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    /// The upper edge, in µs, of the bucket holding quantile `q` (0..=1); None if empty.
-    pub fn quantile_us(&self, q: f64) -> Option<u64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        // Rank of the sample at quantile q, 1-based, at least 1.
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (bucket, n) in self.0.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(rtt_bucket_upper_us(bucket));
-            }
-        }
-        None
-    }
-
-    fn add(&mut self, other: &Self) {
-        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a += b;
-        }
-    }
-
-    fn since(&self, earlier: &Self) -> Self {
-        let mut out = *self;
-        let restarted = self
-            .0
-            .iter()
-            .zip(earlier.0.iter())
-            .any(|(now, then)| now < then);
-        if !restarted {
-            for (a, b) in out.0.iter_mut().zip(earlier.0.iter()) {
-                *a -= b;
-            }
-        }
-        out
+fn counters_of(stats: &LinkStats) -> LinkCounters {
+    LinkCounters {
+        progress_segs: stats.progress_segs,
+        retrans_segs: stats.retrans_segs,
+        rto_timeouts: stats.rto_timeouts,
+        syn_retrans: stats.syn_retrans,
+        failed_connects: stats.failed_connects,
+        resets_rx: stats.resets_rx,
     }
 }
 
@@ -177,7 +57,7 @@ impl LinkTotals {
     pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a LinkStats>) -> Self {
         let mut total = Self::default();
         for stats in per_cpu {
-            total.counters.add(&LinkCounters::of(stats));
+            total.counters.add(&counters_of(stats));
             total.rtt.add(&RttHistogram(stats.rtt_hist));
             if stats.last_progress_ns > total.last_progress_ns {
                 total.last_progress_ns = stats.last_progress_ns;
@@ -187,24 +67,6 @@ impl LinkTotals {
         }
         total
     }
-}
-
-/// What one link did during one tick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LinkSample {
-    pub link: Link,
-    /// Counted during this tick.
-    pub delta: LinkCounters,
-    /// RTT samples recorded during this tick.
-    pub rtt: RttHistogram,
-    /// Counted since the probe attached (or the link was first seen).
-    pub total: LinkCounters,
-    /// Latest smoothed RTT, µs (0 before any segment was received).
-    pub srtt_us: u64,
-    /// Time since the last segment from the peer; None if never.
-    pub since_progress: Option<Duration>,
-    /// Time since the last loss event; None if never.
-    pub since_loss: Option<Duration>,
 }
 
 /// Turns successive kernel snapshots into per-tick deltas.
@@ -236,7 +98,7 @@ impl SampleTracker {
                 continue;
             }
             samples.push(LinkSample {
-                link: Link::from_key(key),
+                link: link_of(key),
                 delta,
                 rtt,
                 total: totals.counters,
@@ -343,13 +205,13 @@ mod tests {
 
     #[test]
     fn v4_and_v6_keys_become_addresses() {
-        let link = Link::from_key(&key(9));
+        let link = link_of(&key(9));
         assert_eq!(link.remote.to_string(), "10.0.0.9");
         let mut v6 = LinkKey {
             family: faultline_ebpf::AF_INET6,
             ..LinkKey::default()
         };
         v6.remote = "fd00::7".parse::<Ipv6Addr>().unwrap().octets();
-        assert_eq!(Link::from_key(&v6).remote.to_string(), "fd00::7");
+        assert_eq!(link_of(&v6).remote.to_string(), "fd00::7");
     }
 }

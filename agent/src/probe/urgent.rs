@@ -80,7 +80,7 @@ fn decode(bytes: &[u8]) -> Option<UrgentRecord> {
     // only by convention.
     let event: UrgentEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     Some(UrgentRecord {
-        link: Link::from_key(&event.link),
+        link: super::sample::link_of(&event.link),
         kind: UrgentKind::from_raw(event.kind)?,
         at_ns: event.at_ns,
     })

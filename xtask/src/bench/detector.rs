@@ -1,5 +1,5 @@
 //! The detector engine at fleet scale: runs the criterion benchmark
-//! `agent/benches/detector_tick.rs` (`observe` + `tick` over 10k and 100k links) and
+//! `agent/core/benches/detector_tick.rs` (`observe` + `tick` over 10k and 100k links) and
 //! reads criterion's per-tick estimates back from `target/criterion`.
 use std::{
     fmt::Write as _,
@@ -45,17 +45,17 @@ pub(super) struct DetectorBench {
     wall_s: f64,
 }
 
-/// Runs `cargo bench -p faultline --bench detector_tick [-- FILTER]` and collects the
+/// Runs `cargo bench -p faultline-core --bench detector_tick [-- FILTER]` and collects the
 /// estimates criterion wrote during this run.
 pub(super) fn run(filter: Option<&str>) -> Result<DetectorBench> {
     println!(
-        "detector: cargo bench -p faultline --bench detector_tick{} (a few minutes)",
+        "detector: cargo bench -p faultline-core --bench detector_tick{} (a few minutes)",
         filter.map(|f| format!(" -- {f}")).unwrap_or_default()
     );
     let started = SystemTime::now();
     let start = Instant::now();
     let mut cmd = cargo();
-    cmd.args(["bench", "-p", "faultline", "--bench", "detector_tick"]);
+    cmd.args(["bench", "-p", "faultline-core", "--bench", "detector_tick"]);
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
@@ -228,7 +228,7 @@ impl DetectorBench {
 
     pub(super) fn json(&self) -> Value {
         json!({
-            "bench": "cargo bench -p faultline --bench detector_tick",
+            "bench": "cargo bench -p faultline-core --bench detector_tick",
             "filter": self.filter,
             "topology": "2 sites × 5 cabinets × 20 racks × 50 hosts (10,000 hosts)",
             "unit": "ns per tick (one observe + tick cycle = 100 ms of simulated time)",

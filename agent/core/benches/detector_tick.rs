@@ -22,7 +22,7 @@
 //! `observe_tick` (the whole cycle: the figure that matters, goal ≤ 5 ms at 100k
 //! links), `observe` alone and `tick` alone.
 //!
-//! Run: `cargo bench -p faultline --bench detector_tick` (or `cargo xtask bench
+//! Run: `cargo bench -p faultline-core --bench detector_tick` (or `cargo xtask bench
 //! --detector-only`, which also tabulates the results).
 use std::{
     fmt::Write as _,
@@ -34,9 +34,9 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use faultline::{
+use faultline_core::{
     detector::{Detector, DetectorConfig, LinkDelta, Observation},
-    probe::{Link, LinkCounters},
+    link::{Link, LinkCounters},
     topology::Topology,
 };
 
@@ -241,7 +241,7 @@ impl Sim {
         }
     }
 
-    fn record(&mut self, changes: &[faultline::detector::Verdict]) {
+    fn record(&mut self, changes: &[faultline_core::detector::Verdict]) {
         self.ticks += 1;
         self.changes += u64::try_from(changes.len()).expect("fits");
     }

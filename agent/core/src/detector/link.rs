@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::DetectorConfig;
-use crate::probe::LinkCounters;
+use crate::link::LinkCounters;
 
 /// What the counters of one link say right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr, path::Path, sync::Arc, time::Durati
 use proptest::prelude::*;
 
 use super::*;
-use crate::probe::LinkCounters;
+use crate::link::LinkCounters;
 
 const TICK: Duration = Duration::from_millis(100);
 

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use super::*;
 
-const EXAMPLE: &str = include_str!("../../../examples/topology.toml");
+const EXAMPLE: &str = include_str!("../../../../examples/topology.toml");
 
 fn parse(text: &str) -> Result<Topology, String> {
     Topology::parse(Path::new("topo.toml"), text).map_err(|e| e.to_string())

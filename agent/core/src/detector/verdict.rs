@@ -4,7 +4,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use serde::Serialize;
 
 use super::link::LinkStatus;
-use crate::{probe::LinkCounters, topology::Level};
+use crate::{link::LinkCounters, topology::Level};
 
 /// An entity's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

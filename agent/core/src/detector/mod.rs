@@ -29,7 +29,7 @@ pub use link::{LinkDelta, LinkHealth, LinkStatus};
 pub use verdict::{ChildEvidence, Entity, Evidence, PeerEvidence, State, Verdict};
 
 use crate::{
-    probe::{Link, LinkSample},
+    link::{Link, LinkSample},
     topology::{EntityId, EntityInfo, Level, Placement, Topology, UNPLACED},
 };
 

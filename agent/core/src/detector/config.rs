@@ -10,26 +10,26 @@ pub struct DetectorConfig {
     /// A link with no evidence at all for this long is UNKNOWN. 30 s: longer than the
     /// gaps between RTOs of a backed-off connection (0.2, 0.4, … 12.8 s), so a
     /// blackholed link stays FAILED while its connections keep trying.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub stale_after: Duration,
     /// Retransmitting with no progress for this long is FAILED even without an RTO or
     /// SYN retry (hosts where sock_ops is unavailable). 1 s: five minimum RTOs.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub stall_timeout: Duration,
     /// A FAILED condition must hold this long before it is announced, so one late ACK
     /// or one observer's hiccup is not an outage. 100 ms: one default tick.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub confirm: Duration,
     /// Leaving FAILED needs this long of sustained health. 5 s: long enough that a
     /// router does not fail back into a still-shaky rack, short enough to restore
     /// capacity quickly.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub recovery_hold: Duration,
     /// Each re-entry into FAILED within this window doubles the hold (flap damping).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub flap_window: Duration,
     /// Upper bound of the damped hold. 80 s: 16 × the default hold.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub max_recovery_hold: Duration,
     /// DEGRADED when retransmissions exceed this share of segments received, over
     /// `loss_window`. 5 %: well above the ~1 % background loss TCP absorbs unnoticed.
@@ -38,18 +38,18 @@ pub struct DetectorConfig {
     /// an idle link are not a gray failure.
     pub degraded_min_retrans: f64,
     /// Time constant of the loss window. 2 s.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub loss_window: Duration,
     /// DEGRADED when the recent RTT exceeds the link's own baseline by this factor …
     pub rtt_factor: f64,
     /// … and by at least this much, so a 20 µs → 100 µs jump on a LAN is not news. 5 ms.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub rtt_min_increase: Duration,
     /// Time constant of the slow RTT baseline. 60 s.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub rtt_baseline_window: Duration,
     /// Time constant of the recent RTT. 1 s.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration")]
     pub rtt_recent_window: Duration,
     /// A rack, cabinet or site fails only when at least this many of its observed
     /// children failed. 2: one bad host never fails its rack.

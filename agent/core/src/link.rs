@@ -1,0 +1,154 @@
+//! What the kernel saw on one link, in the form the detector consumes. The probe turns
+//! the kernel's per-CPU records into these; peers send them over the wire; tests and
+//! benches make them up. Nothing here knows about the kernel or the network.
+use std::{net::IpAddr, time::Duration};
+
+use serde::Serialize;
+
+/// Buckets of the kernel's log2 RTT histogram (the probe checks it matches the kernel's).
+pub const RTT_BUCKETS: usize = 24;
+
+/// Upper edge (exclusive) of an RTT bucket in µs; the last bucket is open-ended.
+pub fn rtt_bucket_upper_us(bucket: usize) -> u64 {
+    1u64 << bucket
+}
+
+/// This host's address talking to one remote address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Link {
+    pub local: IpAddr,
+    pub remote: IpAddr,
+}
+
+/// The loss and progress counters of a link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LinkCounters {
+    /// Segments received from the peer (the link delivers).
+    pub progress_segs: u64,
+    /// Retransmitted segments on established connections (fast, TLP, after RTO).
+    pub retrans_segs: u64,
+    /// Retransmission timeouts.
+    pub rto_timeouts: u64,
+    /// SYN retransmissions (connect retries).
+    pub syn_retrans: u64,
+    /// Connects that gave up.
+    pub failed_connects: u64,
+    /// Resets received.
+    pub resets_rx: u64,
+}
+
+impl LinkCounters {
+    pub fn add(&mut self, other: &Self) {
+        self.progress_segs += other.progress_segs;
+        self.retrans_segs += other.retrans_segs;
+        self.rto_timeouts += other.rto_timeouts;
+        self.syn_retrans += other.syn_retrans;
+        self.failed_connects += other.failed_connects;
+        self.resets_rx += other.resets_rx;
+    }
+
+    /// `self - earlier`; a counter that went down means the link was evicted and
+    /// re-created in the kernel, so everything it holds now is new.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+        Self {
+            progress_segs: d(self.progress_segs, earlier.progress_segs),
+            retrans_segs: d(self.retrans_segs, earlier.retrans_segs),
+            rto_timeouts: d(self.rto_timeouts, earlier.rto_timeouts),
+            syn_retrans: d(self.syn_retrans, earlier.syn_retrans),
+            failed_connects: d(self.failed_connects, earlier.failed_connects),
+            resets_rx: d(self.resets_rx, earlier.resets_rx),
+        }
+    }
+
+    /// Any kind of loss at all.
+    pub fn losses(&self) -> u64 {
+        self.retrans_segs
+            + self.rto_timeouts
+            + self.syn_retrans
+            + self.failed_connects
+            + self.resets_rx
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Log2 histogram of smoothed RTT samples, in µs (the kernel's `rtt_bucket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RttHistogram(pub [u64; RTT_BUCKETS]);
+
+impl Default for RttHistogram {
+    fn default() -> Self {
+        Self([0; RTT_BUCKETS])
+    }
+}
+
+impl RttHistogram {
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The upper edge, in µs, of the bucket holding quantile `q` (0..=1); None if empty.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        // Rank of the sample at quantile q, 1-based, at least 1.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(rtt_bucket_upper_us(bucket));
+            }
+        }
+        None
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += b;
+        }
+    }
+
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut out = *self;
+        let restarted = self
+            .0
+            .iter()
+            .zip(earlier.0.iter())
+            .any(|(now, then)| now < then);
+        if !restarted {
+            for (a, b) in out.0.iter_mut().zip(earlier.0.iter()) {
+                *a -= b;
+            }
+        }
+        out
+    }
+}
+
+/// What one link did during one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkSample {
+    pub link: Link,
+    /// Counted during this tick.
+    pub delta: LinkCounters,
+    /// RTT samples recorded during this tick.
+    pub rtt: RttHistogram,
+    /// Counted since the probe attached (or the link was first seen).
+    pub total: LinkCounters,
+    /// Latest smoothed RTT, µs (0 before any segment was received).
+    pub srtt_us: u64,
+    /// Time since the last segment from the peer; None if never.
+    pub since_progress: Option<Duration>,
+    /// Time since the last loss event; None if never.
+    pub since_loss: Option<Duration>,
+}
