@@ -17,18 +17,20 @@ pub const DEFAULT_PATH: &str = "/etc/faultline/faultline.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("read {path}: {source}")]
+    #[error("read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// The TOML is malformed or has an unknown or mistyped key; the message has line and column.
-    #[error("{path}: {source}")]
-    Parse {
+    /// The TOML is malformed or has an unknown, missing or mistyped key.
+    #[error("{path}:{line}: {key}{message}", key = key.as_ref().map_or(String::new(), |k| format!("{k}: ")))]
+    Syntax {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        line: usize,
+        /// The dotted key on that line (`detector.recovery_hold`), when there is one.
+        key: Option<String>,
+        message: String,
     },
     /// A value is well-formed but out of range.
     #[error("{path}: {key}: {reason}")]
@@ -126,9 +128,14 @@ impl ProbeConfig {
 impl Config {
     /// Parses `text`; `path` names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |span| span.start);
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line: line_of(text, offset),
+                key: key_at(text, offset),
+                message: e.message().trim().replace('\n', "; "),
+            }
         })?;
         config.validate(path)?;
         Ok(config)
@@ -181,6 +188,34 @@ impl Config {
 }
 
 /// Durations written as `"100ms"`, `"5s"` in TOML.
+/// The 1-based line holding byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key assigned on the line holding byte `offset` (its table's name, a dot,
+/// the key), or None when that line assigns nothing (a malformed header, say).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let upto = &text[..offset.min(text.len())];
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let key = line.split_once('=')?.0.trim();
+    let table = upto[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|h| h.trim_matches(['[', ']']).trim());
+    Some(match table {
+        Some(t) if !key.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +236,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("/etc/f.toml:"), "{err}");
-        assert!(err.contains("line 3") && err.contains("tik"), "{err}");
+        assert!(
+            err.starts_with("/etc/f.toml:3: probe.tik: unknown field"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -209,7 +247,10 @@ mod tests {
         let err = Config::parse(Path::new("f.toml"), "[probe]\ntick = \"soon\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 2") && err.contains("100ms"), "{err}");
+        assert!(
+            err.starts_with("f.toml:2: ") && err.contains("100ms"),
+            "{err}"
+        );
         let err = Config::parse(Path::new("f.toml"), "[probe]\ntick = \"1ms\"\n")
             .unwrap_err()
             .to_string();
@@ -245,7 +286,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("line 2") && err.contains("recovery_hold"),
+            err.starts_with("f.toml:2: detector.recovery_hold: "),
             "{err}"
         );
     }

@@ -82,7 +82,8 @@ fn main() -> ExitCode {
     match execute(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("faultline: {}", report(&e));
+            // The whole chain, once: no message repeats its source.
+            eprintln!("faultline: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -115,7 +116,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             rt.block_on(async {
                 tokio::select! {
                     r = watch::watch(&options, std::io::stdout()) => r.map_err(|s| anyhow::anyhow!("{}", s.message())),
-                    () = shutdown_signal() => Ok(()),
+                    _ = shutdown_signal() => Ok(()),
                 }
             })?;
         }
@@ -174,33 +175,23 @@ fn parse_level(text: &str) -> Result<Level, String> {
     Level::parse(text).ok_or_else(|| format!("`{text}` is not a level (host, rack, cabinet, site)"))
 }
 
-/// The error and its causes on one line, skipping a cause whose text the message
-/// already includes (our errors embed their source so `to_string()` stands alone).
-fn report(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT, SIGTERM or SIGHUP with the signal's name. SIGHUP stops the
+/// agent the same orderly way (it does not reload yet); without a handler it would
+/// kill the process before `""` goes NOT_SERVING.
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = hup.recv() => "SIGHUP",
     }
 }
 

@@ -18,7 +18,7 @@ use faultline_ebpf::{
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     /// The format file could not be read (tracefs not mounted, or the tracepoint is missing).
-    #[error("read {path}: {source} (is tracefs mounted? try `faultline check`)")]
+    #[error("read {path} (is tracefs mounted? try `faultline check`)")]
     Read {
         path: PathBuf,
         #[source]

@@ -52,7 +52,7 @@ pub enum ProbeError {
     )]
     NoKernelObject,
     /// The kernel refused the object or a map.
-    #[error("load the eBPF object: {source}")]
+    #[error("load the eBPF object")]
     Load {
         #[source]
         source: EbpfError,
@@ -61,21 +61,21 @@ pub enum ProbeError {
     #[error("program `{name}` is missing from the eBPF object")]
     MissingProgram { name: &'static str },
     /// Loading or attaching one program failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Program {
         what: String,
         #[source]
         source: ProgramError,
     },
     /// A map is missing or has an unexpected type.
-    #[error("map `{name}`: {source}")]
+    #[error("map `{name}`")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
     /// Mounting tracefs failed.
-    #[error("mount tracefs at {path}: {source}")]
+    #[error("mount tracefs at {path}")]
     Mount {
         path: PathBuf,
         #[source]

@@ -1,0 +1,363 @@
+//! The agent's lifecycle, after mini-redis's `Listener`: [`Agent::start`] refuses bad
+//! input before touching the kernel, then binds and attaches; [`Agent::run`] evaluates
+//! every tick and at once on urgent kernel events; every way out (a signal, a sample
+//! error, a task that ended or panicked, a panic in an evaluation) goes through one
+//! shutdown: `""` NOT_SERVING, drain the gRPC server, detach, and a log line saying why.
+use std::{
+    net::SocketAddr,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+    time::MissedTickBehavior,
+};
+
+use super::{
+    Observer, RunError, error_chain, load_topology, log_verdict,
+    tasks::{Tasks, panic_message},
+};
+use crate::{
+    config::Config,
+    detector::Detector,
+    feed::{
+        Feed, FeedLimits,
+        observations::{PeerMessage, follow_peer},
+    },
+    metrics::Metrics,
+    probe::{Probe, SockOpsStatus, UrgentEvents, UrgentRecord},
+};
+
+/// The least time between two evaluations woken by urgent events. 20 ms: fast next to
+/// the 200 ms minimum RTO that produces them, slow next to a storm of them.
+const URGENT_MIN_GAP: Duration = Duration::from_millis(20);
+
+/// How long `""` shows NOT_SERVING before the server starts draining, so health
+/// watchers see it before their connections close.
+const NOT_SERVING_GRACE: Duration = Duration::from_millis(200);
+
+/// How long in-flight calls get to finish; Watch streams never end on their own, so
+/// what is still open then is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Peer batches queued towards the detector, from all peers together.
+const PEER_QUEUE: usize = 64;
+
+const GRPC_SERVER: &str = "gRPC server";
+
+/// A running agent: kernel probe, detector, feed and the tasks serving them.
+pub struct Agent {
+    observer: Observer,
+    detector: Detector,
+    probe: Probe,
+    urgent: Option<UrgentEvents>,
+    feed: Feed,
+    metrics: Arc<Metrics>,
+    peers: mpsc::Receiver<PeerMessage>,
+    tasks: Tasks,
+    stop_server: Option<oneshot::Sender<()>>,
+    /// The detector's clock starts here.
+    epoch: Instant,
+    tick: Duration,
+}
+
+/// Why the run loop ended.
+enum Stop {
+    /// SIGTERM, SIGINT, SIGHUP, or whatever the caller's shutdown future names.
+    Asked(&'static str),
+    Failed(RunError),
+}
+
+impl Agent {
+    /// Checks everything that can be refused, then binds both ports, attaches the
+    /// kernel programs and spawns the servers and peer followers.
+    pub async fn start(config: &Config) -> Result<Self, RunError> {
+        let topology = load_topology(config)?;
+        let observer = Observer::from_config(config)?;
+        if observer.local_count() == 0 {
+            tracing::warn!(
+                "this network namespace has no address but loopback: no link will be judged; \
+                 set agent.local_addresses"
+            );
+        }
+        let (grpc_listener, grpc_addr) = bind(config.listen.grpc, "listen.grpc").await?;
+        let (metrics_listener, metrics_addr) =
+            bind(config.listen.metrics, "listen.metrics").await?;
+        let detector = Detector::new(topology.clone(), config.detector.clone());
+        let mut probe = Probe::attach(&config.probe.probe_options())?;
+        match probe.sock_ops_status() {
+            SockOpsStatus::Attached(cgroup) => {
+                tracing::info!(cgroup = %cgroup.display(), "sock_ops attached: RTOs are counted");
+            }
+            SockOpsStatus::Unavailable(why) => {
+                tracing::warn!(reason = %why, "sock_ops not attached: RTOs are not counted, retransmissions are");
+            }
+        }
+        let urgent = probe.take_urgent_events().transpose()?;
+        let feed = Feed::new(
+            observer.name.clone(),
+            Arc::new(topology),
+            SystemTime::now(),
+            FeedLimits::default(),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let mut tasks = Tasks::default();
+        let (stop_server, server_stopped) = oneshot::channel::<()>();
+        let server = feed.clone();
+        tasks.spawn(GRPC_SERVER, async move {
+            server
+                .serve(grpc_listener, async {
+                    let _ = server_stopped.await;
+                })
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        let (serve_metrics, hub) = (metrics.clone(), feed.hub.clone());
+        tasks.spawn("metrics server", async move {
+            crate::metrics::serve(metrics_listener, serve_metrics, hub).await;
+            Ok(())
+        });
+        let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
+        for endpoint in &config.agent.peers {
+            let (endpoint, me, tx) = (endpoint.clone(), observer.name.to_string(), peer_tx.clone());
+            tasks.spawn(format!("peer follower {endpoint}"), async move {
+                follow_peer(endpoint, me, tx).await;
+                Ok(())
+            });
+        }
+        tracing::info!(
+            observer = %observer.name,
+            local_addresses = observer.local_count(),
+            entities = detector.topology().len(),
+            peers = config.agent.peers.len(),
+            grpc = %grpc_addr,
+            metrics = %metrics_addr,
+            tick = ?config.probe.tick,
+            "probe attached, watching TCP links"
+        );
+        Ok(Self {
+            observer,
+            detector,
+            probe,
+            urgent,
+            feed,
+            metrics,
+            peers,
+            tasks,
+            stop_server: Some(stop_server),
+            epoch: Instant::now(),
+            tick: config.probe.tick,
+        })
+    }
+
+    /// Evaluates until `shutdown` completes or something fails, then shuts down.
+    /// Returns the error that stopped it, if one did.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = &'static str>,
+    ) -> Result<(), RunError> {
+        let stop = self.evaluate_until(shutdown).await;
+        self.shutdown(stop).await
+    }
+
+    async fn evaluate_until(&mut self, shutdown: impl Future<Output = &'static str>) -> Stop {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        let mut pacing = UrgentPacing::new();
+        loop {
+            tokio::select! {
+                asked = &mut shutdown => return Stop::Asked(asked),
+                Some((task, outcome)) = self.tasks.next_end() => {
+                    let reason = outcome.err().unwrap_or_else(|| "ended".to_owned());
+                    return Stop::Failed(RunError::Task { task, reason });
+                }
+                _ = ticker.tick() => {}
+                () = pacing.deferred(), if pacing.is_deferred() => {}
+                Some(message) = self.peers.recv() => {
+                    self.take_peer_message(message);
+                    continue;
+                }
+                batch = next_urgent(self.urgent.as_mut()) => {
+                    if !self.take_urgent(batch) || !pacing.may_evaluate_now() {
+                        continue;
+                    }
+                }
+            }
+            pacing.evaluated();
+            if let Err(e) = self.evaluate_catching_panics() {
+                return Stop::Failed(e);
+            }
+        }
+    }
+
+    /// A peer's tick is folded in now and judged at the next evaluation.
+    fn take_peer_message(&mut self, message: PeerMessage) {
+        match message {
+            PeerMessage::Batch(batch) => {
+                Metrics::add(&self.metrics.peer_batches, 1);
+                self.detector.observe(&batch, self.epoch.elapsed());
+            }
+            PeerMessage::Lost(name) => {
+                tracing::warn!(peer = %name, "peer observer gone; its evidence is dropped");
+                self.detector.forget_observer(&name);
+            }
+        }
+    }
+
+    /// Counts a batch of urgent events; false if the ring became unreadable.
+    fn take_urgent(&mut self, batch: std::io::Result<Vec<UrgentRecord>>) -> bool {
+        match batch {
+            Ok(events) => {
+                Metrics::add(&self.metrics.urgent_events, events.len() as u64);
+                for e in events {
+                    tracing::debug!(kind = ?e.kind, local = %e.link.local, peer = %e.link.remote, "urgent");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "urgent event ring unreadable; relying on ticks");
+                self.urgent = None;
+                false
+            }
+        }
+    }
+
+    /// A panic in the detector or the feed must still end in the shutdown sequence,
+    /// not in an agent that vanishes while routers believe it serving.
+    fn evaluate_catching_panics(&mut self) -> Result<(), RunError> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.evaluate())).unwrap_or_else(|panic| {
+            Err(RunError::EvaluationPanicked {
+                message: panic_message(panic.as_ref()),
+            })
+        })
+    }
+
+    /// Reads the kernel, judges, publishes: one evaluation at one instant.
+    fn evaluate(&mut self) -> Result<(), RunError> {
+        let began = Instant::now();
+        let now = began.duration_since(self.epoch);
+        let samples = self
+            .probe
+            .sample()
+            .map_err(|source| RunError::Sample { source })?;
+        let own = self.observer.observations(&samples);
+        self.detector.observe(&own, now);
+        self.feed.publish_observations(&own);
+        let changes = self.detector.tick(now);
+        for v in &changes {
+            log_verdict(v);
+        }
+        if !changes.is_empty() {
+            self.feed.publish(&changes);
+        }
+        let m = &self.metrics;
+        Metrics::add(&m.ticks, 1);
+        Metrics::add(&m.verdict_changes, changes.len() as u64);
+        Metrics::set(&m.links_in_tick, own.len() as u64);
+        Metrics::set(
+            &m.last_tick_ns,
+            u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        );
+        if let Ok(dropped) = self.probe.urgent_dropped() {
+            Metrics::set(&m.urgent_dropped, dropped);
+        }
+        Ok(())
+    }
+
+    /// The one way out: `""` NOT_SERVING, drain, close what is left, detach.
+    async fn shutdown(mut self, stop: Stop) -> Result<(), RunError> {
+        match &stop {
+            Stop::Asked(by) => tracing::info!(
+                reason = by,
+                "shutting down: agent NOT_SERVING, draining gRPC, detaching programs"
+            ),
+            Stop::Failed(e) => {
+                tracing::error!(reason = %error_chain(e), "shutting down on an error: agent NOT_SERVING, draining gRPC, detaching programs")
+            }
+        }
+        self.feed.stop_serving();
+        tokio::time::sleep(NOT_SERVING_GRACE).await;
+        if let Some(stop_server) = self.stop_server.take() {
+            let _ = stop_server.send(());
+        }
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some((task, outcome)) = self.tasks.next_end().await {
+                if task == GRPC_SERVER {
+                    return outcome;
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => tracing::error!(error = %why, "gRPC server failed while draining"),
+            Err(_) => tracing::info!("closing the remaining gRPC streams"),
+        }
+        self.tasks.abort_all().await;
+        drop(self.probe);
+        tracing::info!("stopped: programs detached");
+        match stop {
+            Stop::Asked(_) => Ok(()),
+            Stop::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// Binds `addr`; errors name the config key that set it.
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<(TcpListener, SocketAddr), RunError> {
+    let listen = |source| RunError::Listen { key, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    Ok((listener, bound))
+}
+
+async fn next_urgent(urgent: Option<&mut UrgentEvents>) -> std::io::Result<Vec<UrgentRecord>> {
+    match urgent {
+        Some(u) => u.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// At most one evaluation per [`URGENT_MIN_GAP`] for urgent events: a storm (a whole
+/// rack timing out at once) must not turn into a map walk per event. An event inside
+/// the gap is not lost: it defers an evaluation to the end of the gap.
+struct UrgentPacing {
+    last: tokio::time::Instant,
+    deferred: Option<tokio::time::Instant>,
+}
+
+impl UrgentPacing {
+    fn new() -> Self {
+        Self {
+            last: tokio::time::Instant::now(),
+            deferred: None,
+        }
+    }
+
+    fn is_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    async fn deferred(&self) {
+        tokio::time::sleep_until(self.deferred.unwrap_or(self.last)).await;
+    }
+
+    /// True if an urgent event may evaluate now; otherwise one is deferred.
+    fn may_evaluate_now(&mut self) -> bool {
+        if self.last.elapsed() >= URGENT_MIN_GAP {
+            return true;
+        }
+        self.deferred.get_or_insert(self.last + URGENT_MIN_GAP);
+        false
+    }
+
+    fn evaluated(&mut self) {
+        self.last = tokio::time::Instant::now();
+        self.deferred = None;
+    }
+}
