@@ -141,6 +141,16 @@ pub(super) fn agreeing(d: &Detector, id: EntityId, state: State, now: Duration) 
     observers
 }
 
+/// Observer names sorted by name: ids follow arrival order, which differs run to run.
+fn observer_names(d: &Detector, ids: &BTreeSet<u16>) -> Vec<Arc<str>> {
+    let mut names: Vec<Arc<str>> = ids
+        .iter()
+        .map(|&o| d.observers[usize::from(o)].name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
 fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     let node = &d.nodes[id.index()];
     let mut peers: Vec<PeerEvidence> = node
@@ -151,7 +161,14 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         .map(|s| peer(d, s, now))
         .filter(|p| p.status != LinkStatus::Unknown)
         .collect();
-    peers.sort_by_key(|p| std::cmp::Reverse(p.status));
+    // Worst first, then by name and address: the same evidence reads the same whatever
+    // order the observers' batches arrived in.
+    peers.sort_by(|a, b| {
+        b.status
+            .cmp(&a.status)
+            .then_with(|| a.observer.cmp(&b.observer))
+            .then_with(|| (a.local, a.remote).cmp(&(b.local, b.remote)))
+    });
     let agreeing = agreeing(d, id, v.state, now);
     let failed = peers
         .iter()
@@ -179,10 +196,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         State::Unknown => "no recent evidence".into(),
     };
     v.confidence = observer_confidence(d, &agreeing);
-    v.observers = agreeing
-        .iter()
-        .map(|&o| d.observers[usize::from(o)].name.clone())
-        .collect();
+    v.observers = observer_names(d, &agreeing);
     peers.truncate(d.cfg.max_evidence);
     v.evidence.peers = peers;
 }
@@ -284,10 +298,7 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         State::Healthy => 1.0 - share,
         State::Unknown => 0.0,
     };
-    v.observers = observers
-        .iter()
-        .map(|&o| d.observers[usize::from(o)].name.clone())
-        .collect::<Vec<Arc<str>>>();
+    v.observers = observer_names(d, &observers);
     children.truncate(d.cfg.max_evidence);
     v.evidence.children = children;
 }
