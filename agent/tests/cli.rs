@@ -10,14 +10,7 @@ fn faultline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_faultline"))
 }
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (`cargo xtask test` does)"
-    );
-}
+use faultline_integration::require_root;
 
 #[test]
 fn check_passes_on_this_host_and_lists_every_requirement() {

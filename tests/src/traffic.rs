@@ -36,7 +36,7 @@ impl Sink {
                         readers.push(std::thread::spawn(move || drain(stream, &stop)));
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => panic!("accept on {addr}: {e}"),
                 }
@@ -104,7 +104,9 @@ pub fn paced(
         let deadline = start + duration;
         let mut sent = 0u64;
         while Instant::now() < deadline {
-            let allowed = (start.elapsed().as_secs_f64() * bytes_per_sec as f64) as u64;
+            let allowed =
+                u64::try_from(u128::from(bytes_per_sec) * start.elapsed().as_micros() / 1_000_000)
+                    .unwrap_or(u64::MAX);
             if sent > allowed {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;

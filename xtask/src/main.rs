@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod fuzz;
+mod lint;
 mod run;
 mod setup;
 mod test;
@@ -52,6 +53,9 @@ enum Cmd {
     /// Measure throughput with and without the agent, the kernel cost per program, and
     /// the detector engine's cost per tick at 10k and 100k links.
     Bench(bench::Options),
+    /// rustfmt check, clippy with warnings denied (host crates and the kernel programs
+    /// for their own target), and a check that the pure core stays free of I/O crates.
+    Lint,
     /// Fuzz the topology parser (cargo-fuzz on nightly) for --seconds (default 60).
     Fuzz(fuzz::Options),
 }
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test::run(&args),
         Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
         Cmd::Fuzz(options) => fuzz::run(&options),
+        Cmd::Lint => lint::run().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: {e:#}");

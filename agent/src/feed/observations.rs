@@ -132,7 +132,7 @@ impl Observations for Publisher {
                         }
                     }
                     Err(RecvError::Lagged(n)) => {
-                        tracing::debug!(%subscriber, skipped = n, "slow peer skipped batches")
+                        tracing::debug!(%subscriber, skipped = n, "slow peer skipped batches");
                     }
                     Err(RecvError::Closed) => break,
                 }
@@ -161,10 +161,10 @@ pub async fn follow_peer(endpoint: String, me: String, to_detector: mpsc::Sender
         let mut observer = None;
         match subscribe_once(&endpoint, &me, &to_detector, &mut observer).await {
             Ok(()) => {
-                tracing::warn!(peer = %endpoint, "peer closed the observation stream; reconnecting")
+                tracing::warn!(peer = %endpoint, "peer closed the observation stream; reconnecting");
             }
             Err(e) => {
-                tracing::warn!(peer = %endpoint, error = %e, retry_in = ?backoff, "peer unreachable")
+                tracing::warn!(peer = %endpoint, error = %e, retry_in = ?backoff, "peer unreachable");
             }
         }
         if let Some(name) = observer {

@@ -276,7 +276,7 @@ impl Agent {
                 "shutting down: agent NOT_SERVING, draining gRPC, detaching programs"
             ),
             Stop::Failed(e) => {
-                tracing::error!(reason = %error_chain(e), "shutting down on an error: agent NOT_SERVING, draining gRPC, detaching programs")
+                tracing::error!(reason = %error_chain(e), "shutting down on an error: agent NOT_SERVING, draining gRPC, detaching programs");
             }
         }
         self.feed.stop_serving();
