@@ -97,6 +97,9 @@ fn evidence(e: &Evidence) -> pb::Evidence {
         failed_children: e.failed_children,
         degraded_children: e.degraded_children,
         healthy_outside: e.healthy_outside,
+        observed_hosts: e.observed_hosts,
+        failed_hosts: e.failed_hosts,
+        degraded_hosts: e.degraded_hosts,
     }
 }
 

@@ -51,15 +51,45 @@ pub struct DetectorConfig {
     /// Time constant of the recent RTT. 1 s.
     #[serde(with = "crate::duration")]
     pub rtt_recent_window: Duration,
-    /// A rack, cabinet or site fails only when at least this many of its observed
-    /// children failed. 2: one bad host never fails its rack.
-    pub min_failed_children: u32,
-    /// … and at least this share of its observed children. 0.5: a majority of healthy
-    /// children always vetoes.
+    /// A rack, cabinet or site fails only when at least this many of its hosts fail,
+    /// as seen from outside it, whatever its number of children. 2: one bad host never
+    /// fails its rack.
+    pub min_failed_hosts: u32,
+    /// … and at least this share of its observed hosts. 0.5: a majority of healthy
+    /// hosts always vetoes.
     pub min_failed_fraction: f64,
-    /// Local fault: at least this many failed hosts, in at least two racks, …
+    /// … seen by at least this many distinct observers: above host level no verdict
+    /// rests on a single observer. 2.
+    pub min_observers: u32,
+    /// An observer's progress counts against a failure only when it came this long
+    /// after the failure began: it covers the delay of a peer's batch (a tick, plus the
+    /// network). A host failed by one observer alone is judged after this long. 300 ms.
+    #[serde(with = "crate::duration")]
+    pub witness_slack: Duration,
+    /// A new FAILED needs loss evidence this recent; older evidence only keeps a
+    /// failure that is already announced. 1 s: longer than the gaps between the first
+    /// backed-off RTOs (0.2, 0.4, 0.8 s).
+    #[serde(with = "crate::duration")]
+    pub fresh_evidence: Duration,
+    /// An observer not heard from this long (batches come every tick) is lost and its
+    /// evidence set aside. 300 ms: three default ticks.
+    #[serde(with = "crate::duration")]
+    pub observer_timeout: Duration,
+    /// An observer that sees at least this share of its hosts degraded is the cause
+    /// itself (its CPU, the whole network), and its degraded views blame no one. 0.5.
+    pub degraded_observer_fraction: f64,
+    /// A degraded condition must hold this long before DEGRADED is shown: RTTs rise at
+    /// different moments on different links, and a moment's imbalance is not a gray
+    /// failure. 1 s.
+    #[serde(with = "crate::duration")]
+    pub degraded_confirm: Duration,
+    /// An entity is DEGRADED only when its share of degraded hosts is at least this
+    /// many times the share among hosts outside it. 2.
+    pub degraded_standout: f64,
+    /// Cut off: an observer names its enclosing entity (its own host at least) as cut
+    /// off when at least this many hosts outside it, in at least two racks, fail …
     pub local_fault_min_hosts: u32,
-    /// … while at most this share of the observer's peers still progress. 0.2.
+    /// … while at most this share of the hosts outside still progress. 0.2.
     pub local_fault_max_healthy_fraction: f64,
     /// Most peers (links, hosts) listed as evidence in one verdict. 16.
     pub max_evidence: usize,
@@ -81,8 +111,15 @@ impl Default for DetectorConfig {
             rtt_min_increase: Duration::from_millis(5),
             rtt_baseline_window: Duration::from_secs(60),
             rtt_recent_window: Duration::from_secs(1),
-            min_failed_children: 2,
+            min_failed_hosts: 2,
             min_failed_fraction: 0.5,
+            min_observers: 2,
+            witness_slack: Duration::from_millis(300),
+            fresh_evidence: Duration::from_secs(1),
+            observer_timeout: Duration::from_millis(300),
+            degraded_observer_fraction: 0.5,
+            degraded_confirm: Duration::from_secs(1),
+            degraded_standout: 2.0,
             local_fault_min_hosts: 3,
             local_fault_max_healthy_fraction: 0.2,
             max_evidence: 16,
@@ -109,8 +146,20 @@ impl DetectorConfig {
         if self.rtt_factor < 1.0 {
             return Some(("detector.rtt_factor", "must be at least 1"));
         }
-        if self.min_failed_children < 1 {
-            return Some(("detector.min_failed_children", "must be at least 1"));
+        if self.min_failed_hosts < 1 {
+            return Some(("detector.min_failed_hosts", "must be at least 1"));
+        }
+        if self.min_observers < 1 {
+            return Some(("detector.min_observers", "must be at least 1"));
+        }
+        if !fraction(self.degraded_observer_fraction) {
+            return Some((
+                "detector.degraded_observer_fraction",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.degraded_standout < 1.0 {
+            return Some(("detector.degraded_standout", "must be at least 1"));
         }
         if self.max_recovery_hold < self.recovery_hold {
             return Some((

@@ -1,5 +1,6 @@
 //! Builds a verdict's evidence, reason and confidence. Runs only when an entity's
-//! state changes, so it may scan; the per-tick path never comes here.
+//! state changes (and, for failed entities, to see whether new observers confirm
+//! them), so it may scan.
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use super::{
@@ -17,25 +18,20 @@ pub(super) fn build(
     now: Duration,
 ) -> Verdict {
     let info = d.topology.entity(id);
-    let entity = Entity {
-        level: info.level,
-        path: info.path.clone(),
-    };
-    let cause = cause.map(|c| entity_of(d, c));
-    let node = &d.nodes[id.index()];
     let mut verdict = Verdict {
-        entity,
+        entity: entity_of(d, id),
         state,
         since,
         confidence: 0.0,
         reason: String::new(),
-        cause,
+        cause: cause.map(|c| entity_of(d, c)),
         evidence: Evidence::default(),
         observers: Vec::new(),
         local_fault: false,
     };
-    if info.level == Level::Host && node.local_fault {
-        local_fault(d, id, now, &mut verdict);
+    let node = &d.nodes[id.index()];
+    if node.named_from_inside && state == State::Failed && cause.is_none() {
+        cut_off(d, id, now, &mut verdict);
     } else if info.level == Level::Host {
         host(d, id, now, &mut verdict);
     } else {
@@ -93,54 +89,6 @@ fn observer_confidence(d: &Detector, observers: &BTreeSet<u16>) -> f64 {
     }
 }
 
-/// The unimpaired observers whose links support `state` for this entity: for a host,
-/// its own links; above, the failed links of the held hosts below it; for an
-/// observer's own local fault, that observer. Cheap next to a whole verdict, so the
-/// tick can ask whether new observers confirm a failure without building evidence.
-pub(super) fn agreeing(d: &Detector, id: EntityId, state: State, now: Duration) -> BTreeSet<u16> {
-    let node = &d.nodes[id.index()];
-    let usable = |o: u16| !d.observers[usize::from(o)].impaired.held;
-    let level = d.topology.entity(id).level;
-    if level == Level::Host && node.local_fault {
-        return d
-            .observers
-            .iter()
-            .position(|o| o.host == Some(id))
-            .and_then(|i| u16::try_from(i).ok())
-            .into_iter()
-            .collect();
-    }
-    let supports = |st: LinkStatus| match state {
-        State::Failed => st == LinkStatus::Failed,
-        State::Degraded => matches!(st, LinkStatus::Degraded | LinkStatus::Failed),
-        _ => st != LinkStatus::Unknown,
-    };
-    let slots = |host: EntityId| {
-        d.nodes[host.index()]
-            .links
-            .iter()
-            .filter(|&&(o, _)| usable(o))
-            .map(|&(_, slot)| &d.slots[slot as usize])
-    };
-    if level == Level::Host {
-        return slots(id)
-            .filter(|s| supports(s.health.status(now, &d.cfg)))
-            .map(|s| s.observer)
-            .collect();
-    }
-    let mut observers = BTreeSet::new();
-    for &host in &d.by_level[0] {
-        if d.nodes[host.index()].hold.held && is_within(&d.topology, host, id) {
-            observers.extend(
-                slots(host)
-                    .filter(|s| s.health.status(now, &d.cfg) == LinkStatus::Failed)
-                    .map(|s| s.observer),
-            );
-        }
-    }
-    observers
-}
-
 /// Observer names sorted by name: ids follow arrival order, which differs run to run.
 fn observer_names(d: &Detector, ids: &BTreeSet<u16>) -> Vec<Arc<str>> {
     let mut names: Vec<Arc<str>> = ids
@@ -151,14 +99,65 @@ fn observer_names(d: &Detector, ids: &BTreeSet<u16>) -> Vec<Arc<str>> {
     names
 }
 
+/// The live observers that name `id` as the entity they are cut off in.
+fn naming_cut_off(d: &Detector, id: EntityId, now: Duration) -> BTreeSet<u16> {
+    (0u16..)
+        .zip(&d.observers)
+        .filter(|(_, o)| o.alive(now, &d.cfg) && o.cut_off_entity() == Some(id))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The observers whose views support `state` for this entity, counted as the verdict
+/// counts them: from outside the entity, alive, and not cut off from its side. For a
+/// cut-off entity, the observers inside that name it. Cheap next to a whole verdict,
+/// so the tick can ask whether new observers confirm a failure without building one.
+pub(super) fn agreeing(d: &Detector, id: EntityId, state: State, now: Duration) -> BTreeSet<u16> {
+    let node = &d.nodes[id.index()];
+    if node.named_from_inside && state == State::Failed {
+        return naming_cut_off(d, id, now);
+    }
+    let level = d.topology.entity(id).level;
+    let supports = |st: LinkStatus| match state {
+        State::Failed => st == LinkStatus::Failed,
+        State::Degraded => matches!(st, LinkStatus::Degraded | LinkStatus::Failed),
+        _ => st != LinkStatus::Unknown,
+    };
+    let mut observers = BTreeSet::new();
+    let hosts: Vec<EntityId> = if level == Level::Host {
+        vec![id]
+    } else if state == State::Failed || state == State::Degraded {
+        d.by_level[Level::Host]
+            .iter()
+            .copied()
+            .filter(|&h| d.nodes[h.index()].around[level] == Some(id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for h in hosts {
+        let around = &d.nodes[h.index()].around;
+        for v in &d.nodes[h.index()].views {
+            let o = &d.observers[usize::from(v.observer)];
+            if o.around[level] != Some(id) && o.may_judge(around) && supports(v.status) {
+                observers.insert(v.observer);
+            }
+        }
+    }
+    observers
+}
+
 fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     let node = &d.nodes[id.index()];
+    let counts = |o: u16| {
+        let ob = &d.observers[usize::from(o)];
+        ob.alive(now, &d.cfg) && ob.host != Some(id) && ob.may_judge(&node.around)
+    };
     let mut peers: Vec<PeerEvidence> = node
         .links
         .iter()
-        .map(|&(_, slot)| &d.slots[slot as usize])
-        .filter(|s| !d.observers[usize::from(s.observer)].impaired.held)
-        .map(|s| peer(d, s, now))
+        .filter(|&&(o, _)| counts(o))
+        .map(|&(_, slot)| peer(d, &d.slots[slot as usize], now))
         .filter(|p| p.status != LinkStatus::Unknown)
         .collect();
     // Worst first, then by name and address: the same evidence reads the same whatever
@@ -170,6 +169,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
             .then_with(|| (a.local, a.remote).cmp(&(b.local, b.remote)))
     });
     let agreeing = agreeing(d, id, v.state, now);
+    let outside = &node.outside[Level::Host];
     let failed = peers
         .iter()
         .filter(|p| p.status == LinkStatus::Failed)
@@ -181,8 +181,12 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
             "recovering: held failed until health is sustained".into()
         }
         State::Failed => format!(
-            "{failed} link(s) losing with no progress ({hard} RTO/SYN retries/failed connects, {retrans} retransmissions), seen by {} observer(s)",
+            "{failed} link(s) losing with no progress ({hard} RTO/SYN retries/failed connects, {retrans} retransmissions), seen by {} observer(s); none saw it progress since",
             agreeing.len()
+        ),
+        State::Degraded if outside.failing > 0 && outside.witnesses > 0 => format!(
+            "{} observer(s) cannot reach it while {} still do: a path problem",
+            outside.failing, outside.witnesses
         ),
         State::Degraded => format!(
             "{} of {} link(s) degraded or failing (loss or RTT above baseline)",
@@ -201,38 +205,52 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     v.evidence.peers = peers;
 }
 
-fn local_fault(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
+/// Named from inside: the observers that name it are cut off from everything
+/// outside it while they still reach what is inside. Nothing outside is blamed.
+fn cut_off(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     v.local_fault = true;
-    let Some((index, observer)) = d
-        .observers
-        .iter()
-        .enumerate()
-        .find(|(_, o)| o.host == Some(id))
-    else {
-        return;
-    };
-    let index = u16::try_from(index).unwrap_or(u16::MAX);
+    let naming = naming_cut_off(d, id, now);
+    let level = d.topology.entity(id).level;
     let mut peers = Vec::new();
-    for &host in &d.by_level[0] {
-        for slot in d.nodes[host.index()]
-            .links
-            .iter()
-            .filter(|&&(o, _)| o == index)
-            .map(|&(_, slot)| &d.slots[slot as usize])
-        {
-            if slot.health.status(now, &d.cfg) == LinkStatus::Failed
-                && peers.len() < d.cfg.max_evidence
+    let (mut failed, mut observed) = (0, 0);
+    for &o in &naming {
+        let ob = &d.observers[usize::from(o)];
+        let out = ob.outside[level];
+        failed += out.failed;
+        observed += out.observed;
+        for &host in &d.by_level[Level::Host] {
+            if is_within(&d.topology, host, id) {
+                continue;
+            }
+            for &(_, slot) in d.nodes[host.index()]
+                .links
+                .iter()
+                .filter(|&&(ob, _)| ob == o)
             {
-                peers.push(peer(d, slot, now));
+                let slot = &d.slots[slot as usize];
+                if slot.health.status(now, &d.cfg) == LinkStatus::Failed {
+                    peers.push(peer(d, slot, now));
+                }
             }
         }
     }
+    peers.sort_by(|a, b| {
+        a.observer
+            .cmp(&b.observer)
+            .then_with(|| (a.local, a.remote).cmp(&(b.local, b.remote)))
+    });
+    peers.truncate(d.cfg.max_evidence);
+    let what = if level == Level::Host {
+        "this observer reaches nothing".to_owned()
+    } else {
+        format!("its observers still reach hosts inside this {level}")
+    };
     v.reason = format!(
-        "local fault: this observer's links to {} host(s) in several racks failed at once while {} of {} peers progress; no remote entity is blamed",
-        observer.failed_hosts, observer.healthy_hosts, observer.observed_hosts
+        "cut off: {failed} of {observed} host(s) outside unreachable from inside while {what}; nothing outside is blamed"
     );
-    v.confidence = 0.6;
-    v.observers = vec![observer.name.clone()];
+    v.confidence = observer_confidence(d, &naming)
+        .min(0.6 + 0.1 * f64::from(u32::try_from(naming.len()).unwrap_or(4).min(4)));
+    v.observers = observer_names(d, &naming);
     v.evidence.peers = peers;
 }
 
@@ -244,14 +262,15 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         Level::Cabinet => Level::Rack,
         _ => Level::Host,
     };
-    let mut children: Vec<ChildEvidence> = d.by_level[super::level_index(child_level)]
+    let mut children: Vec<ChildEvidence> = d.by_level[child_level]
         .iter()
         .filter(|&&c| d.topology.entity(c).parent == Some(id))
         .filter_map(|&c| {
+            // This tick's state (children are published after their parent).
             let n = &d.nodes[c.index()];
             let state = if n.hold.held {
                 State::Failed
-            } else if n.raw_degraded || n.hold.degraded(now) {
+            } else if n.hold.degraded(now) {
                 State::Degraded
             } else if n.observed {
                 State::Healthy
@@ -267,10 +286,14 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     children.sort_by(|a, b| b.state.cmp(&a.state).then_with(|| a.entity.cmp(&b.entity)));
     let observers = agreeing(d, id, v.state, now);
     let vote = node.vote;
-    v.evidence.observed_children = vote.observed;
-    v.evidence.failed_children = vote.failed;
-    v.evidence.degraded_children = vote.degraded;
-    v.evidence.healthy_outside = d.total_healthy.saturating_sub(vote.healthy_hosts);
+    let e = &mut v.evidence;
+    e.observed_children = u32::try_from(children.len()).unwrap_or(u32::MAX);
+    e.failed_children = count(&children, State::Failed);
+    e.degraded_children = count(&children, State::Degraded);
+    e.observed_hosts = vote.observed;
+    e.failed_hosts = vote.failed;
+    e.degraded_hosts = vote.degraded;
+    e.healthy_outside = d.totals.healthy.saturating_sub(vote.host_level_healthy);
     let share = if vote.observed == 0 {
         0.0
     } else {
@@ -278,18 +301,20 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     };
     v.reason = match v.state {
         State::Failed => format!(
-            "{} of {} observed {}s failed; {} host(s) outside are healthy",
-            vote.failed, vote.observed, child_level, v.evidence.healthy_outside
+            "{} of {} observed hosts fail as seen from outside it, by {} observer(s); {} host(s) outside are healthy",
+            vote.failed,
+            vote.observed,
+            observers.len(),
+            e.healthy_outside
         ),
         State::Degraded => format!(
-            "{} of {} observed {}s failed or degraded",
+            "{} of {} observed hosts failing or degraded, well above the share outside it",
             vote.failed + vote.degraded,
             vote.observed,
-            child_level
         ),
         State::Healthy => format!(
-            "{} observed {}(s), too few failed to vote it down",
-            vote.observed, child_level
+            "{} observed host(s), too few failing to vote it down",
+            vote.observed
         ),
         State::Unknown => "no recent evidence".into(),
     };
@@ -300,5 +325,9 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     };
     v.observers = observer_names(d, &observers);
     children.truncate(d.cfg.max_evidence);
-    v.evidence.children = children;
+    e.children = children;
+}
+
+fn count(children: &[ChildEvidence], state: State) -> u32 {
+    u32::try_from(children.iter().filter(|c| c.state == state).count()).unwrap_or(u32::MAX)
 }

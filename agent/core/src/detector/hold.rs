@@ -8,43 +8,38 @@ use super::DetectorConfig;
 pub(super) struct Hold {
     /// The raw condition has held continuously since.
     pub(super) failing_since: Option<Duration>,
-    /// Failing, or recovering but not yet for long enough. Parents vote on this.
+    /// FAILED: the condition held for `confirm`, and since then either still holds or
+    /// has not yet been healthy for the recovery hold. A one-tick glitch never gets here.
     pub(super) held: bool,
     recovering_since: Option<Duration>,
     /// Re-entries into FAILED within the flap window, and the last entry.
     flaps: u32,
     last_entry: Option<Duration>,
-    /// DEGRADED is held too, so a gray failure does not flicker.
+    /// DEGRADED must hold for `degraded_confirm` (a transient, such as RTTs rising
+    /// at different moments across links, is not a gray failure), and is then held
+    /// for the recovery hold, so a gray failure does not flicker.
+    degraded_since: Option<Duration>,
     degraded_until: Option<Duration>,
 }
 
 impl Hold {
-    /// Feeds this tick's raw conditions. `sticky`: hold FAILED through recovery (hosts,
-    /// observers). Racks and above pass false: they vote on children that are held
-    /// already, and a second hold would keep them FAILED over healthy children.
+    /// Feeds this tick's raw conditions.
     pub(super) fn update(
         &mut self,
         failing: bool,
         degraded: bool,
-        sticky: bool,
         now: Duration,
         cfg: &DetectorConfig,
     ) {
         if failing {
-            if self.failing_since.is_none() {
-                self.failing_since = Some(now);
-                if !self.held {
-                    self.enter(now, cfg);
-                }
-            }
+            let since = *self.failing_since.get_or_insert(now);
             self.recovering_since = None;
-            self.held = true;
+            if !self.held && now.saturating_sub(since) >= cfg.confirm {
+                self.held = true;
+                self.enter(now, cfg);
+            }
         } else {
             self.failing_since = None;
-            if self.held && !sticky {
-                self.held = false;
-                self.recovering_since = None;
-            }
             if self.held {
                 let since = *self.recovering_since.get_or_insert(now);
                 if now.saturating_sub(since) >= self.recovery_hold(cfg) {
@@ -54,8 +49,18 @@ impl Hold {
             }
         }
         if degraded {
-            self.degraded_until = Some(now + cfg.recovery_hold);
+            let since = *self.degraded_since.get_or_insert(now);
+            if now.saturating_sub(since) >= cfg.degraded_confirm {
+                self.degraded_until = Some(now + cfg.recovery_hold);
+            }
+        } else {
+            self.degraded_since = None;
         }
+    }
+
+    /// Failing now but not yet for `confirm`: not announced, and what lies below waits.
+    pub(super) fn pending(&self) -> bool {
+        !self.held && self.failing_since.is_some()
     }
 
     fn enter(&mut self, now: Duration, cfg: &DetectorConfig) {
@@ -72,12 +77,6 @@ impl Hold {
         cfg.recovery_hold
             .saturating_mul(factor)
             .min(cfg.max_recovery_hold)
-    }
-
-    /// Failing for at least `confirm`.
-    pub(super) fn confirmed(&self, now: Duration, cfg: &DetectorConfig) -> bool {
-        self.failing_since
-            .is_some_and(|s| now.saturating_sub(s) >= cfg.confirm)
     }
 
     pub(super) fn degraded(&self, now: Duration) -> bool {
@@ -97,19 +96,34 @@ mod tests {
     fn held_until_sustained_health_and_longer_after_flaps() {
         let cfg = DetectorConfig::default();
         let mut h = Hold::default();
-        h.update(true, false, true, s(0), &cfg);
+        h.update(true, false, s(0), &cfg);
+        assert!(!h.held && h.pending(), "not before `confirm`");
+        h.update(true, false, s(1), &cfg);
         assert!(h.held);
-        h.update(false, false, true, s(1), &cfg);
-        h.update(false, false, true, s(5), &cfg);
+        h.update(false, false, s(2), &cfg);
+        h.update(false, false, s(6), &cfg);
         assert!(h.held, "4 s of health is not enough");
-        h.update(false, false, true, s(6), &cfg);
+        h.update(false, false, s(7), &cfg);
         assert!(!h.held, "5 s of health releases");
         // Flap: re-enter within the window, the hold doubles.
-        h.update(true, false, true, s(7), &cfg);
-        h.update(false, false, true, s(8), &cfg);
-        h.update(false, false, true, s(14), &cfg);
+        h.update(true, false, s(8), &cfg);
+        h.update(true, false, s(9), &cfg);
+        h.update(false, false, s(10), &cfg);
+        h.update(false, false, s(16), &cfg);
         assert!(h.held, "a flapping entity is held 10 s");
-        h.update(false, false, true, s(18), &cfg);
+        h.update(false, false, s(20), &cfg);
         assert!(!h.held);
+    }
+
+    #[test]
+    fn a_failure_shorter_than_confirm_is_never_held() {
+        let cfg = DetectorConfig::default();
+        let mut h = Hold::default();
+        let ms = Duration::from_millis;
+        h.update(true, false, ms(1000), &cfg);
+        h.update(false, false, ms(1000) + cfg.confirm / 2, &cfg);
+        h.update(true, false, ms(2000), &cfg);
+        h.update(false, false, ms(2000) + cfg.confirm - ms(1), &cfg);
+        assert!(!h.held && !h.pending());
     }
 }

@@ -284,6 +284,21 @@ impl LinkHealth {
         }
     }
 
+    /// When the current stall began (losing with no progress since), if stalled.
+    pub fn stall_onset(&self) -> Option<Duration> {
+        self.stall_since.get()
+    }
+
+    /// When the peer last delivered anything, if ever.
+    pub fn last_progress_at(&self) -> Option<Duration> {
+        self.last_progress.get()
+    }
+
+    /// When the link last reported anything at all.
+    pub fn last_evidence_at(&self) -> Option<Duration> {
+        self.last_evidence.get()
+    }
+
     /// How long since the peer last delivered anything, if ever.
     pub fn since_progress(&self, now: Duration) -> Option<Duration> {
         self.last_progress.age(now)

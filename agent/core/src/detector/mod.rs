@@ -5,21 +5,30 @@
 //!
 //! Each tick:
 //! 1. every link's status comes from its counters ([`link`]);
-//! 2. each observer's links are grouped per peer host; an observer whose links fail
-//!    across racks while almost nothing it talks to still progresses has a local
-//!    fault: its evidence is set aside and the verdict is about its own host;
-//! 3. the remaining observers' views merge into host states;
-//! 4. hosts roll up to racks, cabinets and sites by voting (enough distinct failed
-//!    children, at least half of the observed ones, and healthy hosts outside);
-//! 5. top-down, the highest failed entity is announced, and what lies under it is
-//!    marked failed because of it; hysteresis ([`hold`]) keeps verdicts from flapping.
+//! 2. each observer's links to a host fold into its view of that host ([`views`]);
+//! 3. each observer is judged as a whole ([`observers`]): lost when silent, cut off
+//!    when everything outside some enclosing entity fails (it then names that entity
+//!    and blames nothing outside it), degraded everywhere when its own CPU or network is;
+//! 4. each host is judged once per level, only from the observers outside its entity
+//!    at that level, with progress older than the failure no evidence against it;
+//! 5. racks, cabinets and sites vote on their hosts ([`rollup`]);
+//! 6. top-down, the highest failed entity is announced, and what lies under it is
+//!    marked failed because of it; hysteresis ([`hold`]) keeps verdicts from flapping,
+//!    and only fresh evidence raises a new FAILED.
 pub mod config;
 mod evidence;
 mod hold;
 pub mod link;
+mod observers;
+mod rollup;
 pub mod verdict;
+mod views;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use observers::Observer;
+use rollup::{Outcome, Totals, Vote};
+use views::{Outside, TwoObservers, View};
 
 use rustc_hash::FxHashMap;
 
@@ -30,7 +39,7 @@ pub use verdict::{ChildEvidence, Entity, Evidence, PeerEvidence, State, Verdict}
 
 use crate::{
     link::{Link, LinkSample},
-    topology::{EntityId, EntityInfo, Level, Placement, Topology, UNPLACED},
+    topology::{EntityId, EntityInfo, Level, PerLevel, Placement, Topology, UNPLACED},
 };
 
 /// One tick of one link, as seen by one observer (this agent or a peer agent).
@@ -60,54 +69,35 @@ struct LinkSlot {
     health: LinkHealth,
 }
 
-/// Per-tick roll-up counters of one entity.
-#[derive(Debug, Clone, Copy, Default)]
-struct Vote {
-    observed: u32,
-    failed: u32,
-    degraded: u32,
-    /// Healthy hosts anywhere below this entity.
-    healthy_hosts: u32,
-}
-
 /// A link's place in the slot arena.
 type SlotId = u32;
 
 #[derive(Default)]
 struct Node {
+    /// The entities enclosing it (itself at its own level).
+    around: PerLevel<Option<EntityId>>,
     /// Links to this host (hosts only): (observer, slot), sorted by observer.
     links: Vec<(u16, SlotId)>,
-    /// This tick's view of each observer of this host, computed once per tick.
-    views: Vec<(u16, LinkStatus)>,
-    /// This tick: the merged view of a host, or the vote of a higher entity.
+    /// This tick, hosts only: each observer's view, and the host as seen from
+    /// outside each of its enclosing entities.
+    views: Vec<View>,
+    outside: PerLevel<Outside>,
+    /// This tick, racks and above: the vote of its hosts.
+    vote: Vote,
+    /// This tick: the entity's own state before hysteresis.
     observed: bool,
     raw_failing: bool,
     raw_degraded: bool,
-    vote: Vote,
-    /// This host is an observer with a local fault.
-    local_fault: bool,
+    /// Some live observer inside finds it cut off this tick (hosts: the observer is
+    /// the host); and whether its held failure is that (named from inside).
+    cut_off: bool,
+    named_from_inside: bool,
     hold: Hold,
     /// Held but not yet announced: children wait for it before announcing themselves.
     pending: bool,
     published: Option<Verdict>,
     /// The top failed ancestor (or self) as published this tick, for children.
     failed_root: Option<EntityId>,
-}
-
-struct Observer {
-    name: Arc<str>,
-    /// Its own host, placed from the local address of its links.
-    host: Option<EntityId>,
-    impaired: Hold,
-    // This tick's view:
-    observed_hosts: u32,
-    failed_hosts: u32,
-    healthy_hosts: u32,
-    /// Failed hosts' racks (or the host itself when unplaced): first and whether a second differs.
-    first_failed_group: Option<EntityId>,
-    failed_groups_differ: bool,
-    /// Lowest common ancestor of the failed hosts (None: they share none).
-    failed_lca: Option<Option<EntityId>>,
 }
 
 /// The verdict engine.
@@ -128,11 +118,11 @@ pub struct Detector {
     /// one agent come in a stable order, so most lookups skip the hash.
     hints: Vec<Vec<SlotId>>,
     weights: link::DecayWeights,
-    /// Healthy observed hosts this tick (for "others are fine").
-    total_healthy: u32,
+    /// Every host at host level this tick (for "others are fine" and stand-out).
+    totals: Totals,
     host_of_ip: HashMap<IpAddr, EntityId>,
-    /// Entities in the order a tick visits them bottom-up (hosts first).
-    by_level: [Vec<EntityId>; 4],
+    /// Entities of each level, in the order a tick visits them.
+    by_level: PerLevel<Vec<EntityId>>,
 }
 
 impl Detector {
@@ -147,15 +137,18 @@ impl Detector {
             link_index: FxHashMap::default(),
             hints: Vec::new(),
             weights: link::DecayWeights::default(),
-            total_healthy: 0,
+            totals: Totals::default(),
             host_of_ip: HashMap::new(),
-            by_level: Default::default(),
+            by_level: PerLevel::default(),
             topology: Topology::default(),
         };
         for (i, e) in topology.entities().iter().enumerate() {
-            d.by_level[level_index(e.level)]
-                .push(EntityId(u32::try_from(i).expect("< 2^32 entities")));
-            d.nodes.push(Node::default());
+            let id = EntityId(u32::try_from(i).expect("< 2^32 entities"));
+            d.by_level[e.level].push(id);
+            d.nodes.push(Node {
+                around: topology.ancestors(id),
+                ..Node::default()
+            });
         }
         d.topology = topology;
         d
@@ -185,6 +178,7 @@ impl Detector {
                 _ => (self.observer(&o.observer, o.link.local), 0),
             };
             current = Some((&o.observer, observer, position + 1));
+            self.observers[usize::from(observer)].last_heard = Some(now);
             let slot = self.slot_for(observer, position, o.link);
             self.slots[slot as usize].health.observe_with(
                 &o.delta,
@@ -233,6 +227,14 @@ impl Detector {
         id
     }
 
+    /// Notes that an observer sent a batch, even an empty one: it is alive. Batches
+    /// come every tick; an observer silent for `observer_timeout` is set aside.
+    pub fn heard_from(&mut self, name: &str, now: Duration) {
+        if let Some(&id) = self.observer_ids.get(name) {
+            self.observers[usize::from(id)].last_heard = Some(now);
+        }
+    }
+
     /// Drops everything an observer reported (a peer agent that went away): its last
     /// word must not keep entities FAILED or DEGRADED until it goes stale.
     pub fn forget_observer(&mut self, name: &str) {
@@ -244,34 +246,28 @@ impl Detector {
         for slot in self.slots.iter_mut().filter(|s| s.observer == id) {
             slot.health = LinkHealth::default();
         }
-        self.observers[usize::from(id)].impaired = Hold::default();
-        if let Some(host) = self.observers[usize::from(id)].host {
-            self.nodes[host.index()].local_fault = false;
-        }
+        let o = &mut self.observers[usize::from(id)];
+        o.cut = Hold::default();
+        o.cut_level = None;
+        o.last_heard = None;
     }
 
     fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
-        if let Some(&id) = self.observer_ids.get(name) {
-            if self.observers[usize::from(id)].host.is_none() {
-                let host = self.host_entity(local);
-                self.observers[usize::from(id)].host = Some(host);
+        let id = match self.observer_ids.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = u16::try_from(self.observers.len()).expect("fewer than 65536 observers");
+                self.observers.push(Observer::new(name.clone()));
+                self.observer_ids.insert(name.clone(), id);
+                id
             }
-            return id;
+        };
+        if self.observers[usize::from(id)].host.is_none() {
+            let host = self.host_entity(local);
+            let o = &mut self.observers[usize::from(id)];
+            o.host = Some(host);
+            o.around = self.nodes[host.index()].around;
         }
-        let id = u16::try_from(self.observers.len()).expect("fewer than 65536 observers");
-        let host = Some(self.host_entity(local));
-        self.observers.push(Observer {
-            name: name.clone(),
-            host,
-            impaired: Hold::default(),
-            observed_hosts: 0,
-            failed_hosts: 0,
-            healthy_hosts: 0,
-            first_failed_group: None,
-            failed_groups_differ: false,
-            failed_lca: None,
-        });
-        self.observer_ids.insert(name.clone(), id);
         id
     }
 
@@ -301,14 +297,17 @@ impl Detector {
             path: path.into(),
             parent,
         });
-        self.nodes.push(Node::default());
-        self.by_level[0].push(id);
+        self.nodes.push(Node {
+            around: self.topology.ancestors(id),
+            ..Node::default()
+        });
+        self.by_level[Level::Host].push(id);
         id
     }
 
     /// Evaluates every rule at `now` and returns the verdicts that changed.
     pub fn tick(&mut self, now: Duration) -> Vec<Verdict> {
-        self.observer_views(now);
+        self.host_views(now);
         self.judge_observers(now);
         self.judge_hosts(now);
         self.roll_up(now);
@@ -331,157 +330,174 @@ impl Detector {
             .flatten()
     }
 
-    /// Step 2a: each observer's view of each host, aggregated per observer.
-    fn observer_views(&mut self, now: Duration) {
+    /// Step 2: each live observer's view of each host, and what it tallies of where
+    /// it stands (for step 3).
+    fn host_views(&mut self, now: Duration) {
         let cfg = &self.cfg;
         self.status.clear();
         self.status
             .extend(self.slots.iter().map(|s| s.health.status(now, cfg)));
         for o in &mut self.observers {
-            o.observed_hosts = 0;
-            o.failed_hosts = 0;
-            o.healthy_hosts = 0;
-            o.first_failed_group = None;
-            o.failed_groups_differ = false;
-            o.failed_lca = None;
+            o.begin_tick();
         }
-        for &host in &self.by_level[0] {
+        for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
             node.views.clear();
-            node.views.extend(views(&node.links, &self.status));
-            for &(observer, view) in &self.nodes[host.index()].views {
-                let o = &mut self.observers[usize::from(observer)];
-                match view {
-                    LinkStatus::Unknown => continue,
-                    LinkStatus::Failed => {
-                        o.failed_hosts += 1;
-                        let group = self.topology.entity(host).parent.unwrap_or(host);
-                        match o.first_failed_group {
-                            None => o.first_failed_group = Some(group),
-                            Some(g) if g != group => o.failed_groups_differ = true,
-                            Some(_) => {}
-                        }
-                        o.failed_lca = Some(match o.failed_lca {
-                            None => Some(host),
-                            Some(lca) => lca.and_then(|l| common_ancestor(&self.topology, l, host)),
-                        });
-                    }
-                    LinkStatus::Healthy => o.healthy_hosts += 1,
-                    LinkStatus::Degraded => {}
-                }
-                o.observed_hosts += 1;
-            }
-        }
-    }
-
-    /// Step 2b: local faults.
-    fn judge_observers(&mut self, now: Duration) {
-        for o in &mut self.observers {
-            let local = local_fault(o, &self.topology, &self.cfg);
-            o.impaired.update(local, false, true, now, &self.cfg);
-            if let Some(host) = o.host {
-                self.nodes[host.index()].local_fault = o.impaired.held;
-            }
-        }
-    }
-
-    /// Step 3: merge the unimpaired observers' views into host states.
-    fn judge_hosts(&mut self, now: Duration) {
-        for &host in &self.by_level[0] {
-            let node = &self.nodes[host.index()];
-            let (mut failed, mut healthy, mut degraded) = (0u32, 0u32, 0u32);
-            for &(observer, view) in &node.views {
-                if self.observers[usize::from(observer)].impaired.held {
+            let (slots, status) = (&self.slots, &self.status);
+            for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
+                let observer = chunk[0].0;
+                if !self.observers[usize::from(observer)].alive(now, cfg) {
                     continue;
                 }
-                match view {
-                    LinkStatus::Failed => failed += 1,
-                    LinkStatus::Healthy => healthy += 1,
-                    LinkStatus::Degraded => degraded += 1,
-                    LinkStatus::Unknown => {}
-                }
+                let links = chunk.iter().map(|&(_, slot)| {
+                    let h = &slots[slot as usize].health;
+                    (
+                        status[slot as usize],
+                        h.stall_onset(),
+                        h.last_progress_at(),
+                        h.last_evidence_at(),
+                    )
+                });
+                node.views.push(views::view_of(observer, links, now, cfg));
             }
-            let node = &mut self.nodes[host.index()];
-            // Unreachable from some observers but not others: a path problem, gray.
-            let failing = node.local_fault || (failed > 0 && healthy == 0 && degraded == 0);
-            let gray = !failing && (degraded > 0 || (failed > 0 && healthy > 0));
-            node.observed = node.local_fault || failed + healthy + degraded > 0;
-            node.raw_failing = failing;
-            node.raw_degraded = gray;
-            node.hold.update(failing, gray, true, now, &self.cfg);
+            let group = node.around[Level::Rack].unwrap_or(host);
+            for v in &node.views {
+                self.observers[usize::from(v.observer)].tally(v, &node.around, group);
+            }
         }
     }
 
-    /// Step 4: vote upwards, level by level.
+    /// Step 3: each observer as a whole; the entities cut-off observers name.
+    fn judge_observers(&mut self, now: Duration) {
+        for node in &mut self.nodes {
+            node.cut_off = false;
+        }
+        for o in &mut self.observers {
+            if !o.alive(now, &self.cfg) {
+                continue;
+            }
+            o.judge(now, &self.cfg);
+            if let Some(e) = o.cut_off_entity_now() {
+                self.nodes[e.index()].cut_off = true;
+            }
+        }
+    }
+
+    /// Step 4: each host from outside each of its enclosing entities, then its own
+    /// state and hold.
+    fn judge_hosts(&mut self, now: Duration) {
+        let cfg = &self.cfg;
+        self.totals = Totals::default();
+        for &host in &self.by_level[Level::Host] {
+            let node = &mut self.nodes[host.index()];
+            node.outside = PerLevel::default();
+            let around = node.around;
+            for v in node.views.iter().filter(|v| v.status == LinkStatus::Failed) {
+                let o = &self.observers[usize::from(v.observer)];
+                if o.may_judge(&around) {
+                    for level in outside_levels(around, o.around) {
+                        node.outside[level].add_failing(v);
+                    }
+                }
+            }
+            for v in node
+                .views
+                .iter()
+                .filter(|v| v.status > LinkStatus::Unknown && v.status < LinkStatus::Failed)
+            {
+                let o = &self.observers[usize::from(v.observer)];
+                if o.may_judge(&around) {
+                    let degraded = v.status == LinkStatus::Degraded && !o.discount_degraded;
+                    for level in outside_levels(around, o.around) {
+                        node.outside[level].add_delivering(v, degraded, cfg);
+                    }
+                }
+            }
+            let from_outside = node.outside[Level::Host].status(now, cfg);
+            let cut_off = node.cut_off;
+            let failing = cut_off || from_outside == LinkStatus::Failed;
+            // Only fresh evidence raises a new FAILED; old evidence only keeps one.
+            let raise = cut_off || node.outside[Level::Host].fresh || node.hold.held;
+            node.observed = cut_off || from_outside != LinkStatus::Unknown;
+            node.raw_failing = failing && raise;
+            node.raw_degraded = !failing && from_outside == LinkStatus::Degraded;
+            node.hold
+                .update(node.raw_failing, node.raw_degraded, now, cfg);
+            match from_outside {
+                LinkStatus::Unknown => {}
+                LinkStatus::Healthy => {
+                    self.totals.observed += 1;
+                    self.totals.healthy += 1;
+                }
+                LinkStatus::Degraded | LinkStatus::Failed => {
+                    self.totals.observed += 1;
+                    self.totals.bad += 1;
+                }
+            }
+        }
+    }
+
+    /// Step 5: racks, cabinets and sites vote on their hosts.
     fn roll_up(&mut self, now: Duration) {
-        for level in &self.by_level[1..] {
-            for &id in level {
+        for level in [Level::Rack, Level::Cabinet, Level::Site] {
+            for &id in &self.by_level[level] {
                 self.nodes[id.index()].vote = Vote::default();
             }
         }
-        self.total_healthy = 0;
-        for &host in &self.by_level[0] {
-            let n = &self.nodes[host.index()];
-            if n.observed && !n.hold.held && !n.raw_degraded {
-                self.total_healthy += 1;
-                let mut up = self.topology.entity(host).parent;
-                while let Some(p) = up {
-                    self.nodes[p.index()].vote.healthy_hosts += 1;
-                    up = self.topology.entity(p).parent;
+        for &host in &self.by_level[Level::Host] {
+            let node = &self.nodes[host.index()];
+            let host_level = node.outside[Level::Host].status(now, &self.cfg);
+            let mut votes: PerLevel<Option<(EntityId, EntityId, LinkStatus, bool, TwoObservers)>> =
+                PerLevel::default();
+            let mut child = host;
+            for level in [Level::Rack, Level::Cabinet, Level::Site] {
+                if let Some(e) = node.around[level] {
+                    let o = &node.outside[level];
+                    votes[level] = Some((
+                        e,
+                        child,
+                        o.status(now, &self.cfg),
+                        o.fresh,
+                        o.failing_observers,
+                    ));
+                    child = e;
                 }
             }
+            for (e, child, status, fresh, failing) in votes.0.into_iter().flatten() {
+                self.nodes[e.index()]
+                    .vote
+                    .add(child, status, fresh, failing, host_level);
+            }
         }
-        for level in 0..4 {
+        for level in [Level::Rack, Level::Cabinet, Level::Site] {
             for i in 0..self.by_level[level].len() {
                 let id = self.by_level[level][i];
-                if level > 0 {
-                    self.judge_group(id, now);
-                }
-                let n = &self.nodes[id.index()];
-                let (observed, held, degraded) = (n.observed, n.hold.held, n.hold.degraded(now));
-                if let Some(p) = self.topology.entity(id).parent
-                    && observed
-                {
-                    let v = &mut self.nodes[p.index()].vote;
-                    v.observed += 1;
-                    if held {
-                        v.failed += 1;
-                    } else if degraded {
-                        v.degraded += 1;
-                    }
-                }
+                let node = &mut self.nodes[id.index()];
+                let outcome = rollup::judge(&node.vote, &self.totals, &self.cfg);
+                let failing = node.cut_off || outcome == Outcome::Failed;
+                let raise = node.cut_off || node.vote.fresh || node.hold.held;
+                node.observed = node.cut_off || outcome != Outcome::Unobserved;
+                node.raw_failing = failing && raise;
+                node.raw_degraded = !failing && outcome == Outcome::Degraded;
+                node.hold
+                    .update(node.raw_failing, node.raw_degraded, now, &self.cfg);
             }
         }
     }
 
-    fn judge_group(&mut self, id: EntityId, now: Duration) {
-        let total_healthy = self.total_healthy;
-        let cfg = &self.cfg;
-        let node = &mut self.nodes[id.index()];
-        let v = node.vote;
-        let quorum = |n: u32| {
-            n >= cfg.min_failed_children
-                && f64::from(n) >= cfg.min_failed_fraction * f64::from(v.observed)
-        };
-        let outside_healthy = total_healthy > v.healthy_hosts;
-        node.observed = v.observed > 0;
-        node.raw_failing = v.observed > 0 && quorum(v.failed) && outside_healthy;
-        node.raw_degraded = !node.raw_failing && v.observed > 0 && quorum(v.failed + v.degraded);
-        node.hold
-            .update(node.raw_failing, node.raw_degraded, false, now, cfg);
-    }
-
-    /// Step 5: top-down, decide what each entity shows and collect the changes.
+    /// Step 6: top-down, decide what each entity shows and collect the changes.
     fn publish(&mut self, now: Duration) -> Vec<Verdict> {
         let mut changes = Vec::new();
-        for level in (0..4).rev() {
+        for level in Level::ALL.into_iter().rev() {
             for i in 0..self.by_level[level].len() {
                 let id = self.by_level[level][i];
                 let (state, cause) = self.shown_state(id, now);
                 let node = &self.nodes[id.index()];
+                let local = node.named_from_inside && state == State::Failed && cause.is_none();
                 let unchanged = match &node.published {
                     Some(p) => {
                         p.state == state
+                            && p.local_fault == local
                             && p.cause.as_ref().map(|c| &c.path)
                                 == cause.map(|c| &self.topology.entity(c).path)
                     }
@@ -529,19 +545,26 @@ impl Detector {
             let n = &self.nodes[p.index()];
             (n.failed_root, n.pending)
         });
-        let cfg = &self.cfg;
         let node = &mut self.nodes[id.index()];
         let previous = node.published.as_ref().map(|p| p.state);
         node.pending = false;
         node.failed_root = None;
+        if node.cut_off && node.hold.held {
+            node.named_from_inside = true;
+        } else if !node.hold.held {
+            node.named_from_inside = false;
+        }
         if node.hold.held {
-            if let Some(root) = parent_root {
+            if let Some(root) = parent_root
+                && !node.named_from_inside
+            {
                 node.failed_root = Some(root);
                 return (State::Failed, Some(root));
             }
-            if previous == Some(State::Failed) || (node.hold.confirmed(now, cfg) && !parent_pending)
-            {
-                node.failed_root = Some(id);
+            if previous == Some(State::Failed) || node.named_from_inside || !parent_pending {
+                // A cut-off entity is named by those inside it, whose neighbours they
+                // still reach: what lies under it is not failed because of it.
+                node.failed_root = (!node.named_from_inside).then_some(id);
                 return (State::Failed, None);
             }
             // Not announced yet: keep showing what was shown, so a failure that turns
@@ -549,7 +572,21 @@ impl Detector {
             node.pending = true;
             return (previous.unwrap_or(State::Unknown), None);
         }
-        let state = if node.raw_degraded || node.hold.degraded(now) || node.hold.held {
+        if node.hold.pending() {
+            // Failing, not yet for `confirm`: show what was shown; children wait.
+            node.pending = true;
+            return (previous.unwrap_or(State::Unknown), None);
+        }
+        if let Some(root) = parent_root {
+            // Inside a failed entity: what it is failed for shows through to what lies
+            // below, even across a level too small to vote (a one-host rack).
+            node.failed_root = Some(root);
+            let v = &node.vote;
+            if v.failed > 0 && 2 * v.failed >= v.observed {
+                return (State::Failed, Some(root));
+            }
+        }
+        let state = if node.hold.degraded(now) {
             State::Degraded
         } else if node.observed {
             State::Healthy
@@ -560,51 +597,15 @@ impl Detector {
     }
 }
 
-/// Per observer, its view of one host from its links to it (links sorted by observer).
-fn views<'a>(
-    links: &'a [(u16, SlotId)],
-    status: &'a [LinkStatus],
-) -> impl Iterator<Item = (u16, LinkStatus)> + 'a {
-    links.chunk_by(|a, b| a.0 == b.0).map(move |chunk| {
-        let (mut failed, mut healthy, mut degraded) = (false, false, false);
-        for &(_, slot) in chunk {
-            match status[slot as usize] {
-                LinkStatus::Failed => failed = true,
-                LinkStatus::Healthy => healthy = true,
-                LinkStatus::Degraded => degraded = true,
-                LinkStatus::Unknown => {}
-            }
-        }
-        let view = if failed && !healthy && !degraded {
-            LinkStatus::Failed
-        } else if degraded || failed {
-            LinkStatus::Degraded
-        } else if healthy {
-            LinkStatus::Healthy
-        } else {
-            LinkStatus::Unknown
-        };
-        (chunk[0].0, view)
-    })
-}
-
-/// An observer is cut off itself when its links fail in several racks at once while
-/// almost nothing it talks to still progresses — unless one remote entity that does not
-/// contain the observer explains every failure (then that entity is the suspect).
-fn local_fault(o: &Observer, topology: &Topology, cfg: &DetectorConfig) -> bool {
-    if o.failed_hosts < cfg.local_fault_min_hosts || !o.failed_groups_differ {
-        return false;
-    }
-    if f64::from(o.healthy_hosts)
-        > cfg.local_fault_max_healthy_fraction * f64::from(o.observed_hosts)
-    {
-        return false;
-    }
-    match (o.failed_lca.flatten(), o.host) {
-        (Some(lca), Some(me)) => is_within(topology, me, lca),
-        (Some(_), None) => false,
-        (None, _) => true,
-    }
+/// The levels at which a view of a host counts: those whose entity does not hold the
+/// observer. Nested, so they run from the host up to the first entity they share.
+fn outside_levels(
+    host: PerLevel<Option<EntityId>>,
+    observer: PerLevel<Option<EntityId>>,
+) -> impl Iterator<Item = Level> {
+    Level::ALL
+        .into_iter()
+        .take_while(move |&l| host[l].is_some() && host[l] != observer[l])
 }
 
 fn is_within(topology: &Topology, mut e: EntityId, ancestor: EntityId) -> bool {
@@ -619,25 +620,7 @@ fn is_within(topology: &Topology, mut e: EntityId, ancestor: EntityId) -> bool {
     }
 }
 
-fn common_ancestor(topology: &Topology, a: EntityId, b: EntityId) -> Option<EntityId> {
-    let mut x = Some(a);
-    while let Some(e) = x {
-        if is_within(topology, b, e) {
-            return Some(e);
-        }
-        x = topology.entity(e).parent;
-    }
-    None
-}
-
-fn level_index(level: Level) -> usize {
-    match level {
-        Level::Host => 0,
-        Level::Rack => 1,
-        Level::Cabinet => 2,
-        Level::Site => 3,
-    }
-}
-
+#[cfg(test)]
+mod dc_tests;
 #[cfg(test)]
 mod tests;

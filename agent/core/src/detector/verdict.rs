@@ -76,10 +76,15 @@ pub struct Evidence {
     pub peers: Vec<PeerEvidence>,
     /// Children (for racks, cabinets, sites), failed first, at most `max_evidence`.
     pub children: Vec<ChildEvidence>,
-    /// Vote: observed children, of which failed / degraded.
+    /// Children with a verdict, of which failed / degraded (for racks and above).
     pub observed_children: u32,
     pub failed_children: u32,
     pub degraded_children: u32,
+    /// The vote: hosts with a known state as seen from outside this entity, of which
+    /// failing / degraded (for racks and above). Quorum counts these.
+    pub observed_hosts: u32,
+    pub failed_hosts: u32,
+    pub degraded_hosts: u32,
     /// Observed hosts outside this entity that are healthy (the "others are fine" check).
     pub healthy_outside: u32,
 }
@@ -107,8 +112,10 @@ pub struct Verdict {
     pub evidence: Evidence,
     /// The agents whose observations this rests on.
     pub observers: Vec<Arc<str>>,
-    /// This verdict is about an observer's own host: its links failed everywhere at
-    /// once, so it is the observer that is cut off, and no remote entity is blamed.
+    /// Named from inside: the observers in this entity (or the observer that is this
+    /// host) are cut off from everything outside it while they still reach what is
+    /// inside. In a multi-active deployment an isolated site must fence itself; nothing
+    /// outside is blamed.
     pub local_fault: bool,
 }
 

@@ -38,6 +38,38 @@ impl Level {
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|l| l.as_str() == text)
     }
+
+    /// Position from the bottom: host 0 … site 3.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The level above, if any.
+    pub const fn up(self) -> Option<Self> {
+        match self {
+            Self::Host => Some(Self::Rack),
+            Self::Rack => Some(Self::Cabinet),
+            Self::Cabinet => Some(Self::Site),
+            Self::Site => None,
+        }
+    }
+}
+
+/// One value per level, indexed by [`Level`] (not by a bare number).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerLevel<T>(pub [T; 4]);
+
+impl<T> std::ops::Index<Level> for PerLevel<T> {
+    type Output = T;
+    fn index(&self, level: Level) -> &T {
+        &self.0[level.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Level> for PerLevel<T> {
+    fn index_mut(&mut self, level: Level) -> &mut T {
+        &mut self.0[level.index()]
+    }
 }
 
 impl fmt::Display for Level {
@@ -288,6 +320,19 @@ impl Topology {
             Placement::InRack(rack) => format!("{}/{ip}", self.entities[rack.index()].path),
             Placement::Unplaced => format!("{UNPLACED}/{ip}"),
         }
+    }
+
+    /// The entity at each level on the way up from `id` (itself at its own level);
+    /// None below its level and where a level is missing (an unplaced host has no rack).
+    pub fn ancestors(&self, id: EntityId) -> PerLevel<Option<EntityId>> {
+        let mut out = PerLevel::default();
+        let mut at = Some(id);
+        while let Some(e) = at {
+            let info = self.entity(e);
+            out[info.level] = Some(e);
+            at = info.parent;
+        }
+        out
     }
 
     pub fn entity(&self, id: EntityId) -> &EntityInfo {

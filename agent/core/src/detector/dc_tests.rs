@@ -1,0 +1,490 @@
+//! The detector where every host runs an agent: an uneven three-site data center (one
+//! site IPv6-only, a one-cabinet site, a one-rack cabinet, racks of one to three
+//! hosts) in simulated time. Every host observes its links to every other host and
+//! every agent runs a detector fed with its own links at once and its peers' a tick
+//! later, over streams that die when the network between them does. Faults are cuts
+//! in the network, and each test checks the verdicts at agents outside the fault and
+//! inside it.
+use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
+
+use super::*;
+use crate::link::LinkCounters;
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// (site, cabinet, rack, hosts): east and west are IPv4, north IPv6-only.
+const SHAPE: [(&str, &str, &str, u8); 6] = [
+    ("east", "e1", "r1", 3),
+    ("east", "e1", "r2", 2),
+    ("east", "e2", "r1", 3), // a one-rack cabinet
+    ("west", "w1", "r1", 2),
+    ("west", "w1", "r2", 1),  // a one-host rack
+    ("north", "n1", "r1", 3), // a one-cabinet, one-rack site
+];
+
+struct HostInfo {
+    path: String,
+    addr: IpAddr,
+}
+
+fn build() -> (String, Vec<HostInfo>) {
+    let mut text = String::new();
+    let mut hosts = Vec::new();
+    let (mut sites, mut cabinets) = (Vec::new(), Vec::new());
+    for (i, &(site, cab, rack, n)) in SHAPE.iter().enumerate() {
+        if !sites.contains(&site) {
+            sites.push(site);
+            text += &format!("[[site]]\nname = \"{site}\"\n");
+        }
+        let cabinet = format!("{site}/{cab}");
+        if !cabinets.contains(&cabinet) {
+            text += &format!("[[cabinet]]\nname = \"{cab}\"\nsite = \"{site}\"\n");
+            cabinets.push(cabinet.clone());
+        }
+        text += &format!("[[rack]]\nname = \"{rack}\"\ncabinet = \"{cabinet}\"\n");
+        for h in 1..=n {
+            let addr: IpAddr = if site == "north" {
+                format!("fd00:3:1:{i}::{h}").parse().unwrap()
+            } else {
+                format!("10.{}.{i}.{h}", sites.len()).parse().unwrap()
+            };
+            let path = format!("{cabinet}/{rack}/h{h}");
+            text += &format!(
+                "[[host]]\nname = \"h{h}\"\nrack = \"{cabinet}/{rack}\"\naddresses = [\"{addr}\"]\n"
+            );
+            hosts.push(HostInfo { path, addr });
+        }
+    }
+    (text, hosts)
+}
+
+/// A cut in the network, active from `at` until cleared.
+#[derive(Clone)]
+enum Cut {
+    /// Nothing crosses the entity's boundary, either way; inside still works.
+    Blackhole(&'static str),
+    /// Nothing enters the entity from outside.
+    Into(&'static str),
+    /// Random loss (percent) on everything crossing the entity's boundary.
+    Loss(&'static str, f64),
+}
+
+/// Hosts whose CPU is starved: their RTTs, seen by them or by others, rise tenfold.
+struct Dc {
+    hosts: Vec<HostInfo>,
+    now: Duration,
+    rng: u64,
+    cuts: Vec<(Cut, Duration)>,
+    starved: Vec<usize>,
+    agents: Vec<Detector>,
+    /// Each agent's observations of the last tick, delivered to peers one tick late.
+    in_flight: Vec<Vec<Observation>>,
+    names: Vec<Arc<str>>,
+    /// Verdict changes per agent, with the time they were announced.
+    log: Vec<Vec<(Duration, Verdict)>>,
+    /// When each host's links to each other host last lost connectivity.
+    cut_since: Vec<Vec<Option<Duration>>>,
+}
+
+fn within(path: &str, entity: &str) -> bool {
+    path == entity || path.starts_with(&format!("{entity}/"))
+}
+
+impl Dc {
+    fn new() -> Self {
+        let (text, hosts) = build();
+        let topology = Topology::parse(Path::new("dc.toml"), &text).unwrap();
+        let n = hosts.len();
+        Self {
+            names: hosts.iter().map(|h| Arc::from(h.path.as_str())).collect(),
+            agents: (0..n)
+                .map(|_| Detector::new(topology.clone(), DetectorConfig::default()))
+                .collect(),
+            in_flight: vec![Vec::new(); n],
+            log: vec![Vec::new(); n],
+            cut_since: vec![vec![None; n]; n],
+            hosts,
+            now: Duration::ZERO,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            cuts: Vec::new(),
+            starved: Vec::new(),
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    #[expect(clippy::cast_precision_loss)]
+    fn chance(&mut self, p: f64) -> bool {
+        (self.random() % 1_000_000) as f64 / 1e6 < p
+    }
+
+    fn host(&self, path: &str) -> usize {
+        self.hosts.iter().position(|h| h.path == path).unwrap()
+    }
+
+    fn cut(&mut self, cut: Cut) {
+        self.cuts.push((cut, self.now));
+    }
+
+    fn clear(&mut self) {
+        self.cuts.clear();
+    }
+
+    /// Whether a packet from host `a` reaches host `b` now (loss aside).
+    fn passes(&self, a: usize, b: usize) -> bool {
+        let (pa, pb) = (&self.hosts[a].path, &self.hosts[b].path);
+        self.cuts.iter().all(|(cut, _)| match cut {
+            Cut::Blackhole(e) => within(pa, e) == within(pb, e),
+            Cut::Into(e) => within(pa, e) || !within(pb, e),
+            Cut::Loss(..) => true,
+        })
+    }
+
+    fn loss(&self, a: usize, b: usize) -> f64 {
+        let (pa, pb) = (&self.hosts[a].path, &self.hosts[b].path);
+        self.cuts
+            .iter()
+            .map(|(cut, _)| match cut {
+                Cut::Loss(e, pct) if within(pa, e) != within(pb, e) => pct / 100.0,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    /// TCP needs both directions: a link delivers when both pass.
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.passes(a, b) && self.passes(b, a)
+    }
+
+    fn delta(&mut self, a: usize, b: usize) -> LinkDelta {
+        if !self.connected(a, b) {
+            let since = *self.cut_since[a][b].get_or_insert(self.now);
+            // RTOs at +0.2, +0.6, +1.4, +3.0 s …: does one fall in this tick?
+            let (mut rto, mut backoff) = (
+                since + Duration::from_millis(200),
+                Duration::from_millis(400),
+            );
+            let mut c = LinkCounters::default();
+            while rto <= self.now {
+                if rto + TICK > self.now {
+                    c.rto_timeouts = 1;
+                    c.retrans_segs = 1;
+                }
+                rto += backoff;
+                backoff *= 2;
+            }
+            return LinkDelta {
+                counters: c,
+                rtt_p50_us: None,
+            };
+        }
+        self.cut_since[a][b] = None;
+        let same_site =
+            self.hosts[a].path.split('/').next() == self.hosts[b].path.split('/').next();
+        let mut rtt = if same_site { 200 } else { 40_000 } + self.random() % 100;
+        if self.starved.contains(&a) || self.starved.contains(&b) {
+            rtt = rtt * 10 + 20_000;
+        }
+        let progress = 80 + self.random() % 40;
+        let loss = self.loss(a, b).max(0.001);
+        let mut retrans = 0;
+        for _ in 0..progress {
+            retrans += u64::from(self.chance(loss));
+        }
+        LinkDelta {
+            counters: LinkCounters {
+                progress_segs: progress,
+                retrans_segs: retrans,
+                ..LinkCounters::default()
+            },
+            rtt_p50_us: Some(rtt),
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += TICK;
+        let n = self.hosts.len();
+        let mut fresh = Vec::with_capacity(n);
+        for a in 0..n {
+            let mut batch = Vec::new();
+            for b in (0..n).filter(|&b| b != a) {
+                let delta = self.delta(a, b);
+                batch.push(Observation {
+                    observer: self.names[a].clone(),
+                    link: Link {
+                        local: self.hosts[a].addr,
+                        remote: self.hosts[b].addr,
+                    },
+                    delta,
+                });
+            }
+            fresh.push(batch);
+        }
+        for v in 0..n {
+            // Its own links at once; each peer's last tick, if their stream still flows.
+            self.agents[v].observe(&fresh[v], self.now);
+            let peers: Vec<usize> = (0..n).filter(|&p| p != v && self.connected(p, v)).collect();
+            for p in peers {
+                self.agents[v].observe(&self.in_flight[p], self.now);
+                self.agents[v].heard_from(&self.names[p], self.now);
+            }
+            for change in self.agents[v].tick(self.now) {
+                self.log[v].push((self.now, change));
+            }
+        }
+        self.in_flight = fresh;
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// FAILED announcements at agent `v` from `after` on: (time, level, path, local).
+    fn failed_at(&self, v: usize, after: Duration) -> Vec<(Duration, Level, String, bool, bool)> {
+        self.log[v]
+            .iter()
+            .filter(|(t, c)| *t >= after && c.state == State::Failed)
+            .map(|(t, c)| {
+                (
+                    *t,
+                    c.entity.level,
+                    c.entity.path.to_string(),
+                    c.local_fault,
+                    c.cause.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    fn state_at(&self, v: usize, level: Level, path: &str) -> State {
+        self.agents[v]
+            .verdict(level, path)
+            .map_or(State::Unknown, |x| x.state)
+    }
+
+    fn agents_inside(&self, entity: &str) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| within(&self.hosts[i].path, entity))
+            .collect()
+    }
+
+    fn agents_outside(&self, entity: &str) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| !within(&self.hosts[i].path, entity))
+            .collect()
+    }
+}
+
+/// Warm up, cut, hold the cut, clear it, and check both sides and the recovery.
+fn partition_is_named_from_both_sides(level: Level, entity: &'static str, cut: Cut) {
+    let mut dc = Dc::new();
+    dc.run(Duration::from_secs(5));
+    for v in 0..dc.hosts.len() {
+        assert!(
+            dc.failed_at(v, Duration::ZERO).is_empty(),
+            "FAILED before any fault: {:?}",
+            dc.failed_at(v, Duration::ZERO)
+        );
+    }
+    let injected = dc.now;
+    dc.cut(cut);
+    dc.run(Duration::from_secs(5));
+    for v in dc.agents_outside(entity) {
+        let failed = dc.failed_at(v, injected);
+        let named = failed
+            .iter()
+            .find(|(_, l, p, local, _)| *l == level && p == entity && !local)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} never named {level} {entity}: {failed:?}",
+                    dc.hosts[v].path
+                )
+            });
+        assert!(
+            named.0 - injected <= Duration::from_secs(1),
+            "{} named it after {:?}",
+            dc.hosts[v].path,
+            named.0 - injected
+        );
+        for (_, l, p, _, because) in &failed {
+            assert!(
+                (*l == level && p == entity) || (within(p, entity) && *because),
+                "{} blamed {l} {p} too: {failed:?}",
+                dc.hosts[v].path
+            );
+        }
+    }
+    for v in dc.agents_inside(entity) {
+        let failed = dc.failed_at(v, injected);
+        let me = &dc.hosts[v].path;
+        if level == Level::Host {
+            assert!(
+                failed
+                    .iter()
+                    .any(|(_, l, p, local, _)| *l == Level::Host && p == me && *local),
+                "{me} did not name itself cut off: {failed:?}"
+            );
+        } else {
+            assert!(
+                failed
+                    .iter()
+                    .any(|(_, l, p, local, _)| *l == level && p == entity && *local),
+                "{me} did not name its own {level} cut off: {failed:?}"
+            );
+        }
+        for (_, l, p, _, _) in &failed {
+            assert!(
+                within(p, entity) || within(me, p),
+                "{me}, inside, blamed {l} {p} outside: {failed:?}"
+            );
+        }
+    }
+    let cleared = dc.now;
+    dc.clear();
+    let hold = DetectorConfig::default().recovery_hold;
+    dc.run(hold + Duration::from_secs(2));
+    for v in 0..dc.hosts.len() {
+        assert_ne!(
+            dc.state_at(v, level, entity),
+            State::Failed,
+            "{} still FAILED after recovery",
+            dc.hosts[v].path
+        );
+    }
+    let recovered = dc.now;
+    dc.run(Duration::from_secs(15));
+    for v in 0..dc.hosts.len() {
+        let late: Vec<_> = dc.failed_at(v, cleared + Duration::from_millis(200));
+        assert!(
+            late.is_empty(),
+            "{} announced FAILED after the fault cleared: {late:?} (recovered by {recovered:?})",
+            dc.hosts[v].path
+        );
+    }
+}
+
+#[test]
+fn a_blackholed_rack_is_named_outside_and_inside() {
+    partition_is_named_from_both_sides(Level::Rack, "east/e1/r1", Cut::Blackhole("east/e1/r1"));
+}
+
+#[test]
+fn a_rack_that_receives_nothing_is_named_from_both_sides() {
+    partition_is_named_from_both_sides(Level::Rack, "east/e1/r1", Cut::Into("east/e1/r1"));
+}
+
+#[test]
+fn a_blackholed_one_rack_cabinet_fails_as_the_cabinet() {
+    partition_is_named_from_both_sides(Level::Cabinet, "east/e2", Cut::Blackhole("east/e2"));
+}
+
+#[test]
+fn a_partitioned_site_is_named_from_both_sides() {
+    partition_is_named_from_both_sides(Level::Site, "west", Cut::Blackhole("west"));
+}
+
+#[test]
+fn a_site_cut_one_way_is_named_from_both_sides() {
+    partition_is_named_from_both_sides(Level::Site, "west", Cut::Into("west"));
+}
+
+#[test]
+fn an_ipv6_only_one_cabinet_site_can_fail() {
+    partition_is_named_from_both_sides(Level::Site, "north", Cut::Blackhole("north"));
+}
+
+#[test]
+fn an_unreachable_host_is_named_by_all_and_names_itself() {
+    partition_is_named_from_both_sides(
+        Level::Host,
+        "east/e1/r1/h2",
+        Cut::Blackhole("east/e1/r1/h2"),
+    );
+}
+
+#[test]
+fn one_bad_host_never_fails_its_two_host_rack() {
+    let mut dc = Dc::new();
+    dc.run(Duration::from_secs(3));
+    dc.cut(Cut::Blackhole("east/e1/r2/h1"));
+    dc.run(Duration::from_secs(5));
+    for v in 0..dc.hosts.len() {
+        for (_, l, p, _, _) in dc.failed_at(v, Duration::ZERO) {
+            assert!(
+                l == Level::Host && p == "east/e1/r2/h1",
+                "{} failed {l} {p}",
+                dc.hosts[v].path
+            );
+        }
+    }
+    let outside = dc.host("west/w1/r1/h1");
+    assert_eq!(
+        dc.state_at(outside, Level::Host, "east/e1/r2/h1"),
+        State::Failed
+    );
+}
+
+#[test]
+fn noise_and_cpu_contention_fail_nothing_and_degrade_nothing_above_hosts() {
+    let mut dc = Dc::new();
+    dc.run(Duration::from_secs(30));
+    // 1 % loss between sites, and every other host starved of CPU.
+    for site in ["east", "west", "north"] {
+        dc.cut(Cut::Loss(site, 1.0));
+    }
+    dc.starved = (0..dc.hosts.len()).step_by(2).collect();
+    dc.run(Duration::from_secs(60));
+    for v in 0..dc.hosts.len() {
+        for (_, change) in &dc.log[v] {
+            assert_ne!(
+                change.state,
+                State::Failed,
+                "at {}: {change:?}",
+                dc.hosts[v].path
+            );
+            assert!(
+                change.state != State::Degraded || change.entity.level == Level::Host,
+                "at {}: {} {} DEGRADED: {} ({:?}, totals {:?})",
+                dc.hosts[v].path,
+                change.entity.level,
+                change.entity.path,
+                change.reason,
+                change.since,
+                dc.agents[v].totals
+            );
+        }
+    }
+}
+
+#[test]
+fn a_silent_peer_is_set_aside_at_once() {
+    let mut dc = Dc::new();
+    dc.run(Duration::from_secs(3));
+    let v = dc.host("east/e1/r1/h1");
+    let peer = dc.host("west/w1/r1/h1");
+    let before = dc.agents[v].observers[usize::from(dc.agents[v].observer_ids[&dc.names[peer]])]
+        .alive(dc.now, &DetectorConfig::default());
+    assert!(before);
+    // The peer's stream to v dies (v cannot reach it any more).
+    dc.cut(Cut::Blackhole("west/w1/r1/h1"));
+    dc.run(DetectorConfig::default().observer_timeout + TICK);
+    let o = &dc.agents[v].observers[usize::from(dc.agents[v].observer_ids[&dc.names[peer]])];
+    assert!(
+        !o.alive(dc.now, &DetectorConfig::default()),
+        "still counted after going silent"
+    );
+    let host = &dc.agents[v].nodes[dc.agents[v].topology.find("east/e2/r1/h1").unwrap().index()];
+    assert!(
+        host.views.iter().all(|view| usize::from(view.observer)
+            != usize::from(dc.agents[v].observer_ids[&dc.names[peer]])),
+        "its views still count"
+    );
+}

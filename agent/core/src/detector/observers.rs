@@ -1,0 +1,191 @@
+//! The observers: this agent and its peers. Each tick an observer is judged as a
+//! whole, from where it stands in the topology:
+//!
+//! - **Lost.** An observer not heard from for `observer_timeout` (batches come every
+//!   tick) says nothing: its evidence is set aside at once, never left to linger.
+//! - **Cut off.** A partition is named at its level from both sides. Seen from inside,
+//!   an observer whose links to everything outside some enclosing entity E fail while
+//!   it still reaches hosts inside E names E as cut off, and blames nothing outside it:
+//!   its views outside E are set aside. E is the highest such entity below the first
+//!   level whose inside fails too; E is its own host when it reaches nothing at all.
+//! - **Degraded everywhere.** An observer that sees most of its hosts degraded is the
+//!   cause itself (its CPU, its NIC, the whole network): its degraded views are not
+//!   blamed on anyone.
+use std::{sync::Arc, time::Duration};
+
+use super::{DetectorConfig, hold::Hold, link::LinkStatus, views::View};
+use crate::topology::{EntityId, Level, PerLevel};
+
+/// Hosts an observer sees on one side of an entity boundary, this tick.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Tally {
+    pub(super) observed: u32,
+    pub(super) failed: u32,
+    pub(super) reached: u32,
+    /// The rack (or host, when unplaced) of the first failed host, and whether
+    /// another failed host lies elsewhere: one remote rack failing is not a cut.
+    first_failed_group: Option<EntityId>,
+    failed_groups_differ: bool,
+}
+
+impl Tally {
+    fn add(&mut self, status: LinkStatus, group: EntityId) {
+        match status {
+            LinkStatus::Unknown => return,
+            LinkStatus::Failed => {
+                self.failed += 1;
+                match self.first_failed_group {
+                    None => self.first_failed_group = Some(group),
+                    Some(g) if g != group => self.failed_groups_differ = true,
+                    Some(_) => {}
+                }
+            }
+            LinkStatus::Healthy | LinkStatus::Degraded => self.reached += 1,
+        }
+        self.observed += 1;
+    }
+}
+
+pub(super) struct Observer {
+    pub(super) name: Arc<str>,
+    /// Its own host, placed from the local address of its links, and the entities
+    /// enclosing it.
+    pub(super) host: Option<EntityId>,
+    pub(super) around: PerLevel<Option<EntityId>>,
+    pub(super) last_heard: Option<Duration>,
+    /// Held while cut off, with the level of the entity it names: its views outside
+    /// that entity stay set aside until it has been healthy for the recovery hold,
+    /// since its connections come back one backed-off RTO at a time.
+    pub(super) cut: Hold,
+    pub(super) cut_level: Option<Level>,
+    /// This tick's own finding, before hysteresis: the entity's verdict holds itself.
+    pub(super) cut_now: Option<Level>,
+    // This tick:
+    pub(super) inside: PerLevel<Tally>,
+    pub(super) outside: PerLevel<Tally>,
+    pub(super) degraded_views: u32,
+    pub(super) discount_degraded: bool,
+}
+
+impl Observer {
+    pub(super) fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            host: None,
+            around: PerLevel::default(),
+            last_heard: None,
+            cut: Hold::default(),
+            cut_level: None,
+            cut_now: None,
+            inside: PerLevel::default(),
+            outside: PerLevel::default(),
+            degraded_views: 0,
+            discount_degraded: false,
+        }
+    }
+
+    /// Heard from within `observer_timeout`.
+    pub(super) fn alive(&self, now: Duration, cfg: &DetectorConfig) -> bool {
+        self.last_heard
+            .is_some_and(|t| now.saturating_sub(t) <= cfg.observer_timeout)
+    }
+
+    pub(super) fn begin_tick(&mut self) {
+        self.inside = PerLevel::default();
+        self.outside = PerLevel::default();
+        self.degraded_views = 0;
+    }
+
+    /// Counts one view of a host enclosed by `host_around`; `group` is its rack (or
+    /// the host itself when it has none).
+    pub(super) fn tally(
+        &mut self,
+        v: &View,
+        host_around: &PerLevel<Option<EntityId>>,
+        group: EntityId,
+    ) {
+        if v.status == LinkStatus::Degraded {
+            self.degraded_views += 1;
+        }
+        for level in Level::ALL {
+            let Some(mine) = self.around[level] else {
+                break;
+            };
+            if host_around[level] == Some(mine) {
+                self.inside[level].add(v.status, group);
+            } else {
+                self.outside[level].add(v.status, group);
+            }
+        }
+    }
+
+    /// The observer's own judgement for this tick: is it cut off, and does it see
+    /// everything degraded.
+    pub(super) fn judge(&mut self, now: Duration, cfg: &DetectorConfig) {
+        let cut = self.cut_off_level(cfg);
+        self.cut_now = cut;
+        self.cut.update(cut.is_some(), false, now, cfg);
+        if cut.is_some() {
+            self.cut_level = cut;
+        } else if !self.cut.held {
+            self.cut_level = None;
+        }
+        let observed = self.outside[Level::Host].observed;
+        self.discount_degraded = observed >= cfg.local_fault_min_hosts
+            && f64::from(self.degraded_views)
+                >= cfg.degraded_observer_fraction * f64::from(observed);
+    }
+
+    /// The entity this observer is cut off in, if any (see the module doc).
+    fn cut_off_level(&self, cfg: &DetectorConfig) -> Option<Level> {
+        let mut found = None;
+        for level in Level::ALL {
+            if self.around[level].is_none() {
+                break;
+            }
+            let inside = self.inside[level];
+            if level != Level::Host {
+                if inside.failed > 0 && 2 * inside.failed >= inside.reached {
+                    break; // the inside fails too (a third or more): the cut lies lower
+                }
+                if inside.reached == 0 {
+                    continue; // nothing seen inside: no claim about this entity
+                }
+            }
+            let out = self.outside[level];
+            if out.failed >= cfg.local_fault_min_hosts
+                && out.failed_groups_differ
+                && f64::from(out.reached)
+                    <= cfg.local_fault_max_healthy_fraction * f64::from(out.observed)
+            {
+                found = Some(level);
+            }
+        }
+        found
+    }
+
+    /// The entity it names as cut off, while that is held.
+    pub(super) fn cut_off_entity(&self) -> Option<EntityId> {
+        self.cut
+            .held
+            .then_some(self.cut_level)
+            .flatten()
+            .and_then(|l| self.around[l])
+    }
+
+    /// The entity it finds itself cut off in this tick, before hysteresis.
+    pub(super) fn cut_off_entity_now(&self) -> Option<EntityId> {
+        self.cut_now.and_then(|l| self.around[l])
+    }
+
+    /// Whether its view of a host enclosed by `host_around` counts: not while it is
+    /// cut off from that host's side of the boundary.
+    pub(super) fn may_judge(&self, host_around: &PerLevel<Option<EntityId>>) -> bool {
+        match (self.cut.held, self.cut_level) {
+            (true, Some(level)) => {
+                self.around[level].is_some() && host_around[level] == self.around[level]
+            }
+            _ => true,
+        }
+    }
+}
