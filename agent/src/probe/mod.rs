@@ -20,7 +20,7 @@ use aya::{
     maps::{MapError, PerCpuArray, PerCpuHashMap},
     programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
 };
-use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, UrgentBudget};
+use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, URGENT_BUDGET_SLOTS, UrgentBudget};
 
 pub use layout::{LayoutError, Layouts};
 pub use sample::{Link, LinkCounters, LinkSample, LinkTotals, RttHistogram, SampleTracker};
@@ -209,7 +209,8 @@ impl Probe {
         Ok(self.tracker.update(totals, sample::monotonic_now_ns()))
     }
 
-    /// Urgent events dropped by the in-kernel rate limit or a full ring, since load.
+    /// Urgent events dropped by the in-kernel rate limit or a full ring, since load
+    /// (summed over CPUs and over the budget's slots, one per kind of program).
     pub fn urgent_dropped(&self) -> Result<u64, ProbeError> {
         let map_err = |source| ProbeError::Map {
             name: "URGENT_BUDGET",
@@ -223,8 +224,12 @@ impl Probe {
                 },
             })?)
             .map_err(map_err)?;
-        let per_cpu = budget.get(&0, 0).map_err(map_err)?;
-        Ok(per_cpu.iter().map(|b| b.dropped + b.ring_full).sum())
+        let mut dropped = 0;
+        for slot in 0..URGENT_BUDGET_SLOTS {
+            let per_cpu = budget.get(&slot, 0).map_err(map_err)?;
+            dropped += per_cpu.iter().map(|b| b.dropped + b.ring_full).sum::<u64>();
+        }
+        Ok(dropped)
     }
 
     /// The urgent-event stream. Can be taken once; later calls return None.
