@@ -5,7 +5,9 @@
 //! program (only for sockets opened after it attached, because it must ask for RTO
 //! callbacks at connect time). Everything is aggregated in a per-CPU LRU map keyed by
 //! link; userspace reads it every tick. Rare, urgent events also go to a ring buffer,
-//! rate-limited per CPU, so a blackhole wakes the agent at once.
+//! rate-limited per CPU, so a blackhole wakes the agent at once. Rare failures (a map
+//! insert or ring buffer output that fails, a record that cannot be copied) are logged
+//! through aya-log; nothing is logged on the per-segment success path.
 //!
 //! # Nesting: who can interrupt whom on one CPU
 //!
@@ -33,17 +35,18 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext, Global,
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_RTO_CB_FLAG},
     helpers::{bpf_ktime_get_ns, generated as helper},
     macros::{map, sock_ops, tracepoint},
     maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{SockOpsContext, TracePointContext},
 };
+use aya_log_ebpf::{error, warn};
 use faultline_ebpf::{
     AF_INET, AF_INET6, AddrLayout, DEFAULT_MAX_LINKS, FIRST_LOSS_QUIET_NS, IPPROTO_TCP, LinkKey,
-    LinkStats, ProbeLayout, RECORD_COPY_MAX, ResetLayout, RetransmitLayout, StateChangeLayout,
-    RTT_BUCKETS, TCP_CLOSE, TCP_SYN_SENT, URGENT_BUDGET_SLOTS, URGENT_BUDGET_SOCK_OPS,
+    LinkStats, ProbeLayout, RECORD_COPY_MAX, RTT_BUCKETS, ResetLayout, RetransmitLayout,
+    StateChangeLayout, TCP_CLOSE, TCP_SYN_SENT, URGENT_BUDGET_SLOTS, URGENT_BUDGET_SOCK_OPS,
     URGENT_BUDGET_TRACEPOINTS, URGENT_PER_WINDOW, URGENT_WINDOW_NS, UrgentBudget, UrgentEvent,
     UrgentKind, rtt_bucket,
 };
@@ -118,7 +121,16 @@ impl Record {
                 ctx.as_ptr().cast_const(),
             )
         };
-        if rc < 0 { Err(rc) } else { Ok(()) }
+        if rc < 0 {
+            // The loader checked `len` against the format file, so the record is
+            // shorter than its own format says: a kernel we do not understand.
+            error!(
+                ctx,
+                "copy {} bytes of a tracepoint record: error {}", len, rc
+            );
+            return Err(rc);
+        }
+        Ok(())
     }
 
     /// The field at `offset`; offsets are load-time constants the verifier sees.
@@ -192,7 +204,11 @@ impl Field {
 
     #[inline(always)]
     fn rtt_bucket(bucket: usize) -> Self {
-        let bucket = if bucket < RTT_BUCKETS { bucket } else { RTT_BUCKETS - 1 };
+        let bucket = if bucket < RTT_BUCKETS {
+            bucket
+        } else {
+            RTT_BUCKETS - 1
+        };
         Self(offset_of!(LinkStats, rtt_hist) + bucket * size_of::<u64>())
     }
 }
@@ -239,7 +255,7 @@ impl LinkSlot {
         unsafe { self.field(field).read_volatile() }
     }
 
-/// Records a loss at `now`. Both sides of "Nesting" store here; a store cannot
+    /// Records a loss at `now`. Both sides of "Nesting" store here; a store cannot
     /// tear, but an RTO callback's time can be overwritten by the slightly older time
     /// of the tracepoint program it interrupted (older by less than one program run).
     #[inline(always)]
@@ -250,7 +266,7 @@ impl LinkSlot {
 
 /// This CPU's counters for `key`, creating the link on first sight.
 #[inline(always)]
-fn stats(key: &LinkKey) -> Option<LinkSlot> {
+fn stats<C: EbpfContext>(ctx: &C, key: &LinkKey) -> Option<LinkSlot> {
     if let Some(p) = LINKS.get_ptr_mut(key) {
         return Some(LinkSlot(p));
     }
@@ -259,6 +275,7 @@ fn stats(key: &LinkKey) -> Option<LinkSlot> {
         // -EBUSY when this program interrupted another one inserting into the same
         // bucket on this CPU; -ENOMEM if the LRU could not free an entry.
         if rc != -EEXIST {
+            warn!(ctx, "insert a link into LINKS: error {}", rc);
             return None;
         }
     }
@@ -267,7 +284,7 @@ fn stats(key: &LinkKey) -> Option<LinkSlot> {
 
 /// Sends an urgent event unless this CPU's `slot` used up its budget for the window.
 #[inline(always)]
-fn urgent(slot: u32, key: &LinkKey, kind: UrgentKind, now: u64) {
+fn urgent<C: EbpfContext>(ctx: &C, slot: u32, key: &LinkKey, kind: UrgentKind, now: u64) {
     let Some(budget) = URGENT_BUDGET.get_ptr_mut(slot) else {
         return;
     };
@@ -290,8 +307,12 @@ fn urgent(slot: u32, key: &LinkKey, kind: UrgentKind, now: u64) {
         kind: kind as u32,
         at_ns: now,
     };
-    if URGENT.output::<UrgentEvent>(&event, 0).is_err() {
+    if let Err(rc) = URGENT.output::<UrgentEvent>(&event, 0) {
         budget.ring_full += 1;
+        warn!(
+            ctx,
+            "urgent event lost: URGENT ring buffer output: error {}", rc
+        );
     }
 }
 
@@ -307,16 +328,28 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
     let state: i32 = rec.at(layout.state)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if state == TCP_SYN_SENT {
         s.count(Field::SYN_RETRANS);
-        urgent(URGENT_BUDGET_TRACEPOINTS, &key, UrgentKind::SynRetrans, now);
+        urgent(
+            ctx,
+            URGENT_BUDGET_TRACEPOINTS,
+            &key,
+            UrgentKind::SynRetrans,
+            now,
+        );
     } else {
         s.count(Field::RETRANS_SEGS);
         if now.wrapping_sub(s.get(Field::LAST_LOSS_NS)) > FIRST_LOSS_QUIET_NS {
-            urgent(URGENT_BUDGET_TRACEPOINTS, &key, UrgentKind::FirstLoss, now);
+            urgent(
+                ctx,
+                URGENT_BUDGET_TRACEPOINTS,
+                &key,
+                UrgentKind::FirstLoss,
+                now,
+            );
         }
     }
     s.loss_at(now);
@@ -334,12 +367,12 @@ fn try_reset(ctx: &TracePointContext) -> Result<(), i64> {
     let mut rec = Record([0; RECORD_COPY_MAX]);
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     s.count(Field::RESETS_RX);
     s.loss_at(now);
-    urgent(URGENT_BUDGET_TRACEPOINTS, &key, UrgentKind::Reset, now);
+    urgent(ctx, URGENT_BUDGET_TRACEPOINTS, &key, UrgentKind::Reset, now);
     Ok(())
 }
 
@@ -360,12 +393,18 @@ fn try_state_change(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let key = read_key(&rec, &layout.addr)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     s.count(Field::FAILED_CONNECTS);
     s.loss_at(now);
-    urgent(URGENT_BUDGET_TRACEPOINTS, &key, UrgentKind::FailedConnect, now);
+    urgent(
+        ctx,
+        URGENT_BUDGET_TRACEPOINTS,
+        &key,
+        UrgentKind::FailedConnect,
+        now,
+    );
     Ok(())
 }
 
@@ -383,7 +422,7 @@ fn try_probe(ctx: &TracePointContext) -> Result<(), i64> {
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
     let srtt: u32 = rec.at(layout.srtt)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // (bpf_ktime_get_coarse_ns would be cheaper, but the kernel refuses it to
     // tracepoint programs.)
     // SAFETY: helper without preconditions.
@@ -420,12 +459,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
                 return Ok(());
             }
             let key = sock_ops_key(ctx)?;
-            let s = stats(&key).ok_or(0i64)?;
+            let s = stats(ctx, &key).ok_or(0i64)?;
             // SAFETY: helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
             s.count(Field::RTO_TIMEOUTS);
             s.loss_at(now);
-            urgent(URGENT_BUDGET_SOCK_OPS, &key, UrgentKind::Rto, now);
+            urgent(ctx, URGENT_BUDGET_SOCK_OPS, &key, UrgentKind::Rto, now);
         }
         _ => {}
     }

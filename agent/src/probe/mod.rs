@@ -4,7 +4,10 @@
 //! [`LinkSample`] deltas by [`SampleTracker`]) and as urgent events in the `URGENT`
 //! ring buffer (read as soon as they arrive, see [`urgent`]). Each `Probe` owns its own
 //! maps and links, so two agents on one host never share or corrupt state; dropping a
-//! `Probe` detaches everything.
+//! `Probe` detaches everything. The programs' own log records (rare kernel-side
+//! failures, through aya-log) are forwarded to `tracing` under the target
+//! [`KERNEL_LOG_TARGET`] at every [`Probe::sample`] (see [`kernel_log`]).
+pub mod kernel_log;
 pub mod layout;
 pub mod sample;
 pub mod urgent;
@@ -20,8 +23,10 @@ use aya::{
     maps::{MapError, PerCpuArray, PerCpuHashMap},
     programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
 };
+use aya_log::EbpfLogger;
 use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, URGENT_BUDGET_SLOTS, UrgentBudget};
 
+pub use kernel_log::{KERNEL_LOG_TARGET, KernelLog};
 pub use layout::{LayoutError, Layouts};
 pub use sample::{Link, LinkCounters, LinkSample, LinkTotals, RttHistogram, SampleTracker};
 pub use urgent::{UrgentEvents, UrgentRecord};
@@ -115,6 +120,9 @@ pub enum SockOpsStatus {
 /// The loaded, attached kernel programs and their maps.
 pub struct Probe {
     ebpf: Ebpf,
+    /// Reads the programs' aya-log ring; it must live as long as they do. None if it
+    /// could not start (a warning said why): the probe works, kernel logs are lost.
+    kernel_log: Option<EbpfLogger<KernelLog>>,
     tracker: SampleTracker,
     sock_ops: SockOpsStatus,
 }
@@ -157,6 +165,16 @@ impl Probe {
                     source,
                 })?;
         }
+        let kernel_log = match EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::warn!(
+                    error = %error_chain(&e),
+                    "kernel log not available: the programs' failure reports will not be shown"
+                );
+                None
+            }
+        };
         let sock_ops = match &options.cgroup {
             None => SockOpsStatus::Unavailable("no cgroup v2 hierarchy configured".into()),
             Some(cgroup) => match attach_sock_ops(&mut ebpf, cgroup) {
@@ -166,6 +184,7 @@ impl Probe {
         };
         Ok(Self {
             ebpf,
+            kernel_log,
             tracker: SampleTracker::default(),
             sock_ops,
         })
@@ -204,9 +223,18 @@ impl Probe {
     }
 
     /// What changed on each link since the previous call (every link on the first).
+    /// Kernel log records waiting since the last call are forwarded first.
     pub fn sample(&mut self) -> Result<Vec<LinkSample>, ProbeError> {
+        self.flush_kernel_log();
         let totals = self.totals()?;
         Ok(self.tracker.update(totals, sample::monotonic_now_ns()))
+    }
+
+    /// Forwards the kernel log records waiting in the programs' log ring to `tracing`.
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.kernel_log {
+            logger.flush();
+        }
     }
 
     /// Urgent events dropped by the in-kernel rate limit or a full ring, since load
