@@ -130,7 +130,18 @@ pub const URGENT_WINDOW_NS: u64 = 10_000_000;
 /// A loss is "first" when the link had none for this long (1 s).
 pub const FIRST_LOSS_QUIET_NS: u64 = 1_000_000_000;
 
-/// Per-CPU state of the urgent-event rate limit; `dropped` is read by userspace.
+/// Slots of the per-CPU `URGENT_BUDGET` array. The sock_ops RTO callback (softirq) can
+/// interrupt a tracepoint program on the same CPU, so the two kinds of program keep
+/// separate budgets: a read-modify-write of one slot is never interleaved with another
+/// of the same slot. The rate limit is therefore per CPU and per kind of program.
+pub const URGENT_BUDGET_TRACEPOINTS: u32 = 0;
+/// The sock_ops program's slot; see [`URGENT_BUDGET_TRACEPOINTS`].
+pub const URGENT_BUDGET_SOCK_OPS: u32 = 1;
+/// Entries of `URGENT_BUDGET`; userspace sums all of them.
+pub const URGENT_BUDGET_SLOTS: u32 = 2;
+
+/// Per-CPU state of the urgent-event rate limit (one per slot, see
+/// [`URGENT_BUDGET_TRACEPOINTS`]); `dropped` and `ring_full` are read by userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UrgentBudget {

@@ -5,22 +5,49 @@
 //! program (only for sockets opened after it attached, because it must ask for RTO
 //! callbacks at connect time). Everything is aggregated in a per-CPU LRU map keyed by
 //! link; userspace reads it every tick. Rare, urgent events also go to a ring buffer,
-//! rate-limited per CPU, so a blackhole wakes the agent at once.
+//! rate-limited per CPU, so a blackhole wakes the agent at once. Rare failures (a map
+//! insert or ring buffer output that fails, a record that cannot be copied) are logged
+//! through aya-log; nothing is logged on the per-segment success path.
+//!
+//! # Nesting: who can interrupt whom on one CPU
+//!
+//! Map values here are per-CPU, but per-CPU is not exclusive: a program can be
+//! interrupted on its CPU by another program that reaches the same value.
+//! - Tracepoint programs never nest with each other: `trace_call_bpf` runs at most
+//!   one per CPU at a time (`bpf_prog_active`); one that fires inside another is
+//!   skipped and counted in the program's `recursion_misses`.
+//! - The sock_ops program is not under that guard. Its RTO callback runs from the
+//!   retransmit timer (softirq, or `tcp_release_cb` with BH disabled), so it can
+//!   interrupt a tracepoint program running in process context with BH enabled
+//!   (`tcp_probe` or `tcp_receive_reset` from socket backlog processing,
+//!   `tcp_retransmit_skb` or `inet_sock_set_state` from a syscall), and touch the same
+//!   link's `LinkStats`. The RTO callback itself never nests with itself (BH context).
+//!
+//! Hence: no `&mut` to a whole `LinkStats`. Each field is written through its own raw
+//! pointer ([`LinkSlot`]), every counter has exactly one writing program (so a
+//! load + store cannot lose an interleaved increment), and the one field written by
+//! both sides, `last_loss_ns`, is only ever stored whole (a store cannot tear). The
+//! urgent-event budget is multiword read-modify-write state, so each side has its own
+//! slot of `URGENT_BUDGET` ([`URGENT_BUDGET_TRACEPOINTS`], [`URGENT_BUDGET_SOCK_OPS`]).
 #![no_std]
 #![no_main]
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext, Global,
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_RTO_CB_FLAG},
     helpers::{bpf_ktime_get_ns, generated as helper},
     macros::{map, sock_ops, tracepoint},
     maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{SockOpsContext, TracePointContext},
 };
+use aya_log_ebpf::{error, warn};
 use faultline_ebpf::{
     AF_INET, AF_INET6, AddrLayout, DEFAULT_MAX_LINKS, FIRST_LOSS_QUIET_NS, IPPROTO_TCP, LinkKey,
-    LinkStats, ProbeLayout, RECORD_COPY_MAX, ResetLayout, RetransmitLayout, StateChangeLayout,
-    TCP_CLOSE, TCP_SYN_SENT, URGENT_PER_WINDOW, URGENT_WINDOW_NS, UrgentBudget, UrgentEvent,
+    LinkStats, ProbeLayout, RECORD_COPY_MAX, RTT_BUCKETS, ResetLayout, RetransmitLayout,
+    StateChangeLayout, TCP_CLOSE, TCP_SYN_SENT, URGENT_BUDGET_SLOTS, URGENT_BUDGET_SOCK_OPS,
+    URGENT_BUDGET_TRACEPOINTS, URGENT_PER_WINDOW, URGENT_WINDOW_NS, UrgentBudget, UrgentEvent,
     UrgentKind, rtt_bucket,
 };
 
@@ -36,8 +63,10 @@ static ZERO_STATS: Array<LinkStats> = Array::with_max_entries(1, 0);
 #[map(name = "URGENT")]
 static URGENT: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// One slot per kind of program that can interrupt the other (see "Nesting").
 #[map(name = "URGENT_BUDGET")]
-static URGENT_BUDGET: PerCpuArray<UrgentBudget> = PerCpuArray::with_max_entries(1, 0);
+static URGENT_BUDGET: PerCpuArray<UrgentBudget> =
+    PerCpuArray::with_max_entries(URGENT_BUDGET_SLOTS, 0);
 
 // Record layouts, filled in by the loader from tracefs `format` files.
 #[unsafe(no_mangle)]
@@ -69,6 +98,9 @@ const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_RTO_CB: u32 = 8;
+/// `-EEXIST`: the link was inserted meanwhile (by another CPU, or a program that
+/// interrupted this one), which is fine.
+const EEXIST: i32 = 17;
 
 /// The first `record_len` bytes of a tracepoint record, copied with one helper call
 /// (a call per field cost ~25 ns each on the per-segment path).
@@ -89,7 +121,16 @@ impl Record {
                 ctx.as_ptr().cast_const(),
             )
         };
-        if rc < 0 { Err(rc) } else { Ok(()) }
+        if rc < 0 {
+            // The loader checked `len` against the format file, so the record is
+            // shorter than its own format says: a kernel we do not understand.
+            error!(
+                ctx,
+                "copy {} bytes of a tracepoint record: error {}", len, rc
+            );
+            return Err(rc);
+        }
+        Ok(())
     }
 
     /// The field at `offset`; offsets are load-time constants the verifier sees.
@@ -145,28 +186,112 @@ fn v6_key(local: [u8; 16], remote: [u8; 16]) -> LinkKey {
     key
 }
 
-/// This CPU's counters for `key`, creating the link on first sight.
-#[inline(always)]
-fn stats(key: &LinkKey) -> Option<&'static mut LinkStats> {
-    if let Some(p) = LINKS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value of this CPU; programs on one CPU do not nest on
-        // the same tracepoint, and the kernel keeps the value alive while we run.
-        return Some(unsafe { &mut *p });
+/// A `u64` field of [`LinkStats`], by offset. Only the constants below (and
+/// [`Field::rtt_bucket`], bounded) exist, so every offset is in bounds and aligned.
+#[derive(Clone, Copy)]
+struct Field(usize);
+
+impl Field {
+    const PROGRESS_SEGS: Self = Self(offset_of!(LinkStats, progress_segs));
+    const RETRANS_SEGS: Self = Self(offset_of!(LinkStats, retrans_segs));
+    const RTO_TIMEOUTS: Self = Self(offset_of!(LinkStats, rto_timeouts));
+    const SYN_RETRANS: Self = Self(offset_of!(LinkStats, syn_retrans));
+    const FAILED_CONNECTS: Self = Self(offset_of!(LinkStats, failed_connects));
+    const RESETS_RX: Self = Self(offset_of!(LinkStats, resets_rx));
+    const SRTT_US: Self = Self(offset_of!(LinkStats, srtt_us));
+    const LAST_PROGRESS_NS: Self = Self(offset_of!(LinkStats, last_progress_ns));
+    const LAST_LOSS_NS: Self = Self(offset_of!(LinkStats, last_loss_ns));
+
+    #[inline(always)]
+    fn rtt_bucket(bucket: usize) -> Self {
+        let bucket = if bucket < RTT_BUCKETS {
+            bucket
+        } else {
+            RTT_BUCKETS - 1
+        };
+        Self(offset_of!(LinkStats, rtt_hist) + bucket * size_of::<u64>())
     }
-    let zero = ZERO_STATS.get(0)?;
-    // BPF_NOEXIST: another CPU may have inserted it meanwhile; that is fine.
-    let _ = LINKS.insert(key, zero, u64::from(BPF_NOEXIST));
-    // SAFETY: as above.
-    LINKS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
-/// Sends an urgent event unless this CPU used up its budget for the window.
+/// This CPU's `LinkStats` of one link, reached one field at a time: another program
+/// may be writing other fields of the same value (see "Nesting"), so there is never
+/// a `&mut` to the whole value.
+///
+/// Fields are read and written with volatile accesses, like the kernel's
+/// `READ_ONCE`/`WRITE_ONCE`: each is one aligned 8-byte BPF load or store, which cannot
+/// tear. (Relaxed `AtomicU64` loads and stores would say the same in Rust's own model,
+/// but LLVM's BPF backend cannot select them below cpu v4: "Cannot select AtomicStore".)
+#[derive(Clone, Copy)]
+struct LinkSlot(*mut LinkStats);
+
+impl LinkSlot {
+    /// The field's address; in bounds and 8-aligned (see [`Field`]).
+    #[inline(always)]
+    fn field(self, field: Field) -> *mut u64 {
+        self.0.wrapping_byte_add(field.0).cast::<u64>()
+    }
+
+    /// Adds one to a counter that only the calling program writes: a load and a store,
+    /// not an atomic add. A program that interrupts us between the two never writes
+    /// this field, so no increment is lost.
+    #[inline(always)]
+    fn count(self, field: Field) {
+        self.set(field, self.get(field).wrapping_add(1));
+    }
+
+    #[inline(always)]
+    fn set(self, field: Field, value: u64) {
+        // SAFETY: `self.0` points at this CPU's LinkStats in a preallocated LRU map, so
+        // the memory stays valid and writable while the program is loaded (an eviction
+        // may hand it to another link while we run: at worst one count lands there).
+        // The offset is in bounds and aligned (`Field`). No reference to the value
+        // exists anywhere, only raw pointers; see the type's comment for concurrency.
+        unsafe { self.field(field).write_volatile(value) }
+    }
+
+    #[inline(always)]
+    fn get(self, field: Field) -> u64 {
+        // SAFETY: as in `set`.
+        unsafe { self.field(field).read_volatile() }
+    }
+
+    /// Records a loss at `now`. Both sides of "Nesting" store here; a store cannot
+    /// tear, but an RTO callback's time can be overwritten by the slightly older time
+    /// of the tracepoint program it interrupted (older by less than one program run).
+    #[inline(always)]
+    fn loss_at(self, now: u64) {
+        self.set(Field::LAST_LOSS_NS, now);
+    }
+}
+
+/// This CPU's counters for `key`, creating the link on first sight.
 #[inline(always)]
-fn urgent(key: &LinkKey, kind: UrgentKind, now: u64) {
-    let Some(budget) = URGENT_BUDGET.get_ptr_mut(0) else {
+fn stats<C: EbpfContext>(ctx: &C, key: &LinkKey) -> Option<LinkSlot> {
+    if let Some(p) = LINKS.get_ptr_mut(key) {
+        return Some(LinkSlot(p));
+    }
+    let zero = ZERO_STATS.get(0)?;
+    if let Err(rc) = LINKS.insert(key, zero, u64::from(BPF_NOEXIST)) {
+        // -EBUSY when this program interrupted another one inserting into the same
+        // bucket on this CPU; -ENOMEM if the LRU could not free an entry.
+        if rc != -EEXIST {
+            warn!(ctx, "insert a link into LINKS: error {}", rc);
+            return None;
+        }
+    }
+    LINKS.get_ptr_mut(key).map(LinkSlot)
+}
+
+/// Sends an urgent event unless this CPU's `slot` used up its budget for the window.
+#[inline(always)]
+fn urgent<C: EbpfContext>(ctx: &C, slot: u32, key: &LinkKey, kind: UrgentKind, now: u64) {
+    let Some(budget) = URGENT_BUDGET.get_ptr_mut(slot) else {
         return;
     };
-    // SAFETY: this CPU's slot of a per-CPU array, alive while the program runs.
+    // SAFETY: this CPU's value of `slot` in a per-CPU array, valid while the program is
+    // loaded. Only one kind of program uses each slot, and neither kind nests with
+    // itself on a CPU (see "Nesting"): nothing else writes this value while the `&mut`
+    // lives. Userspace only copies it out through the bpf syscall.
     let budget = unsafe { &mut *budget };
     if now.wrapping_sub(budget.window_start_ns) > URGENT_WINDOW_NS {
         budget.window_start_ns = now;
@@ -182,8 +307,12 @@ fn urgent(key: &LinkKey, kind: UrgentKind, now: u64) {
         kind: kind as u32,
         at_ns: now,
     };
-    if URGENT.output::<UrgentEvent>(&event, 0).is_err() {
+    if let Err(rc) = URGENT.output::<UrgentEvent>(&event, 0) {
         budget.ring_full += 1;
+        warn!(
+            ctx,
+            "urgent event lost: URGENT ring buffer output: error {}", rc
+        );
     }
 }
 
@@ -199,19 +328,31 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
     let state: i32 = rec.at(layout.state)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if state == TCP_SYN_SENT {
-        s.syn_retrans += 1;
-        urgent(&key, UrgentKind::SynRetrans, now);
+        s.count(Field::SYN_RETRANS);
+        urgent(
+            ctx,
+            URGENT_BUDGET_TRACEPOINTS,
+            &key,
+            UrgentKind::SynRetrans,
+            now,
+        );
     } else {
-        s.retrans_segs += 1;
-        if now.wrapping_sub(s.last_loss_ns) > FIRST_LOSS_QUIET_NS {
-            urgent(&key, UrgentKind::FirstLoss, now);
+        s.count(Field::RETRANS_SEGS);
+        if now.wrapping_sub(s.get(Field::LAST_LOSS_NS)) > FIRST_LOSS_QUIET_NS {
+            urgent(
+                ctx,
+                URGENT_BUDGET_TRACEPOINTS,
+                &key,
+                UrgentKind::FirstLoss,
+                now,
+            );
         }
     }
-    s.last_loss_ns = now;
+    s.loss_at(now);
     Ok(())
 }
 
@@ -226,12 +367,12 @@ fn try_reset(ctx: &TracePointContext) -> Result<(), i64> {
     let mut rec = Record([0; RECORD_COPY_MAX]);
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    s.resets_rx += 1;
-    s.last_loss_ns = now;
-    urgent(&key, UrgentKind::Reset, now);
+    s.count(Field::RESETS_RX);
+    s.loss_at(now);
+    urgent(ctx, URGENT_BUDGET_TRACEPOINTS, &key, UrgentKind::Reset, now);
     Ok(())
 }
 
@@ -252,12 +393,18 @@ fn try_state_change(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let key = read_key(&rec, &layout.addr)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    s.failed_connects += 1;
-    s.last_loss_ns = now;
-    urgent(&key, UrgentKind::FailedConnect, now);
+    s.count(Field::FAILED_CONNECTS);
+    s.loss_at(now);
+    urgent(
+        ctx,
+        URGENT_BUDGET_TRACEPOINTS,
+        &key,
+        UrgentKind::FailedConnect,
+        now,
+    );
     Ok(())
 }
 
@@ -275,18 +422,15 @@ fn try_probe(ctx: &TracePointContext) -> Result<(), i64> {
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
     let srtt: u32 = rec.at(layout.srtt)?;
-    let s = stats(&key).ok_or(0i64)?;
+    let s = stats(ctx, &key).ok_or(0i64)?;
     // (bpf_ktime_get_coarse_ns would be cheaper, but the kernel refuses it to
     // tracepoint programs.)
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    s.progress_segs += 1;
-    s.srtt_us = u64::from(srtt);
-    s.last_progress_ns = now;
-    let bucket = rtt_bucket(u64::from(srtt));
-    if let Some(slot) = s.rtt_hist.get_mut(bucket) {
-        *slot += 1;
-    }
+    s.count(Field::PROGRESS_SEGS);
+    s.set(Field::SRTT_US, u64::from(srtt));
+    s.set(Field::LAST_PROGRESS_NS, now);
+    s.count(Field::rtt_bucket(rtt_bucket(u64::from(srtt))));
     Ok(())
 }
 
@@ -315,12 +459,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
                 return Ok(());
             }
             let key = sock_ops_key(ctx)?;
-            let s = stats(&key).ok_or(0i64)?;
+            let s = stats(ctx, &key).ok_or(0i64)?;
             // SAFETY: helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            s.rto_timeouts += 1;
-            s.last_loss_ns = now;
-            urgent(&key, UrgentKind::Rto, now);
+            s.count(Field::RTO_TIMEOUTS);
+            s.loss_at(now);
+            urgent(ctx, URGENT_BUDGET_SOCK_OPS, &key, UrgentKind::Rto, now);
         }
         _ => {}
     }

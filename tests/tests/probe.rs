@@ -4,8 +4,10 @@
 //! a fresh probe, drives traffic and reads what the kernel counted. Run one at a time
 //! (`--test-threads=1`): the tracepoints are global to the kernel.
 use std::{
-    net::IpAddr,
+    io::Write,
+    net::{IpAddr, TcpStream},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -216,6 +218,90 @@ fn closed_port_gives_a_reset(v6: bool) {
     let (c, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
     assert_eq!(c.resets_rx, 1, "{c:?}");
     assert_eq!(c.syn_retrans, 0, "{c:?}");
+}
+
+/// Everything the agent logs through `tracing` on this thread, as text.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The one kernel failure path that can be made to fire on purpose: nobody reads the
+/// urgent ring (256 KiB, ~4,700 events), and every refused connect sends two urgent
+/// events (Reset, FailedConnect) into it, so it fills and the program logs its failed
+/// output. The record must reach the agent's tracing output under the kernel target.
+///
+/// Connects are paced below the in-kernel rate limit (64 events per 10 ms per CPU):
+/// faster, most events would be dropped by the limit and never reach the ring.
+#[test]
+fn a_full_urgent_ring_is_reported_in_the_kernel_log() {
+    const BATCH: usize = 1_000;
+    const MAX_BATCHES: usize = 10;
+    /// 16 connects (32 events) per 10 ms: half the limit of one CPU.
+    const CONNECTS_PER_PAUSE: usize = 16;
+    const PAUSE: Duration = Duration::from_millis(10);
+    let captured = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+    let lab = Lab::new();
+    let mut probe = attach();
+    let to = lab.b.addr(false, 5999);
+    let mut refused = 0;
+    for _ in 0..MAX_BATCHES {
+        refused += lab
+            .a
+            .ns
+            .run(move || {
+                let mut refused = 0;
+                for i in 0..BATCH {
+                    if i % CONNECTS_PER_PAUSE == 0 {
+                        std::thread::sleep(PAUSE);
+                    }
+                    if TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_err() {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+            .join()
+            .unwrap();
+        sample(&mut probe);
+        if captured.text().contains("URGENT ring buffer output") {
+            break;
+        }
+    }
+    let text = captured.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("URGENT ring buffer output"))
+        .unwrap_or_else(|| {
+            panic!("no kernel log of the full ring after {refused} refused connects:\n{text}")
+        });
+    assert!(
+        line.contains(" WARN ") && line.contains("faultline::kernel"),
+        "{line}"
+    );
+    assert!(probe.urgent_dropped().unwrap() > 0);
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! [`LinkSample`] deltas by [`SampleTracker`]) and as urgent events in the `URGENT`
 //! ring buffer (read as soon as they arrive, see [`urgent`]). Each `Probe` owns its own
 //! maps and links, so two agents on one host never share or corrupt state; dropping a
-//! `Probe` detaches everything.
+//! `Probe` detaches everything. The programs' own log records (rare kernel-side
+//! failures, through aya-log) are forwarded to `tracing` under the target
+//! [`KERNEL_LOG_TARGET`] at every [`Probe::sample`] (see [`kernel_log`]).
+pub mod kernel_log;
 pub mod layout;
 pub mod sample;
 pub mod urgent;
@@ -20,9 +23,11 @@ use aya::{
     maps::{MapError, PerCpuArray, PerCpuHashMap},
     programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
 };
-use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, UrgentBudget};
+use aya_log::EbpfLogger;
+use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, URGENT_BUDGET_SLOTS, UrgentBudget};
 
 pub use faultline_core::link::{Link, LinkCounters, LinkSample, RttHistogram};
+pub use kernel_log::{KERNEL_LOG_TARGET, KernelLog};
 pub use layout::{LayoutError, Layouts};
 pub use sample::{LinkTotals, SampleTracker};
 pub use urgent::{UrgentEvents, UrgentRecord};
@@ -116,6 +121,9 @@ pub enum SockOpsStatus {
 /// The loaded, attached kernel programs and their maps.
 pub struct Probe {
     ebpf: Ebpf,
+    /// Reads the programs' aya-log ring; it must live as long as they do. None if it
+    /// could not start (a warning said why): the probe works, kernel logs are lost.
+    kernel_log: Option<EbpfLogger<KernelLog>>,
     tracker: SampleTracker,
     sock_ops: SockOpsStatus,
 }
@@ -158,6 +166,16 @@ impl Probe {
                     source,
                 })?;
         }
+        let kernel_log = match EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::warn!(
+                    error = %error_chain(&e),
+                    "kernel log not available: the programs' failure reports will not be shown"
+                );
+                None
+            }
+        };
         let sock_ops = match &options.cgroup {
             None => SockOpsStatus::Unavailable("no cgroup v2 hierarchy configured".into()),
             Some(cgroup) => match attach_sock_ops(&mut ebpf, cgroup) {
@@ -167,6 +185,7 @@ impl Probe {
         };
         Ok(Self {
             ebpf,
+            kernel_log,
             tracker: SampleTracker::default(),
             sock_ops,
         })
@@ -205,12 +224,22 @@ impl Probe {
     }
 
     /// What changed on each link since the previous call (every link on the first).
+    /// Kernel log records waiting since the last call are forwarded first.
     pub fn sample(&mut self) -> Result<Vec<LinkSample>, ProbeError> {
+        self.flush_kernel_log();
         let totals = self.totals()?;
         Ok(self.tracker.update(totals, sample::monotonic_now_ns()))
     }
 
-    /// Urgent events dropped by the in-kernel rate limit or a full ring, since load.
+    /// Forwards the kernel log records waiting in the programs' log ring to `tracing`.
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.kernel_log {
+            logger.flush();
+        }
+    }
+
+    /// Urgent events dropped by the in-kernel rate limit or a full ring, since load
+    /// (summed over CPUs and over the budget's slots, one per kind of program).
     pub fn urgent_dropped(&self) -> Result<u64, ProbeError> {
         let map_err = |source| ProbeError::Map {
             name: "URGENT_BUDGET",
@@ -224,8 +253,12 @@ impl Probe {
                 },
             })?)
             .map_err(map_err)?;
-        let per_cpu = budget.get(&0, 0).map_err(map_err)?;
-        Ok(per_cpu.iter().map(|b| b.dropped + b.ring_full).sum())
+        let mut dropped = 0;
+        for slot in 0..URGENT_BUDGET_SLOTS {
+            let per_cpu = budget.get(&slot, 0).map_err(map_err)?;
+            dropped += per_cpu.iter().map(|b| b.dropped + b.ring_full).sum::<u64>();
+        }
+        Ok(dropped)
     }
 
     /// The urgent-event stream. Can be taken once; later calls return None.
