@@ -38,6 +38,9 @@ use crate::{
     build, is_root, run_output, setup, target_dir, workspace_root,
 };
 
+/// The first injection waits until the lab is at least this old: agents learn RTT
+/// baselines and meet their peers first.
+const WARMUP: Duration = Duration::from_secs(20);
 /// `--keep` keeps the lab up at most this long.
 const KEEP_MAX: Duration = Duration::from_secs(3600);
 
@@ -70,6 +73,8 @@ pub(super) struct Lab {
     services: Vec<String>,
     /// Host index of each subscriber.
     subscriber_hosts: Vec<usize>,
+    /// When everything was up.
+    up_since: Instant,
 }
 
 pub(crate) fn run(opts: &Options) -> Result<()> {
@@ -227,6 +232,7 @@ impl Lab {
             topology,
             services,
             subscriber_hosts,
+            up_since: Instant::now(),
         })
     }
 
@@ -244,7 +250,12 @@ impl Lab {
             if !dead.is_empty() {
                 bail!("agents exited: {}", dead.join(", "));
             }
-            match scenario::settled_now(self) {
+            let settled = if self.up_since.elapsed() < WARMUP {
+                Err(format!("warming up ({WARMUP:?})"))
+            } else {
+                scenario::settled_now(self)
+            };
+            match settled {
                 Ok(()) => {
                     println!();
                     return Ok(Ok(started.elapsed()));
@@ -277,6 +288,35 @@ impl Lab {
                     "{}@{}",
                     self.services[svc], self.topology.hosts[self.subscriber_hosts[sub]].name
                 )
+            })
+            .collect()
+    }
+
+    /// Median request round trip per (from site, to site) over the last `window`: shows
+    /// the delay stage at work (intra-site pairs should be well under a millisecond).
+    fn rtt_by_site_pair(&self, window: Duration) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        let mut by_pair: std::collections::BTreeMap<(usize, usize), Vec<Duration>> =
+            std::collections::BTreeMap::new();
+        for r in self.traffic.log.between(now - window, now) {
+            if let Some(rtt) = r.rtt {
+                let f = &self.traffic.flows[r.flow as usize];
+                let key = (
+                    self.topology.hosts[f.from].site,
+                    self.topology.hosts[f.to].site,
+                );
+                by_pair.entry(key).or_default().push(rtt);
+            }
+        }
+        by_pair
+            .into_iter()
+            .map(|((a, b), mut v)| {
+                v.sort_unstable();
+                let name = format!(
+                    "{}>{}",
+                    self.topology.sites[a].name, self.topology.sites[b].name
+                );
+                (name, v[v.len() / 2])
             })
             .collect()
     }

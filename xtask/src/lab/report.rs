@@ -102,6 +102,7 @@ pub(super) struct Report {
     json_runs: Vec<Value>,
     impact_lines: Vec<String>,
     cpu: Vec<super::report::Cpu>,
+    rtt: Vec<Vec<(String, Duration)>>,
     unsettled: usize,
 }
 
@@ -193,6 +194,7 @@ impl Report {
                     "last_failed_after_clearing_ms": i.last_failed_after_clear_ms,
                     "failed_in_3s_before": i.failed_before,
                 },
+                "request_rtt_p50_ms_by_site_pair": run.rtt.iter().map(|(pair, d)| (pair.clone(), json!(d.as_secs_f64() * 1000.0))).collect::<serde_json::Map<_, _>>(),
                 "cpu_percent_of_one_core": {
                     "agents_total": run.cpu.agents_total,
                     "busiest_agent": run.cpu.agent_max,
@@ -211,6 +213,7 @@ impl Report {
             json_runs,
             impact_lines,
             cpu: runs.iter().map(|r| r.cpu).collect(),
+            rtt: runs.iter().map(|r| r.rtt.clone()).collect(),
             unsettled: runs.iter().filter(|r| r.settled.is_err()).count(),
         }
     }
@@ -288,6 +291,13 @@ impl Report {
         }
         for l in &self.impact_lines {
             let _ = writeln!(out, "traffic {l}");
+        }
+        if let Some(rtt) = self.rtt.first() {
+            let pairs: Vec<String> = rtt
+                .iter()
+                .map(|(p, d)| format!("{p} {:.1}", d.as_secs_f64() * 1000.0))
+                .collect();
+            let _ = writeln!(out, "request RTT p50 ms before run 1: {}", pairs.join(", "));
         }
         for (n, c) in self.cpu.iter().enumerate() {
             let _ = writeln!(

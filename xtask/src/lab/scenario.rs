@@ -23,8 +23,11 @@ pub(super) const HOLD: Duration = Duration::from_secs(5);
 /// Watch at least this long after clearing (the detector's recovery hold is 5 s).
 const WATCH_AFTER_CLEAR: Duration = Duration::from_secs(8);
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(45);
-/// Settled: nothing changed to NOT_SERVING and every flow answered within this window.
+/// Settled: every flow answered within this window…
 const QUIET: Duration = Duration::from_secs(3);
+/// …and nothing changed to NOT_SERVING within this one (so a run does not start in the
+/// tail of the previous one's recovery).
+const QUIET_VERDICTS: Duration = Duration::from_secs(10);
 pub(super) const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The nft table a fault lives in; deleting it clears the fault.
 const TABLE: &str = "lab_fault";
@@ -335,6 +338,8 @@ pub(super) struct Run {
     pub(super) dropped_packets: u64,
     /// CPU used during the run, in % of one core: (agents total, busiest agent, delay stage, xtask).
     pub(super) cpu: super::report::Cpu,
+    /// Median request RTT per site pair just before injection.
+    pub(super) rtt: Vec<(String, Duration)>,
 }
 
 impl Scenario {
@@ -346,6 +351,7 @@ impl Scenario {
                 println!("  NOT settled after {SETTLE_TIMEOUT:?} ({why}); injecting anyway")
             }
         }
+        let rtt = lab.rtt_by_site_pair(QUIET);
         let cpu_start = lab.cpu_snapshot();
         let injected = Instant::now();
         self.inject()?;
@@ -388,11 +394,12 @@ impl Scenario {
             .collect();
         let impact = impact(lab, &self.inside, injected, cleared, end);
         Ok(Run {
-            settled: settled.map_err(|e| e.to_string()),
+            settled,
             seen,
             impact,
             dropped_packets,
             cpu,
+            rtt,
         })
     }
 
@@ -529,7 +536,7 @@ fn impact(
 }
 
 /// Settled: every flow answered within [`QUIET`], every subscriber has every service,
-/// and nothing is NOT_SERVING or changed to it within [`QUIET`].
+/// and nothing is NOT_SERVING or changed to it within [`QUIET_VERDICTS`].
 pub(super) fn settled_now(lab: &Lab) -> Result<(), String> {
     let now = Instant::now();
     let recent = lab.traffic.log.between(now - QUIET, now);
@@ -566,14 +573,13 @@ pub(super) fn settled_now(lab: &Lab) -> Result<(), String> {
         .iter()
         .rev()
         .find(|s| s.status == ServingStatus::NotServing)
+        && now - s.at < QUIET_VERDICTS
     {
-        if now - s.at < QUIET {
-            return Err(format!(
-                "{} was NOT_SERVING {:?} ago",
-                lab.services[s.service],
-                now - s.at
-            ));
-        }
+        return Err(format!(
+            "{} was NOT_SERVING {:?} ago",
+            lab.services[s.service],
+            now - s.at
+        ));
     }
     Ok(())
 }

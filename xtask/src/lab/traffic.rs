@@ -251,7 +251,7 @@ fn request_flow(flow: u32, to: SocketAddr, log: &RequestLog, stop: &AtomicBool) 
             conn = None;
         }
         sent += 1;
-        let gap = if sent % BURST == 0 {
+        let gap = if sent.is_multiple_of(BURST) {
             IDLE_GAP
         } else {
             REQUEST_GAP
