@@ -106,6 +106,17 @@ impl DelayStage {
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Fails if the stage has exited (inter-site traffic would then cross undelayed).
+    pub(super) fn check_alive(&mut self, log: &Path) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the delay stage exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default().trim()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Drop for DelayStage {
@@ -153,6 +164,7 @@ pub(crate) fn serve(args: &DelayArgs) -> Result<()> {
     let slot = |q: u16| delays.iter().position(|(n, _)| *n == q);
     let started = Instant::now();
     eprintln!("lab-delay: serving {} queues", delays.len());
+    let mut errors = 0u64;
     while started.elapsed() < MAX_LIFETIME {
         loop {
             match queue.recv() {
@@ -165,7 +177,16 @@ pub(crate) fn serve(args: &DelayArgs) -> Result<()> {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e).context("receive from NFQUEUE"),
+                // The kernel reports a verdict it could not apply (ENOENT: the packet
+                // was already gone) on this socket too; that packet is lost, the wire
+                // goes on.
+                Err(e) => {
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        eprintln!("lab-delay: {e} ({errors} error(s) so far; continuing)");
+                    }
+                    break;
+                }
             }
         }
         let now = Instant::now();
@@ -174,7 +195,12 @@ pub(crate) fn serve(args: &DelayArgs) -> Result<()> {
             while fifo.front().is_some_and(|(due, _)| *due <= now) {
                 let (_, mut msg) = fifo.pop_front().expect("front checked");
                 msg.set_verdict(nfq::Verdict::Accept);
-                queue.verdict(msg).context("verdict")?;
+                if let Err(e) = queue.verdict(msg) {
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        eprintln!("lab-delay: verdict: {e} ({errors} error(s) so far)");
+                    }
+                }
             }
             if let Some((due, _)) = fifo.front() {
                 next = next.min(*due);

@@ -75,6 +75,8 @@ pub(super) struct Lab {
     subscriber_hosts: Vec<usize>,
     /// When everything was up.
     up_since: Instant,
+    /// Configs and logs of this lab.
+    run_dir: PathBuf,
 }
 
 pub(crate) fn run(opts: &Options) -> Result<()> {
@@ -233,6 +235,7 @@ impl Lab {
             services,
             subscriber_hosts,
             up_since: Instant::now(),
+            run_dir: run_dir.to_owned(),
         })
     }
 
@@ -250,6 +253,7 @@ impl Lab {
             if !dead.is_empty() {
                 bail!("agents exited: {}", dead.join(", "));
             }
+            self.delay.check_alive(&self.run_dir.join("delay.log"))?;
             let settled = if self.up_since.elapsed() < WARMUP {
                 Err(format!("warming up ({WARMUP:?})"))
             } else {
