@@ -362,7 +362,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Ctrl-C / SIGTERM set a flag instead of killing us, so the guards get to clean up.
-fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -372,7 +372,7 @@ fn install_signal_handlers() {
 
 /// Has `cmd`'s process get SIGTERM if xtask dies first (even by SIGKILL, which skips
 /// the guards), so no agent or iperf3 outlives a killed bench.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
+pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: the closure runs between fork and exec; prctl is async-signal-safe and
     // nothing in it allocates or takes locks.
     unsafe {
@@ -386,7 +386,7 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
 }
 
 /// Fails once Ctrl-C or SIGTERM arrived; called between steps.
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted; cleaning up");
     }

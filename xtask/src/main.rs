@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod fuzz;
+mod lab;
 mod lint;
 mod run;
 mod setup;
@@ -58,6 +59,12 @@ enum Cmd {
     Lint,
     /// Fuzz the topology parser (cargo-fuzz on nightly) for --seconds (default 60).
     Fuzz(fuzz::Options),
+    /// Build a data center of network namespaces (agents, traffic, inter-site delay),
+    /// inject faults and time what gRPC health subscribers see (as root).
+    Lab(lab::Options),
+    /// The lab's inter-site delay stage (started by `lab` inside the core namespace).
+    #[command(hide = true)]
+    LabDelay(lab::DelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +77,8 @@ fn main() -> ExitCode {
         Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
         Cmd::Fuzz(options) => fuzz::run(&options),
         Cmd::Lint => lint::run().map(|()| ExitCode::SUCCESS),
+        Cmd::Lab(options) => lab::run(&options).map(|()| ExitCode::SUCCESS),
+        Cmd::LabDelay(args) => lab::serve_delay(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: {e:#}");

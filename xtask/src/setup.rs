@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, describe, is_root, run_output, run_status, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and bench drive.
-const APT_PACKAGES: [&str; 11] = [
+const APT_PACKAGES: [&str; 12] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -24,6 +24,9 @@ const APT_PACKAGES: [&str; 11] = [
     "python3-venv",
     // sysctl, which the namespace lab uses to turn its router on.
     "procps",
+    // iptables-legacy's NFQUEUE target: the lab's inter-site delay stage (the kernel
+    // has neither netem nor nft's queue statement).
+    "iptables",
 ];
 /// bpf-linker must be built against this LLVM's `llvm-config`, first on PATH.
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
