@@ -146,8 +146,12 @@ impl Observations for Publisher {
 /// What a peer follower tells the run loop.
 #[derive(Debug)]
 pub enum PeerMessage {
-    /// One tick of the peer's observations.
-    Batch(Vec<Observation>),
+    /// One tick of the peer's observations (possibly none: the batch still says the
+    /// peer is alive).
+    Batch {
+        observer: Arc<str>,
+        observations: Vec<Observation>,
+    },
     /// The peer's stream ended: forget what this observer said.
     Lost(Arc<str>),
 }
@@ -155,11 +159,20 @@ pub enum PeerMessage {
 /// Reads one peer forever: subscribe, hand batches over, reconnect with backoff
 /// (100 ms doubling to 5 s) when the peer goes away. Batches that the run loop has no
 /// room for are dropped, never waited on.
-pub async fn follow_peer(endpoint: String, me: String, to_detector: mpsc::Sender<PeerMessage>) {
+///
+/// Batches come every tick; a peer silent for `silence` (three ticks) is lost: its
+/// evidence is dropped at once and the stream reconnected. A stream into a blackhole
+/// stays open for minutes otherwise, and its last evidence would count late.
+pub async fn follow_peer(
+    endpoint: String,
+    me: String,
+    silence: Duration,
+    to_detector: mpsc::Sender<PeerMessage>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut observer = None;
-        match subscribe_once(&endpoint, &me, &to_detector, &mut observer).await {
+        match subscribe_once(&endpoint, &me, silence, &to_detector, &mut observer).await {
             Ok(()) => {
                 tracing::warn!(peer = %endpoint, "peer closed the observation stream; reconnecting");
             }
@@ -184,11 +197,15 @@ pub async fn follow_peer(endpoint: String, me: String, to_detector: mpsc::Sender
 async fn subscribe_once(
     endpoint: &str,
     me: &str,
+    silence: Duration,
     to_detector: &mpsc::Sender<PeerMessage>,
     observer: &mut Option<Arc<str>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(silence)
+        .keep_alive_timeout(silence)
+        .keep_alive_while_idle(true)
         .connect()
         .await?;
     let mut stream = ObservationsClient::new(channel)
@@ -199,7 +216,13 @@ async fn subscribe_once(
         .into_inner();
     tracing::info!(peer = %endpoint, "following peer observations");
     let mut last = None;
-    while let Some(batch) = stream.message().await? {
+    loop {
+        let Ok(next) = tokio::time::timeout(silence, stream.message()).await else {
+            return Err(format!("silent for {}", humantime::format_duration(silence)).into());
+        };
+        let Some(batch) = next? else {
+            break;
+        };
         if let Some(prev) = last
             && batch.sequence > prev + 1
         {
@@ -216,11 +239,12 @@ async fn subscribe_once(
         }
         match from_wire(&batch) {
             Some(observations) => {
-                if observer.is_none() {
-                    *observer = Some(batch.observer.as_str().into());
-                }
+                let name = observer.get_or_insert_with(|| batch.observer.as_str().into());
                 if to_detector
-                    .try_send(PeerMessage::Batch(observations))
+                    .try_send(PeerMessage::Batch {
+                        observer: name.clone(),
+                        observations,
+                    })
                     .is_err()
                     && to_detector.is_closed()
                 {

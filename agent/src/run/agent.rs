@@ -43,6 +43,9 @@ const NOT_SERVING_GRACE: Duration = Duration::from_millis(200);
 /// what is still open then is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A peer that sends no batch for this many ticks is lost (batches come every tick).
+const PEER_SILENT_TICKS: u32 = 3;
+
 /// Peer batches queued towards the detector, from all peers together.
 const PEER_QUEUE: usize = 64;
 
@@ -123,8 +126,9 @@ impl Agent {
         let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
         for endpoint in &config.agent.peers {
             let (endpoint, me, tx) = (endpoint.clone(), observer.name.to_string(), peer_tx.clone());
+            let silence = PEER_SILENT_TICKS * config.probe.tick;
             tasks.spawn(format!("peer follower {endpoint}"), async move {
-                follow_peer(endpoint, me, tx).await;
+                follow_peer(endpoint, me, silence, tx).await;
                 Ok(())
             });
         }
@@ -197,9 +201,14 @@ impl Agent {
     /// A peer's tick is folded in now and judged at the next evaluation.
     fn take_peer_message(&mut self, message: PeerMessage) {
         match message {
-            PeerMessage::Batch(batch) => {
+            PeerMessage::Batch {
+                observer,
+                observations,
+            } => {
                 Metrics::add(&self.metrics.peer_batches, 1);
-                self.detector.observe(&batch, self.epoch.elapsed());
+                let now = self.epoch.elapsed();
+                self.detector.observe(&observations, now);
+                self.detector.heard_from(&observer, now);
             }
             PeerMessage::Lost(name) => {
                 tracing::warn!(peer = %name, "peer observer gone; its evidence is dropped");
