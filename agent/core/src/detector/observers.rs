@@ -179,13 +179,14 @@ impl Observer {
     }
 
     /// Whether its view of a host enclosed by `host_around` counts: not while it is
-    /// cut off from that host's side of the boundary.
+    /// cut off from that host's side of the boundary. The raw finding counts at once
+    /// (no confirm): a cut-off observer's failing views would otherwise race its own
+    /// verdict and blame the outside for a few ticks.
     pub(super) fn may_judge(&self, host_around: &PerLevel<Option<EntityId>>) -> bool {
-        match (self.cut.held, self.cut_level) {
-            (true, Some(level)) => {
-                self.around[level].is_some() && host_around[level] == self.around[level]
-            }
-            _ => true,
+        let level = self.cut_now.or(self.cut_level.filter(|_| self.cut.held || self.cut.pending()));
+        match level {
+            Some(level) => self.around[level].is_some() && host_around[level] == self.around[level],
+            None => true,
         }
     }
 }
