@@ -106,8 +106,10 @@ impl Topology {
         let src = Source::new(path, text);
         let file = src.parse()?;
         let mut topo = Self::default();
-        let mut prefix_lines: HashMap<(IpAddr, u8), usize> = HashMap::new();
-        let mut address_lines: HashMap<IpAddr, usize> = HashMap::new();
+        // Where each prefix and address was first given, as a byte offset: turned into a
+        // line number only for the error about a duplicate.
+        let mut prefix_offsets: HashMap<(IpAddr, u8), usize> = HashMap::new();
+        let mut address_offsets: HashMap<IpAddr, usize> = HashMap::new();
 
         for (i, site) in file.site.iter().enumerate() {
             let name = check_name(&src, &site.name, format!("site[{i}].name"))?;
@@ -154,12 +156,15 @@ impl Topology {
                 let field = format!("rack[{i}].prefixes[{j}]");
                 let prefix = parse_prefix(text.get_ref())
                     .map_err(|m| src.invalid(text, field.clone(), m))?;
-                let line = src.line_of(text.span().start);
-                if let Some(first) = prefix_lines.insert(prefix, line) {
+                if let Some(first) = prefix_offsets.insert(prefix, text.span().start) {
                     return Err(src.invalid(
                         text,
                         field,
-                        format!("prefix {} also given on line {first}", text.get_ref()),
+                        format!(
+                            "prefix {} also given on line {}",
+                            text.get_ref(),
+                            src.line_of(first)
+                        ),
                     ));
                 }
                 topo.prefixes.insert(prefix, id);
@@ -181,12 +186,11 @@ impl Topology {
                 let field = format!("host[{i}].addresses[{j}]");
                 let addr =
                     parse_addr(text.get_ref()).map_err(|m| src.invalid(text, field.clone(), m))?;
-                let line = src.line_of(text.span().start);
-                if let Some(first) = address_lines.insert(addr, line) {
+                if let Some(first) = address_offsets.insert(addr, text.span().start) {
                     return Err(src.invalid(
                         text,
                         field,
-                        format!("address {addr} also given on line {first}"),
+                        format!("address {addr} also given on line {}", src.line_of(first)),
                     ));
                 }
                 topo.host_addresses.insert(addr, id);

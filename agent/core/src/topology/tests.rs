@@ -170,3 +170,26 @@ fn ipv6_prefixes_use_longest_match_too() {
         "dc-a/c1/r1/fd00:2::5"
     );
 }
+
+#[test]
+fn errors_name_the_right_line_deep_into_a_large_file() {
+    // Line numbers come from an index of line starts; check it far from the start and
+    // for both lines of a duplicate.
+    let mut text = format!("{BASE}[[rack]]\nname = \"r1\"\ncabinet = \"dc-a/c1\"\n");
+    for h in 0..1000 {
+        text += &format!(
+            "[[host]]\nname = \"h{h}\"\nrack = \"dc-a/c1/r1\"\naddresses = [\"10.0.{}.{}\"]\n",
+            h / 250,
+            h % 250 + 1
+        );
+    }
+    let first_line = text.lines().position(|l| l.contains("10.0.1.8\"")).unwrap() + 1;
+    text += "[[host]]\nname = \"dup\"\nrack = \"dc-a/c1/r1\"\naddresses = [\"10.0.1.8\"]\n";
+    let dup_line = text.lines().count();
+    let err = refused(&text);
+    assert!(
+        err.starts_with(&format!("topo.toml:{dup_line}: host[1000].addresses[0]: "))
+            && err.ends_with(&format!("also given on line {first_line}")),
+        "{err}"
+    );
+}
