@@ -36,6 +36,9 @@ pub enum TopologyError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_TOPOLOGY_BYTES`](super::MAX_TOPOLOGY_BYTES).
+    #[error("read {path}: larger than the {} limit for topology files", crate::capped_read::human_bytes(*cap))]
+    TooLarge { path: PathBuf, cap: u64 },
     /// Malformed TOML, an unknown key, a missing key or a wrongly typed value.
     #[error("{path}:{line}: {message}")]
     Syntax {

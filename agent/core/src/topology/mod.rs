@@ -10,6 +10,7 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::Path, sync::Arc};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::capped_read::{self, CappedReadError};
 use file::Source;
 pub use file::TopologyError;
 
@@ -78,6 +79,12 @@ pub enum Placement {
 /// Path prefix of hosts that sit in no rack.
 pub const UNPLACED: &str = "unplaced";
 
+/// The largest topology file read. A 100,000-host file with one address per host is
+/// about 8 MB, so 16 MiB leaves room for twice that (or longer names, more addresses).
+/// The cap bounds memory too: while parsing, the TOML document takes about 30 times the
+/// text (~240 MB at 100,000 hosts), so a 16 MiB file peaks near half a gigabyte.
+pub const MAX_TOPOLOGY_BYTES: u64 = 16 << 20;
+
 /// A validated topology.
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -92,11 +99,22 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Reads and validates a topology file.
+    /// Reads and validates a topology file, refusing one over [`MAX_TOPOLOGY_BYTES`].
     pub fn load(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            path: path.to_owned(),
-            source,
+        Self::load_capped(path, MAX_TOPOLOGY_BYTES)
+    }
+
+    /// [`Topology::load`] with another cap (tests).
+    pub fn load_capped(path: &Path, cap: u64) -> Result<Self, TopologyError> {
+        let text = capped_read::read_to_string(path, cap).map_err(|e| match e {
+            CappedReadError::Io(source) => TopologyError::Read {
+                path: path.to_owned(),
+                source,
+            },
+            CappedReadError::TooLarge { cap } => TopologyError::TooLarge {
+                path: path.to_owned(),
+                cap,
+            },
         })?;
         Self::parse(path, &text)
     }

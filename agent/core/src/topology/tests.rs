@@ -172,6 +172,38 @@ fn ipv6_prefixes_use_longest_match_too() {
 }
 
 #[test]
+fn a_file_over_the_cap_is_refused_naming_the_file_and_the_cap() {
+    let dir = std::env::temp_dir().join(format!("faultline-topo-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let cap = u64::try_from(BASE.len()).unwrap();
+    assert!(
+        Topology::load_capped(&path, cap).is_ok(),
+        "a file at the cap is read"
+    );
+    let err = Topology::load_capped(&path, cap - 1)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains(&*path.to_string_lossy()) && err.contains(&format!("{} bytes limit", cap - 1)),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_endless_file_is_refused_at_the_cap() {
+    let err = Topology::load(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/dev/zero") && err.contains("16 MiB limit for topology files"),
+        "{err}"
+    );
+}
+
+#[test]
 fn errors_name_the_right_line_deep_into_a_large_file() {
     // Line numbers come from an index of line starts; check it far from the start and
     // for both lines of a duplicate.
