@@ -147,10 +147,6 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let config = Config::load(config.as_deref())?;
-            eprintln!(
-                "observing TCP links for {}…",
-                humantime::format_duration(duration)
-            );
             let samples = run::observe_links(&config, duration)?;
             let rows = links_report::rows(&samples);
             if json {
