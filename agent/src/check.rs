@@ -1,11 +1,19 @@
 //! `faultline check`: a preflight that says, requirement by requirement, whether this
 //! host can run the agent and how to fix what is missing. It changes nothing.
+//!
+//! It checks what `faultline run` with the same config would use: the config file
+//! itself, its tracefs and cgroup paths, and its topology file.
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
 };
 
-use crate::probe::{Layouts, TRACEPOINTS, cgroup2_mount};
+use crate::{
+    config::{Config, DEFAULT_PATH},
+    mounts,
+    probe::{Layouts, TRACEPOINTS},
+    topology::Topology,
+};
 
 /// Whether the agent can run without it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,26 +35,88 @@ pub struct Requirement {
     pub fix: Option<String>,
 }
 
-/// Where the preflight looks; tests point it at fixtures.
+/// Where the preflight looks: the paths the agent will use; tests point it at fixtures.
 #[derive(Debug, Clone)]
 pub struct CheckPaths {
     pub tracefs: PathBuf,
     pub bpffs: PathBuf,
     pub btf: PathBuf,
+    /// The sock_ops cgroup as configured (`probe.cgroup`): by default the first cgroup2
+    /// mount, None when there is none, an empty path when turned off.
+    pub cgroup: Option<PathBuf>,
+    /// The topology file (`agent.topology`), if one is configured.
+    pub topology: Option<PathBuf>,
+}
+
+impl CheckPaths {
+    /// The paths `faultline run` with `config` would use.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            tracefs: config.probe.tracefs.clone(),
+            bpffs: PathBuf::from("/sys/fs/bpf"),
+            btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            cgroup: config.probe.cgroup.clone(),
+            topology: config.agent.topology.clone(),
+        }
+    }
 }
 
 impl Default for CheckPaths {
     fn default() -> Self {
-        Self {
-            tracefs: PathBuf::from("/sys/kernel/tracing"),
-            bpffs: PathBuf::from("/sys/fs/bpf"),
-            btf: PathBuf::from("/sys/kernel/btf/vmlinux"),
+        Self::from_config(&Config::default())
+    }
+}
+
+/// Loads the config as `faultline run --config` would (`path`, else the default file
+/// if present, else the built-in defaults) and checks everything it names. A config
+/// that is refused fails the check; the rest is then checked with the defaults.
+pub fn run_with_config(path: Option<&Path>) -> Vec<Requirement> {
+    let (config, line) = match Config::load_with_source(path) {
+        Ok((config, from)) => {
+            let detail = match from {
+                Some(file) => format!("{}", file.display()),
+                None => format!("built-in defaults (no {DEFAULT_PATH})"),
+            };
+            (
+                config,
+                requirement("config", Need::Required, true, detail, None),
+            )
         }
+        Err(e) => (
+            Config::default(),
+            requirement(
+                "config",
+                Need::Required,
+                false,
+                format!("{e} (the checks below use the built-in defaults)"),
+                Some("fix the file: `faultline run` refuses it too".into()),
+            ),
+        ),
+    };
+    let mut out = vec![line];
+    out.extend(run(&CheckPaths::from_config(&config)));
+    out
+}
+
+fn requirement(
+    name: &str,
+    need: Need,
+    ok: bool,
+    detail: String,
+    fix: Option<String>,
+) -> Requirement {
+    Requirement {
+        name: name.into(),
+        need,
+        ok,
+        detail,
+        fix,
     }
 }
 
 /// Runs every check.
 pub fn run(paths: &CheckPaths) -> Vec<Requirement> {
+    let mounts = mounts::read();
     let mut out = vec![privileges(), kernel_version(), btf(&paths.btf)];
     let tracefs_ok = paths.tracefs.join("events").is_dir();
     out.push(Requirement {
@@ -102,7 +172,7 @@ pub fn run(paths: &CheckPaths) -> Vec<Requirement> {
             ),
         });
     }
-    let bpffs_ok = is_mount_of(&paths.bpffs, "bpf");
+    let bpffs_ok = mounts::is_mount_of(&mounts, &paths.bpffs, "bpf");
     out.push(Requirement {
         name: "bpffs".into(),
         need: Need::Optional,
@@ -114,18 +184,88 @@ pub fn run(paths: &CheckPaths) -> Vec<Requirement> {
         },
         fix: Some(format!("mount -t bpf bpf {}", paths.bpffs.display())),
     });
-    let cgroup = cgroup2_mount();
-    out.push(Requirement {
-        name: "cgroup v2 (sock_ops, RTO counts)".into(),
-        need: Need::Optional,
-        ok: cgroup.is_some(),
-        detail: match &cgroup {
-            Some(p) => format!("mounted at {}", p.display()),
-            None => "no cgroup2 mount; RTOs will not be counted (retransmissions still are)".into(),
-        },
-        fix: Some("mount -t cgroup2 none /sys/fs/cgroup/unified".into()),
-    });
+    out.push(cgroup(paths.cgroup.as_deref(), &mounts));
+    out.push(topology(paths.topology.as_deref()));
     out
+}
+
+/// The sock_ops cgroup: it must be a directory on a cgroup v2 mount.
+fn cgroup(configured: Option<&Path>, mounts: &[mounts::Mount]) -> Requirement {
+    let name = "cgroup v2 (sock_ops, RTO counts)";
+    let fix = Some("mount -t cgroup2 none /sys/fs/cgroup/unified, or set probe.cgroup".into());
+    let (ok, detail) = match configured {
+        None => (
+            false,
+            "no cgroup2 mount; RTOs will not be counted (retransmissions still are)".into(),
+        ),
+        Some(p) if p.as_os_str().is_empty() => (
+            true,
+            "turned off (probe.cgroup = \"\"): RTOs will not be counted".into(),
+        ),
+        Some(p) => match p.canonicalize() {
+            Err(e) => (false, format!("{}: {e}", p.display())),
+            Ok(real) => match mounts::containing(mounts, &real) {
+                Some(m) if m.fstype == "cgroup2" && real.is_dir() => {
+                    (true, format!("{} (cgroup2)", p.display()))
+                }
+                Some(m) => (
+                    false,
+                    format!(
+                        "{} is not a cgroup v2 directory (it is on {} at {})",
+                        p.display(),
+                        m.fstype,
+                        m.mount_point.display()
+                    ),
+                ),
+                None => (false, format!("{} is on no mount", p.display())),
+            },
+        },
+    };
+    requirement(name, Need::Optional, ok, detail, fix)
+}
+
+/// The topology file, parsed and validated as the agent would at start-up.
+fn topology(path: Option<&Path>) -> Requirement {
+    let Some(path) = path else {
+        return requirement(
+            "topology",
+            Need::Required,
+            true,
+            "none configured: every peer is a host of its own, no racks to vote on".into(),
+            None,
+        );
+    };
+    match Topology::load(path) {
+        Ok(t) => requirement(
+            "topology",
+            Need::Required,
+            true,
+            topology_summary(path, &t),
+            None,
+        ),
+        Err(e) => requirement(
+            "topology",
+            Need::Required,
+            false,
+            e.to_string(),
+            Some("fix the file (`faultline topology check FILE`): the agent refuses to start with it".into()),
+        ),
+    }
+}
+
+/// `topo.toml: ok: 1 hosts, 2 racks, 1 cabinets, 1 sites, 2 prefixes`.
+pub fn topology_summary(path: &Path, topology: &Topology) -> String {
+    let counts: Vec<String> = topology
+        .counts()
+        .iter()
+        .map(|(l, n)| format!("{n} {l}s"))
+        .collect();
+    format!(
+        "{}: ok: {}, {} prefixes",
+        path.display(),
+        counts.join(", "),
+        topology.prefix_count()
+    )
 }
 
 /// Renders the preflight as aligned text, one requirement a line.
@@ -227,17 +367,6 @@ fn btf(path: &Path) -> Requirement {
     }
 }
 
-fn is_mount_of(path: &Path, fstype: &str) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
-    mounts.lines().any(|line| {
-        let mut f = line.split_whitespace();
-        let (_, dir, ty) = (f.next(), f.next(), f.next());
-        dir == path.to_str() && ty == Some(fstype)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +391,95 @@ mod tests {
             text.contains("MISSING") && text.contains("fix: mount -t tracefs"),
             "{text}"
         );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("faultline-check-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn line<'a>(reqs: &'a [Requirement], name: &str) -> &'a Requirement {
+        reqs.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no `{name}` line in {reqs:?}"))
+    }
+
+    #[test]
+    fn the_configured_paths_are_the_ones_checked() {
+        let dir = temp_dir("config");
+        let config = dir.join("faultline.toml");
+        let topology = dir.join("topology.toml");
+        std::fs::write(&topology, "[[site]]\nname = \"dc-a\"\n").unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\ntopology = \"{}\"\n[probe]\ntracefs = \"/nonexistent/tracing\"\ncgroup = \"{}\"\n",
+                topology.display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let reqs = run_with_config(Some(&config));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(line(&reqs, "config").ok);
+        assert!(line(&reqs, "config").detail.contains("faultline.toml"));
+        let tracefs = line(&reqs, "tracefs");
+        assert!(
+            !tracefs.ok && tracefs.detail.contains("/nonexistent/tracing"),
+            "{tracefs:?}"
+        );
+        // A temporary directory is not a cgroup v2 directory.
+        let cgroup = line(&reqs, "cgroup v2 (sock_ops, RTO counts)");
+        assert!(
+            !cgroup.ok && cgroup.detail.contains("not a cgroup v2 directory"),
+            "{cgroup:?}"
+        );
+        let topo = line(&reqs, "topology");
+        assert!(
+            topo.ok
+                && topo
+                    .detail
+                    .contains("0 hosts, 0 racks, 0 cabinets, 1 sites"),
+            "{topo:?}"
+        );
+        assert!(!passed(&reqs));
+    }
+
+    #[test]
+    fn a_broken_topology_or_config_fails_the_check_with_its_error() {
+        let dir = temp_dir("broken");
+        let topology = dir.join("topology.toml");
+        std::fs::write(
+            &topology,
+            "[[rack]]\nname = \"r1\"\ncabinet = \"nowhere\"\n",
+        )
+        .unwrap();
+        let config = dir.join("bad.toml");
+        std::fs::write(&config, "[probe]\ntik = 1\n").unwrap();
+        let paths = CheckPaths {
+            topology: Some(topology),
+            ..CheckPaths::default()
+        };
+        let topo = topology_line(&run(&paths));
+        let bad_config = run_with_config(Some(&config));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!topo.ok && topo.need == Need::Required, "{topo:?}");
+        assert!(
+            topo.detail.contains("topology.toml:3") && topo.detail.contains("unknown cabinet"),
+            "{topo:?}"
+        );
+        let c = line(&bad_config, "config");
+        assert!(
+            !c.ok && c.detail.contains("bad.toml") && c.detail.contains("tik"),
+            "{c:?}"
+        );
+        assert!(!passed(&bad_config));
+    }
+
+    fn topology_line(reqs: &[Requirement]) -> Requirement {
+        line(reqs, "topology").clone()
     }
 
     #[test]

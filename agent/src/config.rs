@@ -6,12 +6,18 @@ use std::{
     time::Duration,
 };
 
+use faultline_core::capped_read::{self, CappedReadError};
 use serde::Deserialize;
 
 use crate::{detector::DetectorConfig, probe::ProbeOptions};
 
 /// Where `faultline run` looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/faultline/faultline.toml";
+
+/// The largest config file read. The config is a few dozen keys and a list of peer
+/// agents: the example is under 4 KiB, and 1 MiB holds ten thousand peers. Enforced
+/// while reading, so a wrong `--config /dev/zero` is refused instead of filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +29,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("read {path}: larger than the {} limit for config files", capped_read::human_bytes(*cap))]
+    TooLarge { path: PathBuf, cap: u64 },
     /// The TOML is malformed or has an unknown, missing or mistyped key.
     #[error("{path}:{line}: {key}{message}", key = key.as_ref().map_or(String::new(), |k| format!("{k}: ")))]
     Syntax {
@@ -144,14 +153,24 @@ impl Config {
     /// Loads `path`. When `path` is None, the default path is used if it exists and
     /// the built-in defaults otherwise, so a fresh host runs with no file at all.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_source(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also saying which file was read (None: the built-in defaults).
+    pub fn load_with_source(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
         let (path, required) = match path {
             Some(p) => (p.to_owned(), true),
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&path, &text),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read { path, source }),
+        match capped_read::read_to_string(&path, MAX_CONFIG_BYTES) {
+            Ok(text) => Self::parse(&path, &text).map(|config| (config, Some(path))),
+            Err(CappedReadError::Io(e))
+                if !required && e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok((Self::default(), None))
+            }
+            Err(CappedReadError::Io(source)) => Err(ConfigError::Read { path, source }),
+            Err(CappedReadError::TooLarge { cap }) => Err(ConfigError::TooLarge { path, cap }),
         }
     }
 
@@ -294,5 +313,25 @@ mod tests {
     #[test]
     fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
         assert!(Config::load(Some(Path::new("/nonexistent/faultline.toml"))).is_err());
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_naming_the_file_and_the_cap() {
+        let dir = std::env::temp_dir().join(format!("faultline-config-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("huge.toml");
+        // Valid TOML (a comment) one byte over the cap: refused for its size alone.
+        let text = format!(
+            "#{}",
+            "x".repeat(usize::try_from(MAX_CONFIG_BYTES).unwrap())
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains(&*path.to_string_lossy())
+                && err.contains("larger than the 1 MiB limit for config files"),
+            "{err}"
+        );
     }
 }

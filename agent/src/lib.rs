@@ -5,6 +5,7 @@ pub mod config;
 pub mod feed;
 pub mod links_report;
 pub mod metrics;
+pub mod mounts;
 pub mod netif;
 pub mod probe;
 pub mod run;

@@ -33,8 +33,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Check that this host can run the agent; exits non-zero if it cannot.
-    Check,
+    /// Check that this host can run the agent with this config; exits non-zero if it cannot.
+    Check {
+        /// Config file, found as `run` finds it: without it /etc/faultline/faultline.toml
+        /// if present, the built-in defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Follow an agent's verdict feed: a table, then one line per change.
     Watch {
         /// The agent's gRPC endpoint.
@@ -123,25 +128,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Topology { command } => match command {
             TopologyCommand::Check { file } => {
                 let topology = Topology::load(&file)?;
-                let counts: Vec<String> = topology
-                    .counts()
-                    .iter()
-                    .map(|(l, n)| format!("{n} {l}s"))
-                    .collect();
-                println!(
-                    "{}: ok: {}, {} prefixes",
-                    file.display(),
-                    counts.join(", "),
-                    topology.prefix_count()
-                );
+                println!("{}", check::topology_summary(&file, &topology));
             }
             TopologyCommand::Lookup { file, ip } => {
                 let topology = Topology::load(&file)?;
                 println!("{}", topology.host_path(ip));
             }
         },
-        Command::Check => {
-            let reqs = check::run(&check::CheckPaths::default());
+        Command::Check { config } => {
+            let reqs = check::run_with_config(config.as_deref());
             print!("{}", check::render(&reqs));
             if !check::passed(&reqs) {
                 return Ok(ExitCode::FAILURE);
@@ -153,10 +148,6 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let config = Config::load(config.as_deref())?;
-            eprintln!(
-                "observing TCP links for {}…",
-                humantime::format_duration(duration)
-            );
             let samples = run::observe_links(&config, duration)?;
             let rows = links_report::rows(&samples);
             if json {

@@ -224,10 +224,13 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
         v["path"] == rack_b && v["state"] == "FAILED"
     });
     let failed = failed.unwrap_or_else(|| panic!("rack rb never FAILED: {seen:#?}"));
+    // Other changes arrive meanwhile: bound the whole wait, not each message.
+    let feed_deadline = Instant::now() + Duration::from_secs(10);
     let over_grpc = loop {
+        let left = feed_deadline.saturating_duration_since(Instant::now());
         let (at, path, state) = feed
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the gRPC feed announces it too");
+            .recv_timeout(left)
+            .expect("the gRPC feed announces it too, within 10 s");
         if path == rack_b && state == faultline_proto::v1::State::Failed as i32 {
             break at;
         }

@@ -1,13 +1,100 @@
 //! The `faultline` binary as an operator runs it (as root: it loads eBPF programs).
+//!
+//! Every wait on the child is bounded: its output is read by a thread into a channel
+//! and waited on with a deadline, so a hung binary fails the test instead of hanging it.
 use std::{
-    io::{Read, Write},
+    io::{BufRead as _, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    process::Command,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc::{self, Receiver},
     time::{Duration, Instant},
 };
 
+/// Upper bound on any one wait: generous, so only a hang trips it.
+const DEADLINE: Duration = Duration::from_secs(30);
+
 fn faultline() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_faultline"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faultline"));
+    // The tests wait for info-level log lines.
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// The lines of a child's stdout or stderr, as they come, read by a thread.
+fn lines_of(stream: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line, or a panic naming what was awaited after [`DEADLINE`].
+fn next_line(lines: &Receiver<String>, waiting_for: &str) -> String {
+    lines
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("no {waiting_for} within {DEADLINE:?}: {e}"))
+}
+
+/// Waits (bounded) for a line containing `needle`; returns the lines before it.
+fn wait_for_line(lines: &Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return seen,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no line with `{needle}` within {DEADLINE:?} ({e}); got: {seen:#?}"),
+        }
+    }
+}
+
+/// Runs a command to completion within [`DEADLINE`], killing it if it overruns.
+fn output_within(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let status = wait_within(&mut child);
+    Output {
+        status,
+        stdout: stdout.recv_timeout(DEADLINE).unwrap_or_default(),
+        stderr: stderr.recv_timeout(DEADLINE).unwrap_or_default(),
+    }
+}
+
+fn collect(mut stream: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+fn wait_within(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {DEADLINE:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 use faultline_integration::require_root;
@@ -15,7 +102,7 @@ use faultline_integration::require_root;
 #[test]
 fn check_passes_on_this_host_and_lists_every_requirement() {
     require_root();
-    let out = faultline().arg("check").output().unwrap();
+    let out = output_within(faultline().arg("check"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for needle in [
@@ -42,13 +129,16 @@ fn links_reports_loopback_traffic_as_json() {
         let mut buf = [0u8; 65536];
         while s.read(&mut buf).is_ok_and(|n| n > 0) {}
     });
-    let child = faultline()
+    let mut child = faultline()
         .args(["links", "--duration", "2s", "--json"])
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Start the flow after the probe attached (it attaches well within 1 s).
-    std::thread::sleep(Duration::from_millis(1000));
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    // Start the flow once the probe is attached, as the binary says.
+    wait_for_line(&stderr, "probe attached");
     let mut client = TcpStream::connect(addr).unwrap();
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(500) {
@@ -56,9 +146,12 @@ fn links_reports_loopback_traffic_as_json() {
     }
     drop(client);
     server.join().unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let status = wait_within(&mut child);
+    assert!(status.success(), "{status}");
+    let stdout = stdout
+        .recv_timeout(DEADLINE)
+        .expect("stdout closes on exit");
+    let text = String::from_utf8_lossy(&stdout);
     let row = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -84,11 +177,7 @@ fn a_malformed_config_is_refused_before_anything_is_attached() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
     std::fs::write(&path, "[probe]\ntick = \"100ms\"\nmax_linkz = 5\n").unwrap();
-    let out = faultline()
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = output_within(faultline().args(["run", "--config"]).arg(&path));
     std::fs::remove_dir_all(&dir).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -107,7 +196,6 @@ fn watch_prints_the_snapshot_then_each_change_as_json() {
         topology::Level,
     };
     use faultline_integration::feed::FeedServer;
-    use std::io::BufRead as _;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -130,12 +218,13 @@ fn watch_prints_the_snapshot_then_each_change_as_json() {
             "--endpoint",
             &server.url(),
         ])
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next =
-        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let lines = lines_of(child.stdout.take().unwrap());
+    let next = || -> serde_json::Value {
+        serde_json::from_str(&next_line(&lines, "verdict line from watch")).unwrap()
+    };
     let first = next();
     assert_eq!(
         (first["path"].as_str(), first["state"].as_str()),
@@ -158,11 +247,52 @@ fn watch_prints_the_snapshot_then_each_change_as_json() {
 
 #[test]
 fn watch_refuses_an_unknown_level_with_a_clear_error() {
-    let out = faultline()
-        .args(["watch", "--level", "aisle"])
-        .output()
-        .unwrap();
+    let out = output_within(faultline().args(["watch", "--level", "aisle"]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`aisle` is not a level"), "{err}");
+}
+
+#[test]
+fn check_tests_the_tracefs_path_of_the_given_config() {
+    let dir = std::env::temp_dir().join(format!("faultline-cli-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("faultline.toml");
+    let bogus = "/nonexistent/faultline-tracefs";
+    std::fs::write(&path, format!("[probe]\ntracefs = \"{bogus}\"\n")).unwrap();
+    let out = output_within(faultline().args(["check", "--config"]).arg(&path));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    let tracefs = text
+        .lines()
+        .find(|l| l.contains(" tracefs "))
+        .unwrap_or_else(|| panic!("no tracefs line: {text}"));
+    assert!(
+        tracefs.starts_with("MISSING") && tracefs.contains(bogus),
+        "{tracefs}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok") && l.contains("faultline.toml")),
+        "the config line names the file: {text}"
+    );
+}
+
+#[test]
+fn an_endless_topology_or_config_is_refused_at_its_cap() {
+    let out = output_within(faultline().args(["topology", "check", "/dev/zero"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("/dev/zero") && err.contains("16 MiB limit for topology files"),
+        "{err}"
+    );
+    let out = output_within(faultline().args(["run", "--config", "/dev/zero"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("/dev/zero") && err.contains("1 MiB limit for config files"),
+        "{err}"
+    );
 }

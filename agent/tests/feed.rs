@@ -286,20 +286,31 @@ async fn a_stalled_subscriber_gets_the_latest_state_and_slows_no_one() {
     assert_eq!(reader.await.unwrap(), 2000);
 
     // The stalled one now reads: the changes that were queued (in its task, the HTTP/2
-    // windows and the client), then a snapshot with the final state of every entity
-    // instead of the rest.
+    // windows and the client), in order and without a gap, then a snapshot with the
+    // final state of every entity instead of the rest. Replaying all 2,000 changes
+    // would end the loop at the last one, without a snapshot.
     let mut snapshot = None;
-    let mut queued = 0;
+    let mut queued = 0u64;
     while snapshot.is_none() && queued < 2000 {
-        match next(&mut stalled).await.event {
-            Some(Event::Snapshot(s)) => snapshot = Some(s),
-            _ => queued += 1,
+        let e = next(&mut stalled).await;
+        if let Some(Event::Snapshot(s)) = e.event {
+            snapshot = Some(s);
+        } else {
+            let (seq, _, _) = change(&e);
+            assert_eq!(
+                seq,
+                queued + 1,
+                "queued changes arrive in order, without a gap"
+            );
+            queued = seq;
         }
     }
-    let snap = snapshot.expect("a coalescing snapshot after the backlog overflowed");
+    let snap = snapshot.unwrap_or_else(|| {
+        panic!("all {queued} changes were replayed: the backlog was never coalesced")
+    });
     assert!(
-        queued < 2000,
-        "the backlog was coalesced, not replayed ({queued} queued)"
+        queued > 0,
+        "the stalled subscriber had changes queued before it fell behind"
     );
     assert_eq!(snap.sequence, 2000);
     assert_eq!(snap.verdicts.len(), 100);

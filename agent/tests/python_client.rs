@@ -179,16 +179,32 @@ async fn python_grpcio_health_and_reflection_clients_agree_with_the_spec() {
     );
     // The script prints "watching" once its Watch of r1 has reported SERVING: only
     // then does r1 fail, so the change cannot fall before the watch.
-    loop {
-        match client.line(WAIT, "\"watching\" line").await.as_deref() {
-            Some("watching") => break,
-            Some(_) => {}
-            None => client.fail("ended before \"watching\""),
+    // Each line is awaited with a deadline, and so is the whole wait: a script that
+    // keeps printing other lines fails too.
+    let watching = tokio::time::timeout(WAIT, async {
+        loop {
+            match client.line(WAIT, "\"watching\" line").await.as_deref() {
+                Some("watching") => return true,
+                Some(_) => {}
+                None => return false,
+            }
         }
+    })
+    .await;
+    match watching {
+        Ok(true) => {}
+        Ok(false) => client.fail("ended before \"watching\""),
+        Err(_) => client.fail(&format!("no \"watching\" line within {WAIT:?}")),
     }
     server.feed.publish(&[rack(1, State::Failed)]);
 
-    while client.line(WAIT, "end of output").await.is_some() {}
+    let ended = tokio::time::timeout(WAIT, async {
+        while client.line(WAIT, "end of output").await.is_some() {}
+    })
+    .await;
+    if ended.is_err() {
+        client.fail(&format!("output did not end within {WAIT:?}"));
+    }
     let status = client.exit(WAIT).await;
     let output = client.output();
     assert!(

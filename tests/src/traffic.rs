@@ -93,32 +93,57 @@ pub fn paced(
     duration: Duration,
     bytes_per_sec: u64,
 ) -> JoinHandle<u64> {
-    ns.run(move || {
-        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))
-            .unwrap_or_else(|e| panic!("connect {to}: {e}"));
-        stream
-            .set_write_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let buf = vec![0x5au8; 64 * 1024];
-        let start = Instant::now();
-        let deadline = start + duration;
-        let mut sent = 0u64;
-        while Instant::now() < deadline {
-            let allowed =
-                u64::try_from(u128::from(bytes_per_sec) * start.elapsed().as_micros() / 1_000_000)
-                    .unwrap_or(u64::MAX);
-            if sent > allowed {
-                std::thread::sleep(Duration::from_millis(2));
-                continue;
+    Flow::start(ns, to, duration, bytes_per_sec).thread
+}
+
+/// A flow that runs until stopped (or until its time limit, so it always ends): for
+/// tests that watch the kernel until something happens, then stop the traffic.
+pub struct Flow {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl Flow {
+    /// Sends from `ns` to `to` at most `bytes_per_sec` (`u64::MAX`: as fast as TCP
+    /// allows) until [`Flow::stop`] or `limit`.
+    pub fn start(ns: &Netns, to: SocketAddr, limit: Duration, bytes_per_sec: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = ns.run(move || {
+            let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+            stream
+                .set_write_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let buf = vec![0x5au8; 64 * 1024];
+            let start = Instant::now();
+            let deadline = start + limit;
+            let mut sent = 0u64;
+            while Instant::now() < deadline && !stop_flag.load(Ordering::Relaxed) {
+                let allowed = u64::try_from(
+                    u128::from(bytes_per_sec) * start.elapsed().as_micros() / 1_000_000,
+                )
+                .unwrap_or(u64::MAX);
+                if sent > allowed {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                match stream.write(&buf) {
+                    Ok(n) => sent += n as u64,
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(e) => panic!("write to {to}: {e}"),
+                }
             }
-            match stream.write(&buf) {
-                Ok(n) => sent += n as u64,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) => panic!("write to {to}: {e}"),
-            }
-        }
-        sent
-    })
+            sent
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the flow and returns the bytes it wrote.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("flow thread panicked")
+    }
 }
 
 /// One connect attempt from `ns` with a timeout; Ok if it connected.

@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, TcpStream},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use faultline::probe::{
@@ -18,10 +18,15 @@ use faultline_ebpf::UrgentKind;
 use faultline_integration::{
     Lab,
     netns::Host,
-    traffic::{Sink, bulk, connect, paced},
+    traffic::{Flow, Sink, bulk, connect},
 };
 
 const PORT: u16 = 5001;
+/// Upper bound on waiting for the kernel to count something: generous, so only a probe
+/// that never sees it fails, and a hang becomes a failure.
+const DEADLINE: Duration = Duration::from_secs(15);
+/// How often a waiting test reads the probe.
+const POLL: Duration = Duration::from_millis(200);
 
 fn attach() -> Probe {
     Probe::attach(&ProbeOptions::default()).unwrap_or_else(|e| panic!("attach probe: {e}"))
@@ -73,6 +78,32 @@ fn sample(probe: &mut Probe) -> Vec<LinkSample> {
     probe.sample().unwrap_or_else(|e| panic!("read probe: {e}"))
 }
 
+/// The counters the probe sees on some links, summed over samples read every [`POLL`]
+/// until `done` holds for them; panics naming `what` after [`DEADLINE`].
+fn until<const N: usize>(
+    probe: &mut Probe,
+    links: [(&Host, &Host, bool); N],
+    what: &str,
+    done: impl Fn(&[LinkCounters; N]) -> bool,
+) -> [LinkCounters; N] {
+    let deadline = Instant::now() + DEADLINE;
+    let mut sums = [LinkCounters::default(); N];
+    loop {
+        let samples = sample(probe);
+        for (sum, (from, to, v6)) in sums.iter_mut().zip(links) {
+            sum.add(&link(&samples, from, to, v6).0);
+        }
+        if done(&sums) {
+            return sums;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not seen within {DEADLINE:?}: {sums:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
 fn has_event(events: &[UrgentRecord], kind: UrgentKind, from: &Host, to: &Host, v6: bool) -> bool {
     events
         .iter()
@@ -87,31 +118,35 @@ fn loss_is_counted_on_the_lossy_link_only(v6: bool) {
     sample(&mut probe);
     lab.drop_to(ip(&lab.b, v6), 5);
 
-    let to_b = paced(
+    let to_b = Flow::start(
         &lab.a.ns,
         lab.b.addr(v6, PORT),
-        Duration::from_secs(3),
+        Duration::from_secs(30),
         40 << 20,
     );
-    let to_c = paced(
+    let to_c = Flow::start(
         &lab.a.ns,
         lab.c.addr(v6, PORT),
-        Duration::from_secs(3),
+        Duration::from_secs(30),
         4 << 20,
     );
-    // Read while the flows still run: once they close, b's FIN may be retransmitted
-    // because the ACK to it was dropped, which is loss towards b, not from it.
-    std::thread::sleep(Duration::from_millis(2800));
-    let samples = sample(&mut probe);
-    let drops = lab.dropped_packets();
-    assert!(
-        to_b.join().unwrap() > 0 && to_c.join().unwrap() > 0,
-        "traffic flowed"
+    // Read while the flows still run (they run until stopped): once they close, b's
+    // FIN may be retransmitted because the ACK to it was dropped, which is loss
+    // towards b, not from it. Wait for steady traffic, well past slow start: hundreds
+    // of retransmissions to compare with the drops, hundreds of segments from c.
+    let [lossy, reverse, unrelated] = until(
+        &mut probe,
+        [
+            (&lab.a, &lab.b, v6),
+            (&lab.b, &lab.a, v6),
+            (&lab.a, &lab.c, v6),
+        ],
+        "500 retransmissions towards b, and 500 segments from c",
+        |[lossy, _, unrelated]| lossy.retrans_segs >= 500 && unrelated.progress_segs >= 500,
     );
+    let drops = lab.dropped_packets();
+    assert!(to_b.stop() > 0 && to_c.stop() > 0, "traffic flowed");
 
-    let (lossy, _) = link(&samples, &lab.a, &lab.b, v6);
-    let (reverse, _) = link(&samples, &lab.b, &lab.a, v6);
-    let (unrelated, _) = link(&samples, &lab.a, &lab.c, v6);
     assert!(drops > 0, "the router dropped nothing");
     // A dropped packet on veth may be a whole GSO burst, re-sent as one or more
     // retransmissions; every drop needs at least one, within a small factor.
@@ -149,31 +184,42 @@ fn blackhole_counts_rtos_and_progress_stops(v6: bool) {
         _runtime,
     } = attach_watching();
 
-    let flow = bulk(&lab.a.ns, lab.b.addr(v6, PORT), Duration::from_secs(5));
-    std::thread::sleep(Duration::from_secs(1));
-    let (healthy, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
-    assert!(
-        healthy.progress_segs > 0,
-        "healthy link progresses: {healthy:?}"
+    let flow = Flow::start(
+        &lab.a.ns,
+        lab.b.addr(v6, PORT),
+        Duration::from_secs(30),
+        u64::MAX,
+    );
+    until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6)],
+        "the healthy link progresses",
+        |[healthy]| healthy.progress_segs > 0,
     );
     urgent.drain();
 
     lab.drop_to(ip(&lab.b, v6), 100);
-    std::thread::sleep(Duration::from_millis(500));
-    let (onset, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
-    std::thread::sleep(Duration::from_millis(2500));
-    let (dark, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
-    flow.join().unwrap();
+    // The first RTO: from then on nothing the peer sends can arrive.
+    until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6)],
+        "an RTO after the blackhole",
+        |[onset]| onset.rto_timeouts >= 1,
+    );
+    // RTOs keep firing (backed off), each retransmitting (counted just after the RTO
+    // itself), and nothing progresses.
+    let [dark] = until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6)],
+        "a second RTO in the blackhole, and its retransmission",
+        |[dark]| dark.rto_timeouts >= 1 && dark.retrans_segs >= 1,
+    );
+    flow.stop();
 
     assert_eq!(
         dark.progress_segs, 0,
         "no progress in a blackhole: {dark:?}"
     );
-    assert!(
-        onset.rto_timeouts + dark.rto_timeouts >= 2,
-        "RTOs fire repeatedly: onset {onset:?}, then {dark:?}"
-    );
-    assert!(dark.retrans_segs >= 1, "the RTOs retransmit: {dark:?}");
     let events = urgent.drain();
     assert!(
         has_event(&events, UrgentKind::Rto, &lab.a, &lab.b, v6),

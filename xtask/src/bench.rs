@@ -12,14 +12,19 @@
 //! 3. Detector engine: the criterion benchmark `agent/benches/detector_tick.rs`, one
 //!    `observe` + `tick` at 10k and 100k links in a 10,000-host topology, healthy and
 //!    with a blackholed rack; criterion's per-tick means are read back from
-//!    `target/criterion` ([`detector`]). Pure CPU: `--detector-only` runs just this
-//!    part (no root, no namespaces); `--skip-detector` leaves it out.
+//!    `target/criterion` ([`detector`]).
+//! 4. Topology parse: the criterion benchmark `agent/core/benches/topology_parse.rs`,
+//!    `Topology::parse` of a 10k- and a 100k-host file ([`topology`]).
+//!
+//! Parts 3 and 4 are pure CPU: `--detector-only` runs just them (no root, no
+//! namespaces); `--skip-detector` leaves them out.
 //!
 //! Prints a table and writes `target/bench/latest.json`. Namespaces, the iperf3 server
 //! and agents are removed by guards even on error, panic or Ctrl-C.
 mod agent;
 mod detector;
 mod lab;
+mod topology;
 
 use std::{
     fmt::Write as _,
@@ -37,6 +42,7 @@ use self::{
     agent::{Agent, BpfStats, ProgCost},
     detector::DetectorBench,
     lab::Lab,
+    topology::TopologyBench,
 };
 use crate::{build, is_root, setup, target_dir, workspace_root};
 
@@ -48,10 +54,12 @@ pub(crate) struct Options {
     /// Length of each iperf3 run, in seconds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=60))]
     seconds: u32,
-    /// Only the detector engine benchmark (pure CPU: needs neither root nor namespaces).
+    /// Only the pure-CPU benchmarks, the detector engine and the topology parse (needs
+    /// neither root nor namespaces).
     #[arg(long, conflicts_with = "skip_detector")]
     detector_only: bool,
-    /// Leave out the detector engine benchmark (throughput and kernel cost only).
+    /// Leave out the detector engine and topology parse benchmarks (throughput and
+    /// kernel cost only).
     #[arg(long)]
     skip_detector: bool,
     /// Run only the detector benchmarks whose id matches this regex (criterion's
@@ -71,17 +79,24 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     // First: pure CPU, and nothing else is running yet to disturb it.
-    let detector = if opts.skip_detector {
-        None
+    let (detector, topology) = if opts.skip_detector {
+        (None, None)
     } else {
-        Some(detector::run(opts.detector_filter.as_deref())?)
+        (
+            Some(detector::run(opts.detector_filter.as_deref())?),
+            Some(topology::run()?),
+        )
     };
     let network = if opts.detector_only {
         None
     } else {
         Some(network(opts, &out_dir)?)
     };
-    let report = Report { network, detector };
+    let report = Report {
+        network,
+        detector,
+        topology,
+    };
     print!("{}", report.table());
     let path = out_dir.join("latest.json");
     let text = serde_json::to_string_pretty(&report.json())?;
@@ -177,10 +192,11 @@ fn kernel_cost(lab: &Lab, bin: &Path, log: &Path, seconds: u32) -> Result<Kernel
     })
 }
 
-/// What this run measured: the network parts, the detector engine, or both.
+/// What this run measured: the network parts, the pure-CPU parts, or both.
 struct Report {
     network: Option<NetworkReport>,
     detector: Option<DetectorBench>,
+    topology: Option<TopologyBench>,
 }
 
 impl Report {
@@ -191,6 +207,9 @@ impl Report {
         }
         if let Some(d) = &self.detector {
             s += &d.table();
+        }
+        if let Some(t) = &self.topology {
+            s += &t.table();
         }
         s
     }
@@ -213,6 +232,9 @@ impl Report {
         );
         if let Some(d) = &self.detector {
             v["detector"] = d.json();
+        }
+        if let Some(t) = &self.topology {
+            v["topology"] = t.json();
         }
         v
     }

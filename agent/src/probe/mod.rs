@@ -291,14 +291,9 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The first cgroup v2 mount point in /proc/self/mounts.
+/// The first cgroup v2 mount point: the root of the hierarchy, which sees every socket.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
+    crate::mounts::first_of_type(&crate::mounts::read(), "cgroup2").map(|m| m.mount_point.clone())
 }
 
 /// Mounts tracefs at `path` if nothing is there yet, and says so.

@@ -104,6 +104,11 @@ pub fn log_verdict(v: &Verdict) {
 /// `faultline links`: attaches, waits `duration`, returns what each link did meanwhile.
 pub fn observe_links(config: &Config, duration: Duration) -> Result<Vec<LinkSample>, ProbeError> {
     let mut probe = Probe::attach(&config.probe.probe_options())?;
+    // Said only once attached: traffic from here on is counted (tests wait for it).
+    tracing::info!(
+        duration = %humantime::format_duration(duration),
+        "probe attached, observing TCP links"
+    );
     std::thread::sleep(duration);
     probe.sample()
 }

@@ -27,16 +27,16 @@ const MEASURES: [(&str, &str); 3] = [
 /// Criterion's estimate of one benchmark, per tick.
 pub(super) struct Estimate {
     /// `detector_tick/observe_tick/100k_links_healthy`.
-    full_id: String,
+    pub(super) full_id: String,
     /// `observe_tick`, `observe` or `tick`.
-    measure: String,
+    pub(super) measure: String,
     /// `100k_links_healthy`.
-    scenario: String,
-    mean_ns: f64,
-    mean_lower_ns: f64,
-    mean_upper_ns: f64,
-    median_ns: f64,
-    std_dev_ns: f64,
+    pub(super) scenario: String,
+    pub(super) mean_ns: f64,
+    pub(super) mean_lower_ns: f64,
+    pub(super) mean_upper_ns: f64,
+    pub(super) median_ns: f64,
+    pub(super) std_dev_ns: f64,
 }
 
 pub(super) struct DetectorBench {
@@ -79,7 +79,7 @@ pub(super) fn run(filter: Option<&str>) -> Result<DetectorBench> {
 }
 
 /// Every `<dir>/<measure>/<scenario>/new/` written since `since`.
-fn read_estimates(dir: &Path, since: SystemTime) -> Result<Vec<Estimate>> {
+pub(super) fn read_estimates(dir: &Path, since: SystemTime) -> Result<Vec<Estimate>> {
     let mut out = Vec::new();
     for measure in subdirs(dir)? {
         for scenario in subdirs(&measure)? {
@@ -143,9 +143,11 @@ fn read_one(new: &Path) -> Result<Estimate> {
     })
 }
 
-/// `1.23 ms` / `456.7 µs`.
-fn duration(ns: f64) -> String {
-    if ns >= 1e6 {
+/// `1.23 s` / `1.23 ms` / `456.7 µs`.
+pub(super) fn duration(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
         format!("{:.2} ms", ns / 1e6)
     } else {
         format!("{:.1} µs", ns / 1e3)

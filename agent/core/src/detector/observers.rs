@@ -183,7 +183,9 @@ impl Observer {
     /// (no confirm): a cut-off observer's failing views would otherwise race its own
     /// verdict and blame the outside for a few ticks.
     pub(super) fn may_judge(&self, host_around: &PerLevel<Option<EntityId>>) -> bool {
-        let level = self.cut_now.or(self.cut_level.filter(|_| self.cut.held || self.cut.pending()));
+        let level = self.cut_now.or(self
+            .cut_level
+            .filter(|_| self.cut.held || self.cut.pending()));
         match level {
             Some(level) => self.around[level].is_some() && host_around[level] == self.around[level],
             None => true,

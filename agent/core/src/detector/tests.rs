@@ -52,6 +52,9 @@ enum Fault {
     Slow(u64),
     /// The link carries no traffic.
     Idle,
+    /// Nothing gets through and an RTO fires every tick: failing from its first tick,
+    /// with no backoff to wait for (for the hysteresis tests).
+    Dark,
 }
 
 /// Small deterministic RNG (xorshift64*), so tests need no seed plumbing.
@@ -148,6 +151,16 @@ impl Sim {
             }
             Some(Fault::Slow(us)) => rtt = us,
             Some(Fault::Idle) => return LinkDelta::default(),
+            Some(Fault::Dark) => {
+                return LinkDelta {
+                    counters: LinkCounters {
+                        rto_timeouts: 1,
+                        retrans_segs: 1,
+                        ..LinkCounters::default()
+                    },
+                    rtt_p50_us: None,
+                };
+            }
             Some(Fault::Blackhole { at, jitter }) => {
                 let offset = Duration::from_millis(
                     self.rng
@@ -481,7 +494,16 @@ fn a_flapping_host_is_held_longer_each_time() {
         sim.run(Duration::from_secs(1));
         sim.heal(0, peer);
         let healed = sim.now;
+        // The damped hold never exceeds max_recovery_hold: a host still FAILED past it
+        // (plus a tick to notice) is a bug, not a longer wait.
+        let limit = sim.det.config().max_recovery_hold + 2 * TICK;
         while sim.state(Level::Host, "dc-2/c1/r2/h1") == State::Failed {
+            assert!(
+                sim.now - healed <= limit,
+                "still FAILED {:?} after healing (the hold is at most {:?})",
+                sim.now - healed,
+                sim.det.config().max_recovery_hold
+            );
             sim.step();
         }
         recovered_after.push(sim.now - healed);
@@ -490,6 +512,90 @@ fn a_flapping_host_is_held_longer_each_time() {
         recovered_after[1] > recovered_after[0] && recovered_after[2] > recovered_after[1],
         "{recovered_after:?}"
     );
+}
+
+/// When `path` was first announced FAILED, if it was.
+fn first_failed(sim: &Sim, path: &str) -> Option<Duration> {
+    sim.log
+        .iter()
+        .find(|(_, v)| v.entity.path.as_ref() == path && v.state == State::Failed)
+        .map(|(t, _)| *t)
+}
+
+#[test]
+fn a_failure_shorter_than_confirm_is_never_announced() {
+    // confirm = 3 ticks, so a failure of one tick and one of two ticks both fall short.
+    let cfg = DetectorConfig {
+        confirm: 3 * TICK,
+        ..DetectorConfig::default()
+    };
+    // Two observers, which agree at once: only confirm stands between them and FAILED.
+    let (a, b) = (v4(1, 1, 1, 1), v4(1, 2, 2, 1));
+    let mut sim = Sim::with_config(
+        &[
+            ("obs-a", a, all_peers(a, v4)),
+            ("obs-b", b, all_peers(b, v4)),
+        ],
+        cfg.clone(),
+    );
+    let peer = v4(2, 1, 1, 2);
+    let path = "dc-2/c1/r1/h2";
+    sim.run(Duration::from_secs(2));
+    for ticks in [1, 2] {
+        sim.fault(0, peer, Fault::Dark);
+        sim.fault(1, peer, Fault::Dark);
+        for _ in 0..ticks {
+            sim.step();
+        }
+        sim.heal(0, peer);
+        sim.heal(1, peer);
+        // Long enough for anything pending to be announced or released.
+        sim.run(cfg.max_recovery_hold + Duration::from_secs(1));
+        assert_eq!(
+            first_failed(&sim, path),
+            None,
+            "a {ticks}-tick failure was announced: {:?}",
+            sim.failed_changes()
+        );
+        assert_eq!(sim.state(Level::Host, path), State::Healthy);
+    }
+    assert!(
+        sim.failed_changes().is_empty(),
+        "{:?}",
+        sim.failed_changes()
+    );
+}
+
+#[test]
+fn the_same_failure_held_past_confirm_is_announced_once_confirmed() {
+    let cfg = DetectorConfig {
+        confirm: 3 * TICK,
+        ..DetectorConfig::default()
+    };
+    // Two observers agree at once (one alone waits for witnesses first).
+    let (a, b) = (v4(1, 1, 1, 1), v4(1, 2, 2, 1));
+    let mut sim = Sim::with_config(
+        &[
+            ("obs-a", a, all_peers(a, v4)),
+            ("obs-b", b, all_peers(b, v4)),
+        ],
+        cfg.clone(),
+    );
+    let peer = v4(2, 1, 1, 2);
+    let path = "dc-2/c1/r1/h2";
+    sim.run(Duration::from_secs(2));
+    sim.fault(0, peer, Fault::Dark);
+    sim.fault(1, peer, Fault::Dark);
+    // The first tick that sees the failure starts the confirm period.
+    let onset = sim.now + TICK;
+    sim.run(cfg.confirm + 3 * TICK);
+    let announced = first_failed(&sim, path).expect("a failure held past confirm is announced");
+    assert_eq!(
+        announced,
+        onset + cfg.confirm,
+        "announced as soon as confirm elapsed, not before or later"
+    );
+    assert_eq!(sim.state(Level::Host, path), State::Failed);
 }
 
 #[test]

@@ -18,7 +18,10 @@
 //! rack = "dc-a/c1/r1"
 //! addresses = ["10.1.1.10"]
 //! ```
-use std::path::{Path, PathBuf};
+use std::{
+    cell::OnceCell,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -33,6 +36,9 @@ pub enum TopologyError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_TOPOLOGY_BYTES`](super::MAX_TOPOLOGY_BYTES).
+    #[error("read {path}: larger than the {} limit for topology files", crate::capped_read::human_bytes(*cap))]
+    TooLarge { path: PathBuf, cap: u64 },
     /// Malformed TOML, an unknown key, a missing key or a wrongly typed value.
     #[error("{path}:{line}: {message}")]
     Syntax {
@@ -99,23 +105,39 @@ pub(super) struct HostDef {
 }
 
 /// Turns byte offsets into 1-based line numbers for one file's text.
+///
+/// The offsets of the line starts are found once, on the first question, and each
+/// question is then a binary search: rescanning the text per offset made a
+/// 100,000-host file quadratic. A file that parses cleanly asks no question at all.
 pub(super) struct Source<'a> {
     pub(super) path: &'a Path,
     text: &'a str,
+    line_starts: OnceCell<Vec<usize>>,
 }
 
 impl<'a> Source<'a> {
     pub(super) fn new(path: &'a Path, text: &'a str) -> Self {
-        Self { path, text }
+        Self {
+            path,
+            text,
+            line_starts: OnceCell::new(),
+        }
     }
 
     pub(super) fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(
+                    self.text
+                        .bytes()
+                        .enumerate()
+                        .filter(|(_, b)| *b == b'\n')
+                        .map(|(i, _)| i + 1),
+                )
+                .collect()
+        });
+        // The number of line starts at or before the offset is its 1-based line.
+        starts.partition_point(|&start| start <= offset)
     }
 
     pub(super) fn parse(&self) -> Result<TopologyFile, TopologyError> {

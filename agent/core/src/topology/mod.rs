@@ -10,6 +10,7 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::Path, sync::Arc};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::capped_read::{self, CappedReadError};
 use file::Source;
 pub use file::TopologyError;
 
@@ -110,6 +111,12 @@ pub enum Placement {
 /// Path prefix of hosts that sit in no rack.
 pub const UNPLACED: &str = "unplaced";
 
+/// The largest topology file read. A 100,000-host file with one address per host is
+/// about 8 MB, so 16 MiB leaves room for twice that (or longer names, more addresses).
+/// The cap bounds memory too: while parsing, the TOML document takes about 30 times the
+/// text (~240 MB at 100,000 hosts), so a 16 MiB file peaks near half a gigabyte.
+pub const MAX_TOPOLOGY_BYTES: u64 = 16 << 20;
+
 /// A validated topology.
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
@@ -124,11 +131,22 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Reads and validates a topology file.
+    /// Reads and validates a topology file, refusing one over [`MAX_TOPOLOGY_BYTES`].
     pub fn load(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            path: path.to_owned(),
-            source,
+        Self::load_capped(path, MAX_TOPOLOGY_BYTES)
+    }
+
+    /// [`Topology::load`] with another cap (tests).
+    pub fn load_capped(path: &Path, cap: u64) -> Result<Self, TopologyError> {
+        let text = capped_read::read_to_string(path, cap).map_err(|e| match e {
+            CappedReadError::Io(source) => TopologyError::Read {
+                path: path.to_owned(),
+                source,
+            },
+            CappedReadError::TooLarge { cap } => TopologyError::TooLarge {
+                path: path.to_owned(),
+                cap,
+            },
         })?;
         Self::parse(path, &text)
     }
@@ -138,8 +156,10 @@ impl Topology {
         let src = Source::new(path, text);
         let file = src.parse()?;
         let mut topo = Self::default();
-        let mut prefix_lines: HashMap<(IpAddr, u8), usize> = HashMap::new();
-        let mut address_lines: HashMap<IpAddr, usize> = HashMap::new();
+        // Where each prefix and address was first given, as a byte offset: turned into a
+        // line number only for the error about a duplicate.
+        let mut prefix_offsets: HashMap<(IpAddr, u8), usize> = HashMap::new();
+        let mut address_offsets: HashMap<IpAddr, usize> = HashMap::new();
 
         for (i, site) in file.site.iter().enumerate() {
             let name = check_name(&src, &site.name, format!("site[{i}].name"))?;
@@ -186,12 +206,15 @@ impl Topology {
                 let field = format!("rack[{i}].prefixes[{j}]");
                 let prefix = parse_prefix(text.get_ref())
                     .map_err(|m| src.invalid(text, field.clone(), m))?;
-                let line = src.line_of(text.span().start);
-                if let Some(first) = prefix_lines.insert(prefix, line) {
+                if let Some(first) = prefix_offsets.insert(prefix, text.span().start) {
                     return Err(src.invalid(
                         text,
                         field,
-                        format!("prefix {} also given on line {first}", text.get_ref()),
+                        format!(
+                            "prefix {} also given on line {}",
+                            text.get_ref(),
+                            src.line_of(first)
+                        ),
                     ));
                 }
                 topo.prefixes.insert(prefix, id);
@@ -213,12 +236,11 @@ impl Topology {
                 let field = format!("host[{i}].addresses[{j}]");
                 let addr =
                     parse_addr(text.get_ref()).map_err(|m| src.invalid(text, field.clone(), m))?;
-                let line = src.line_of(text.span().start);
-                if let Some(first) = address_lines.insert(addr, line) {
+                if let Some(first) = address_offsets.insert(addr, text.span().start) {
                     return Err(src.invalid(
                         text,
                         field,
-                        format!("address {addr} also given on line {first}"),
+                        format!("address {addr} also given on line {}", src.line_of(first)),
                     ));
                 }
                 topo.host_addresses.insert(addr, id);

@@ -170,3 +170,58 @@ fn ipv6_prefixes_use_longest_match_too() {
         "dc-a/c1/r1/fd00:2::5"
     );
 }
+
+#[test]
+fn a_file_over_the_cap_is_refused_naming_the_file_and_the_cap() {
+    let dir = std::env::temp_dir().join(format!("faultline-topo-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let cap = u64::try_from(BASE.len()).unwrap();
+    assert!(
+        Topology::load_capped(&path, cap).is_ok(),
+        "a file at the cap is read"
+    );
+    let err = Topology::load_capped(&path, cap - 1)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains(&*path.to_string_lossy()) && err.contains(&format!("{} bytes limit", cap - 1)),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_endless_file_is_refused_at_the_cap() {
+    let err = Topology::load(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/dev/zero") && err.contains("16 MiB limit for topology files"),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_name_the_right_line_deep_into_a_large_file() {
+    // Line numbers come from an index of line starts; check it far from the start and
+    // for both lines of a duplicate.
+    let mut text = format!("{BASE}[[rack]]\nname = \"r1\"\ncabinet = \"dc-a/c1\"\n");
+    for h in 0..1000 {
+        text += &format!(
+            "[[host]]\nname = \"h{h}\"\nrack = \"dc-a/c1/r1\"\naddresses = [\"10.0.{}.{}\"]\n",
+            h / 250,
+            h % 250 + 1
+        );
+    }
+    let first_line = text.lines().position(|l| l.contains("10.0.1.8\"")).unwrap() + 1;
+    text += "[[host]]\nname = \"dup\"\nrack = \"dc-a/c1/r1\"\naddresses = [\"10.0.1.8\"]\n";
+    let dup_line = text.lines().count();
+    let err = refused(&text);
+    assert!(
+        err.starts_with(&format!("topo.toml:{dup_line}: host[1000].addresses[0]: "))
+            && err.ends_with(&format!("also given on line {first_line}")),
+        "{err}"
+    );
+}
