@@ -243,15 +243,23 @@ pub fn rtt_bucket_upper_us(bucket: usize) -> u64 {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)], Copy, made only of integers, and have
-    // explicit padding fields, so every bit pattern is valid and none is uninit.
-    unsafe impl aya::Pod for super::LinkKey {}
-    unsafe impl aya::Pod for super::LinkStats {}
-    unsafe impl aya::Pod for super::UrgentBudget {}
-    unsafe impl aya::Pod for super::RetransmitLayout {}
-    unsafe impl aya::Pod for super::ResetLayout {}
-    unsafe impl aya::Pod for super::StateChangeLayout {}
-    unsafe impl aya::Pod for super::ProbeLayout {}
+    /// Each of these is #[repr(C)], Copy, made only of integers, with explicit padding
+    /// fields, so every bit pattern is valid and no byte is uninitialised.
+    macro_rules! pod {
+        ($($t:ident),*) => {$(
+            // SAFETY: see the macro's doc: integers only, explicit padding, repr(C).
+            unsafe impl aya::Pod for super::$t {}
+        )*};
+    }
+    pod!(
+        LinkKey,
+        LinkStats,
+        UrgentBudget,
+        RetransmitLayout,
+        ResetLayout,
+        StateChangeLayout,
+        ProbeLayout
+    );
 }
 
 #[cfg(test)]

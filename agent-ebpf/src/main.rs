@@ -29,6 +29,8 @@
 //! both sides, `last_loss_ns`, is only ever stored whole (a store cannot tear). The
 //! urgent-event budget is multiword read-modify-write state, so each side has its own
 //! slot of `URGENT_BUDGET` ([`URGENT_BUDGET_TRACEPOINTS`], [`URGENT_BUDGET_SOCK_OPS`]).
+// aya's program macros hand each entry point its context by value.
+#![expect(clippy::needless_pass_by_value)]
 #![no_std]
 #![no_main]
 
@@ -106,18 +108,26 @@ const EEXIST: i32 = 17;
 /// (a call per field cost ~25 ns each on the per-segment path).
 struct Record([u8; RECORD_COPY_MAX]);
 
+/// [`RECORD_COPY_MAX`] as the helper's length type (128 fits any integer type).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a small constant, checked below"
+)]
+const RECORD_COPY_MAX_U32: u32 = RECORD_COPY_MAX as u32;
+const _: () = assert!(RECORD_COPY_MAX_U32 as usize == RECORD_COPY_MAX);
+
 impl Record {
     /// Fills `self` in place: returning the 128 bytes by value would copy them on a
     /// stack that only has 512.
     #[inline(always)]
     fn copy(&mut self, ctx: &TracePointContext, len: u16) -> Result<(), i64> {
-        let len = (len as usize).min(RECORD_COPY_MAX);
+        let len = u32::from(len).min(RECORD_COPY_MAX_U32);
         // SAFETY: copies at most RECORD_COPY_MAX bytes into a buffer of that size;
         // the helper checks the source address itself.
         let rc = unsafe {
             helper::bpf_probe_read_kernel(
                 self.0.as_mut_ptr().cast(),
-                len as u32,
+                len,
                 ctx.as_ptr().cast_const(),
             )
         };
@@ -449,12 +459,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
         | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             // OR in our flag: another agent or tool may have asked for others.
             let flags = ctx.cb_flags() | BPF_SOCK_OPS_RTO_CB_FLAG;
-            ctx.set_cb_flags(flags as i32).map_err(i64::from)?;
+            ctx.set_cb_flags(flags.cast_signed()).map_err(i64::from)?;
         }
         BPF_SOCK_OPS_RTO_CB => {
             // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
             let state = unsafe { (*ctx.ops).state };
-            if state as i32 == TCP_SYN_SENT {
+            if state.cast_signed() == TCP_SYN_SENT {
                 // Counted as a SYN retransmission by the tracepoint.
                 return Ok(());
             }

@@ -294,7 +294,7 @@ fn uplink(
     ip(&[
         "-n", parent, "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns", child,
     ])?;
-    let v4 = |end: u8| format!("10.254.{}.{end}", l);
+    let v4 = |end: u8| format!("10.254.{l}.{end}");
     let v6 = |end: u8| format!("fd00:fe:{hi:x}{lo:02x}::{end}");
     if l > 255 {
         bail!("more than 255 router links: the transit nets 10.254.L.0/30 run out");

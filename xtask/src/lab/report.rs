@@ -42,8 +42,14 @@ impl CpuSnapshot {
 
     pub(super) fn since(&self, start: &Self) -> Cpu {
         // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = f64::from(
+            u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+                .unwrap_or(100)
+                .max(1),
+        );
         let secs = (self.at - start.at).as_secs_f64().max(1e-3);
+        // CPU ticks of a few seconds fit f64 exactly.
+        #[expect(clippy::cast_precision_loss)]
         let pct = |now: u64, then: u64| now.saturating_sub(then) as f64 / hz / secs * 100.0;
         let agents: Vec<f64> = self
             .agents

@@ -348,7 +348,7 @@ impl Scenario {
         match &settled {
             Ok(d) => println!("  settled after {:.1} s", d.as_secs_f64()),
             Err(why) => {
-                println!("  NOT settled after {SETTLE_TIMEOUT:?} ({why}); injecting anyway")
+                println!("  NOT settled after {SETTLE_TIMEOUT:?} ({why}); injecting anyway");
             }
         }
         let rtt = lab.rtt_by_site_pair(QUIET);

@@ -131,7 +131,7 @@ impl Traffic {
             let to = SocketAddr::new(f.remote, ECHO_PORT);
             let flow = u32::try_from(i).unwrap_or(u32::MAX);
             // Stagger the flows so they do not all fire together.
-            let offset = REQUEST_GAP.mul_f64((i % 10) as f64 / 10.0);
+            let offset = REQUEST_GAP / 10 * u32::try_from(i % 10).unwrap_or(0);
             traffic.threads.push(std::thread::spawn(move || {
                 if enter(&ns).is_ok() {
                     sleep(offset);
@@ -281,7 +281,9 @@ fn bulk_flow(to: SocketAddr, stop: &AtomicBool) {
             }
             continue;
         };
-        let allowed = (since.elapsed().as_secs_f64() * BULK_BYTES_PER_SEC as f64) as u64;
+        let allowed =
+            u64::try_from(u128::from(BULK_BYTES_PER_SEC) * since.elapsed().as_micros() / 1_000_000)
+                .unwrap_or(u64::MAX);
         if *sent > allowed {
             sleep(Duration::from_millis(20));
             continue;

@@ -225,9 +225,9 @@ impl Dc {
             }
             fresh.push(batch);
         }
-        for v in 0..n {
+        for (v, own) in fresh.iter().enumerate() {
             // Its own links at once; each peer's last tick, if their stream still flows.
-            self.agents[v].observe(&fresh[v], self.now);
+            self.agents[v].observe(own, self.now);
             let peers: Vec<usize> = (0..n).filter(|&p| p != v && self.connected(p, v)).collect();
             for p in peers {
                 self.agents[v].observe(&self.in_flight[p], self.now);

@@ -72,6 +72,10 @@ struct LinkSlot {
 /// A link's place in the slot arena.
 type SlotId = u32;
 
+/// One host's vote for one enclosing entity: (entity, the host's ancestor just below
+/// it, its state from outside the entity, fresh, who saw it fail).
+type HostVote = (EntityId, EntityId, LinkStatus, bool, TwoObservers);
+
 #[derive(Default)]
 struct Node {
     /// The entities enclosing it (itself at its own level).
@@ -447,8 +451,7 @@ impl Detector {
         for &host in &self.by_level[Level::Host] {
             let node = &self.nodes[host.index()];
             let host_level = node.outside[Level::Host].status(now, &self.cfg);
-            let mut votes: PerLevel<Option<(EntityId, EntityId, LinkStatus, bool, TwoObservers)>> =
-                PerLevel::default();
+            let mut votes: PerLevel<Option<HostVote>> = PerLevel::default();
             let mut child = host;
             for level in [Level::Rack, Level::Cabinet, Level::Site] {
                 if let Some(e) = node.around[level] {
