@@ -29,8 +29,8 @@ use std::{
 };
 
 use faultline::{
+    Feed, FeedLimits,
     detector::{ChildEvidence, Entity, Evidence, State, Verdict},
-    feed::{Feed, FeedLimits},
     topology::{Level, Topology},
 };
 use faultline_proto::v1::{self as pb, verdicts_client::VerdictsClient, watch_event::Event};

@@ -37,7 +37,7 @@ pub struct Requirement {
 
 /// Where the preflight looks: the paths the agent will use; tests point it at fixtures.
 #[derive(Debug, Clone)]
-pub struct CheckPaths {
+pub(crate) struct CheckPaths {
     pub tracefs: PathBuf,
     pub bpffs: PathBuf,
     pub btf: PathBuf,
@@ -50,7 +50,7 @@ pub struct CheckPaths {
 
 impl CheckPaths {
     /// The paths `faultline run` with `config` would use.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         Self {
             tracefs: config.probe.tracefs.clone(),
             bpffs: PathBuf::from("/sys/fs/bpf"),
@@ -115,7 +115,7 @@ fn requirement(
 }
 
 /// Runs every check.
-pub fn run(paths: &CheckPaths) -> Vec<Requirement> {
+pub(crate) fn run(paths: &CheckPaths) -> Vec<Requirement> {
     let mounts = mounts::read();
     let mut out = vec![privileges(), kernel_version(), btf(&paths.btf)];
     let tracefs_ok = paths.tracefs.join("events").is_dir();
@@ -345,7 +345,7 @@ fn kernel_version() -> Requirement {
 }
 
 /// "6.18.44-fc" → (6, 18).
-pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;

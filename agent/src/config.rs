@@ -12,12 +12,12 @@ use serde::Deserialize;
 use crate::{detector::DetectorConfig, probe::ProbeOptions};
 
 /// Where `faultline run` looks when `--config` is not given.
-pub const DEFAULT_PATH: &str = "/etc/faultline/faultline.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/faultline/faultline.toml";
 
 /// The largest config file read. The config is a few dozen keys and a list of peer
 /// agents: the example is under 4 KiB, and 1 MiB holds ten thousand peers. Enforced
 /// while reading, so a wrong `--config /dev/zero` is refused instead of filling memory.
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,32 @@
 //! Faultline agent library: everything the `faultline` binary does, so integration
-//! tests and benchmarks drive the same code the daemon runs.
-pub mod check;
-pub mod config;
-pub mod feed;
-pub mod links_report;
-pub mod metrics;
-pub mod mounts;
-pub mod netif;
-pub mod probe;
-pub mod run;
-pub mod watch;
+//! tests and benchmarks drive the same code the daemon runs. Modules are private; what
+//! the binary, the tests and the benches use is re-exported here, and nothing else.
+mod check;
+mod config;
+mod feed;
+mod links_report;
+mod metrics;
+mod mounts;
+mod netif;
+mod probe;
+mod run;
+mod watch;
 
-// The pure core, under the names the rest of the agent has always used.
-pub use faultline_core::{detector, topology};
+// The pure core: topology, link types and the verdict engine.
+pub use faultline_core::{detector, link, topology};
+
+/// `faultline check`: the preflight.
+pub mod preflight {
+    pub use crate::check::{passed, render, run_with_config, topology_summary};
+}
+
+/// `faultline links`: one observation window, tabulated.
+pub mod links {
+    pub use crate::links_report::{render_table, rows};
+}
+
+pub use config::{Config, ConfigError};
+pub use feed::{Feed, FeedLimits};
+pub use probe::{Probe, ProbeError, ProbeOptions, UrgentEvents, UrgentRecord};
+pub use run::{Agent, RunError, observe_links, run};
+pub use watch::{WatchOptions, watch};

@@ -101,7 +101,7 @@ fn fmt_us(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::RttHistogram;
+    use faultline_core::link::RttHistogram;
 
     fn sample(remote: &str, retrans: u64) -> LinkSample {
         LinkSample {

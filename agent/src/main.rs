@@ -3,11 +3,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use faultline::{
-    check,
-    config::Config,
-    links_report, run,
+    Config, links, preflight,
     topology::{Level, Topology},
-    watch,
 };
 
 #[derive(Parser)]
@@ -101,7 +98,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run::run(&config, shutdown_signal()))?;
+            rt.block_on(faultline::run(&config, shutdown_signal()))?;
         }
         Command::Watch {
             endpoint,
@@ -109,7 +106,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             prefix,
             json,
         } => {
-            let options = watch::WatchOptions {
+            let options = faultline::WatchOptions {
                 endpoint,
                 levels: level,
                 path_prefix: prefix,
@@ -120,7 +117,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(async {
                 tokio::select! {
-                    r = watch::watch(&options, std::io::stdout()) => r.map_err(|s| anyhow::anyhow!("{}", s.message())),
+                    r = faultline::watch(&options, std::io::stdout()) => r.map_err(|s| anyhow::anyhow!("{}", s.message())),
                     _ = shutdown_signal() => Ok(()),
                 }
             })?;
@@ -128,7 +125,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Topology { command } => match command {
             TopologyCommand::Check { file } => {
                 let topology = Topology::load(&file)?;
-                println!("{}", check::topology_summary(&file, &topology));
+                println!("{}", preflight::topology_summary(&file, &topology));
             }
             TopologyCommand::Lookup { file, ip } => {
                 let topology = Topology::load(&file)?;
@@ -136,9 +133,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Check { config } => {
-            let reqs = check::run_with_config(config.as_deref());
-            print!("{}", check::render(&reqs));
-            if !check::passed(&reqs) {
+            let reqs = preflight::run_with_config(config.as_deref());
+            print!("{}", preflight::render(&reqs));
+            if !preflight::passed(&reqs) {
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -148,14 +145,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let config = Config::load(config.as_deref())?;
-            let samples = run::observe_links(&config, duration)?;
-            let rows = links_report::rows(&samples);
+            let samples = faultline::observe_links(&config, duration)?;
+            let rows = links::rows(&samples);
             if json {
                 for row in &rows {
                     println!("{}", serde_json::to_string(row)?);
                 }
             } else {
-                print!("{}", links_report::render_table(&rows));
+                print!("{}", links::render_table(&rows));
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::{detector::State, feed::hub::Hub, topology::Level};
 
 /// Counters the run loop updates.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub ticks: AtomicU64,
     /// Duration of the latest evaluation (read maps + detector tick), ns.
     pub last_tick_ns: AtomicU64,
@@ -35,16 +35,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn set(gauge: &AtomicU64, v: u64) {
+    pub(crate) fn set(gauge: &AtomicU64, v: u64) {
         gauge.store(v, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of these counters and the hub's verdicts.
-    pub fn render(&self, hub: &Hub) -> String {
+    pub(crate) fn render(&self, hub: &Hub) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
@@ -131,7 +131,7 @@ impl Metrics {
 }
 
 /// Serves `/metrics` on `listener` forever.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Arc<Hub>) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Arc<Hub>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             // Out of file descriptors, say: back off instead of spinning.

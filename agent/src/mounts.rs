@@ -10,20 +10,20 @@ const MOUNTS: &str = "/proc/self/mounts";
 
 /// One line of the mount table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
+pub(crate) struct Mount {
     pub mount_point: PathBuf,
     pub fstype: String,
 }
 
 /// This process's mount table, in mount order; empty if it cannot be read.
-pub fn read() -> Vec<Mount> {
+pub(crate) fn read() -> Vec<Mount> {
     std::fs::read_to_string(MOUNTS)
         .map(|text| parse(&text))
         .unwrap_or_default()
 }
 
 /// Parses mount-table text; malformed lines are skipped.
-pub fn parse(text: &str) -> Vec<Mount> {
+pub(crate) fn parse(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
@@ -37,12 +37,12 @@ pub fn parse(text: &str) -> Vec<Mount> {
 }
 
 /// The first mount of `fstype` (the root of the cgroup v2 hierarchy, say).
-pub fn first_of_type<'a>(mounts: &'a [Mount], fstype: &str) -> Option<&'a Mount> {
+pub(crate) fn first_of_type<'a>(mounts: &'a [Mount], fstype: &str) -> Option<&'a Mount> {
     mounts.iter().find(|m| m.fstype == fstype)
 }
 
 /// True when `path` itself is a mount point of `fstype`.
-pub fn is_mount_of(mounts: &[Mount], path: &Path, fstype: &str) -> bool {
+pub(crate) fn is_mount_of(mounts: &[Mount], path: &Path, fstype: &str) -> bool {
     mounts
         .iter()
         .any(|m| m.mount_point == path && m.fstype == fstype)
@@ -51,7 +51,7 @@ pub fn is_mount_of(mounts: &[Mount], path: &Path, fstype: &str) -> bool {
 /// The mount `path` lives on: the longest mount point that contains it (the latest
 /// such mount when several share a mount point, as the kernel shows the top one).
 /// `path` should be absolute and canonical.
-pub fn containing<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+pub(crate) fn containing<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
     mounts
         .iter()
         .filter(|m| path.starts_with(&m.mount_point))

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Every IPv4/IPv6 address on this namespace's interfaces, loopback excluded.
-pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
+pub(crate) fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {

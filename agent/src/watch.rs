@@ -112,7 +112,7 @@ fn level_name(e: Option<&pb::Entity>) -> &'static str {
 }
 
 /// One verdict as JSON: what scripts and dashboards consume.
-pub fn verdict_json(sequence: u64, v: &pb::Verdict) -> serde_json::Value {
+pub(crate) fn verdict_json(sequence: u64, v: &pb::Verdict) -> serde_json::Value {
     let entity = v.entity.as_ref();
     json!({
         "sequence": sequence,

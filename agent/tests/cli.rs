@@ -191,8 +191,8 @@ fn a_malformed_config_is_refused_before_anything_is_attached() {
 #[test]
 fn watch_prints_the_snapshot_then_each_change_as_json() {
     use faultline::{
+        FeedLimits,
         detector::{State, Verdict},
-        feed::FeedLimits,
         topology::Level,
     };
     use faultline_integration::feed::FeedServer;

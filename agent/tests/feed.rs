@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use faultline::{
+    FeedLimits,
     detector::{State, Verdict},
-    feed::FeedLimits,
     topology::Level,
 };
 use faultline_integration::feed::FeedServer;

@@ -12,8 +12,8 @@ use std::{
 };
 
 use faultline::{
+    FeedLimits,
     detector::{State, Verdict},
-    feed::FeedLimits,
     topology::Level,
 };
 use faultline_integration::feed::FeedServer;

@@ -2,10 +2,7 @@
 //! verdicts and real clients. Stopped on drop.
 use std::{net::SocketAddr, path::Path, sync::Arc, time::SystemTime};
 
-use faultline::{
-    feed::{Feed, FeedLimits},
-    topology::Topology,
-};
+use faultline::{Feed, FeedLimits, topology::Topology};
 use tokio::{net::TcpListener, sync::oneshot};
 
 pub struct FeedServer {

@@ -11,8 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultline::probe::{
-    Link, LinkCounters, LinkSample, Probe, ProbeOptions, RttHistogram, UrgentEvents, UrgentRecord,
+use faultline::{
+    Probe, ProbeOptions, UrgentEvents, UrgentRecord,
+    link::{Link, LinkCounters, LinkSample, RttHistogram},
 };
 use faultline_ebpf::UrgentKind;
 use faultline_integration::{

@@ -9,7 +9,7 @@ use crate::{
     topology::Level,
 };
 
-pub fn level(l: Level) -> pb::Level {
+pub(crate) fn level(l: Level) -> pb::Level {
     match l {
         Level::Host => pb::Level::Host,
         Level::Rack => pb::Level::Rack,
@@ -18,7 +18,7 @@ pub fn level(l: Level) -> pb::Level {
     }
 }
 
-pub fn level_from(l: pb::Level) -> Option<Level> {
+pub(crate) fn level_from(l: pb::Level) -> Option<Level> {
     match l {
         pb::Level::Unspecified => None,
         pb::Level::Host => Some(Level::Host),
@@ -28,21 +28,12 @@ pub fn level_from(l: pb::Level) -> Option<Level> {
     }
 }
 
-pub fn state(s: State) -> pb::State {
+pub(crate) fn state(s: State) -> pb::State {
     match s {
         State::Unknown => pb::State::Unknown,
         State::Healthy => pb::State::Healthy,
         State::Degraded => pb::State::Degraded,
         State::Failed => pb::State::Failed,
-    }
-}
-
-pub fn state_from(s: pb::State) -> State {
-    match s {
-        pb::State::Unspecified | pb::State::Unknown => State::Unknown,
-        pb::State::Healthy => State::Healthy,
-        pb::State::Degraded => State::Degraded,
-        pb::State::Failed => State::Failed,
     }
 }
 
@@ -55,7 +46,7 @@ fn link_state(s: LinkStatus) -> pb::State {
     }
 }
 
-pub fn entity(e: &Entity) -> pb::Entity {
+pub(crate) fn entity(e: &Entity) -> pb::Entity {
     pb::Entity {
         level: level(e.level).into(),
         path: e.path.to_string(),
@@ -104,7 +95,7 @@ fn evidence(e: &Evidence) -> pb::Evidence {
 }
 
 /// `epoch`: the wall-clock time of the detector's zero.
-pub fn verdict(v: &Verdict, epoch: SystemTime) -> pb::Verdict {
+pub(crate) fn verdict(v: &Verdict, epoch: SystemTime) -> pb::Verdict {
     let since = epoch + v.since;
     pb::Verdict {
         entity: Some(entity(&v.entity)),
@@ -119,7 +110,7 @@ pub fn verdict(v: &Verdict, epoch: SystemTime) -> pb::Verdict {
     }
 }
 
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
@@ -291,15 +282,21 @@ mod tests {
         for l in Level::ALL {
             assert_eq!(level_from(level(l)), Some(l));
         }
-        for s in [
-            State::Unknown,
-            State::Healthy,
-            State::Degraded,
-            State::Failed,
-        ] {
-            assert_eq!(state_from(state(s)), s);
-        }
+        assert_eq!(
+            [
+                State::Unknown,
+                State::Healthy,
+                State::Degraded,
+                State::Failed
+            ]
+            .map(state),
+            [
+                pb::State::Unknown,
+                pb::State::Healthy,
+                pb::State::Degraded,
+                pb::State::Failed
+            ]
+        );
         assert_eq!(level_from(pb::Level::Unspecified), None);
-        assert_eq!(state_from(pb::State::Unspecified), State::Unknown);
     }
 }

@@ -7,11 +7,11 @@ use super::convert;
 use crate::{detector::Verdict, topology::Level};
 
 /// Longest accepted `path_prefix`, bytes. Real paths are a few dozen.
-pub const MAX_PATH_PREFIX: usize = 1024;
+pub(crate) const MAX_PATH_PREFIX: usize = 1024;
 
 /// A validated filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Empty: every level.
     levels: Vec<Level>,
     /// Empty: every path.
@@ -19,7 +19,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn parse(f: Option<&pb::Filter>) -> Result<Self, Status> {
+    pub(crate) fn parse(f: Option<&pb::Filter>) -> Result<Self, Status> {
         let Some(f) = f else {
             return Ok(Self::default());
         };
@@ -60,7 +60,7 @@ impl Filter {
         })
     }
 
-    pub fn matches(&self, v: &Verdict) -> bool {
+    pub(crate) fn matches(&self, v: &Verdict) -> bool {
         let level_ok = self.levels.is_empty() || self.levels.contains(&v.entity.level);
         let path = v.entity.path.as_ref();
         let path_ok = self.path_prefix.is_empty()

@@ -21,7 +21,7 @@ use crate::{
     topology::{Level, Topology},
 };
 
-pub struct HealthService {
+pub(crate) struct HealthService {
     hub: Arc<Hub>,
     topology: Arc<Topology>,
     /// The agent's own status: true while serving, false once shutting down.
@@ -29,7 +29,11 @@ pub struct HealthService {
 }
 
 impl HealthService {
-    pub fn new(hub: Arc<Hub>, topology: Arc<Topology>, agent: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        topology: Arc<Topology>,
+        agent: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             hub,
             topology,

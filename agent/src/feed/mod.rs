@@ -5,12 +5,12 @@
 //! Verdict changes enter through [`Feed::publish`] from the run loop; observations of
 //! this agent through [`Feed::publish_observations`]. Subscribers read from bounded
 //! buffers, so no client can slow detection down.
-pub mod convert;
-pub mod filter;
-pub mod health;
-pub mod hub;
-pub mod observations;
-pub mod verdicts;
+pub(crate) mod convert;
+pub(crate) mod filter;
+pub(crate) mod health;
+pub(crate) mod hub;
+pub(crate) mod observations;
+pub(crate) mod verdicts;
 
 use std::{future::Future, sync::Arc, time::SystemTime};
 
@@ -26,7 +26,7 @@ use observations::Publisher;
 
 /// Largest request the services decode (bytes). Real requests are tiny; a larger
 /// one is refused by the transport.
-pub const MAX_REQUEST: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 
 /// Buffer sizes of the feed; the defaults suit thousands of subscribers.
 #[derive(Debug, Clone, Copy)]

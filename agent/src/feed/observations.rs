@@ -73,7 +73,7 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
 
 /// A peer's batch as detector observations; None if it names no observer or carries
 /// an address that does not parse.
-pub fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>> {
+pub(crate) fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>> {
     if batch.observer.is_empty() {
         return None;
     }
@@ -145,7 +145,7 @@ impl Observations for Publisher {
 
 /// What a peer follower tells the run loop.
 #[derive(Debug)]
-pub enum PeerMessage {
+pub(crate) enum PeerMessage {
     /// One tick of the peer's observations (possibly none: the batch still says the
     /// peer is alive).
     Batch {
@@ -163,7 +163,7 @@ pub enum PeerMessage {
 /// Batches come every tick; a peer silent for `silence` (three ticks) is lost: its
 /// evidence is dropped at once and the stream reconnected. A stream into a blackhole
 /// stays open for minutes otherwise, and its last evidence would count late.
-pub async fn follow_peer(
+pub(crate) async fn follow_peer(
     endpoint: String,
     me: String,
     silence: Duration,

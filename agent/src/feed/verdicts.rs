@@ -17,14 +17,14 @@ use super::{
     hub::{Hub, Numbered, Start},
 };
 
-pub struct VerdictService {
+pub(crate) struct VerdictService {
     hub: Arc<Hub>,
     /// Messages queued per subscriber before it counts as slow.
     queue: usize,
 }
 
 impl VerdictService {
-    pub fn new(hub: Arc<Hub>, queue: usize) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, queue: usize) -> Self {
         Self {
             hub,
             queue: queue.max(1),

@@ -9,11 +9,11 @@
 use log::{Level, Log, Metadata, Record};
 
 /// The `tracing` target of every kernel log record.
-pub const KERNEL_LOG_TARGET: &str = "faultline::kernel";
+pub(crate) const KERNEL_LOG_TARGET: &str = "faultline::kernel";
 
 /// A `log::Log` that re-emits aya-log records as `tracing` events.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct KernelLog;
+pub(crate) struct KernelLog;
 
 impl Log for KernelLog {
     fn enabled(&self, _: &Metadata<'_>) -> bool {

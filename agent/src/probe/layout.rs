@@ -47,7 +47,7 @@ pub enum LayoutError {
 
 /// One `field:` line of a format file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Field {
+pub(crate) struct Field {
     pub offset: usize,
     pub size: usize,
     /// 1-based line in the format file, for error messages.
@@ -56,14 +56,14 @@ pub struct Field {
 
 /// The parsed fields of one tracepoint.
 #[derive(Debug)]
-pub struct Format {
+pub(crate) struct Format {
     path: PathBuf,
     fields: HashMap<String, Field>,
 }
 
 impl Format {
     /// Reads and parses `<tracefs>/events/<group>/<event>/format`.
-    pub fn read(tracefs: &Path, group: &str, event: &str) -> Result<Self, LayoutError> {
+    pub(crate) fn read(tracefs: &Path, group: &str, event: &str) -> Result<Self, LayoutError> {
         let path = tracefs
             .join("events")
             .join(group)
@@ -77,7 +77,7 @@ impl Format {
     }
 
     /// Parses the text of a format file; `path` is only used in errors.
-    pub fn parse(path: PathBuf, text: &str) -> Result<Self, LayoutError> {
+    pub(crate) fn parse(path: PathBuf, text: &str) -> Result<Self, LayoutError> {
         let mut fields = HashMap::new();
         for (index, line) in text.lines().enumerate() {
             let line_no = index + 1;
@@ -119,7 +119,7 @@ impl Format {
     }
 
     /// The offset of `name`, checked to be `size` bytes and addressable by the programs.
-    pub fn offset(&self, name: &str, size: usize) -> Result<u16, LayoutError> {
+    pub(crate) fn offset(&self, name: &str, size: usize) -> Result<u16, LayoutError> {
         let field = self
             .fields
             .get(name)
@@ -165,7 +165,7 @@ fn field_name(decl: &str) -> Option<&str> {
 
 /// All the layouts the kernel programs need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layouts {
+pub(crate) struct Layouts {
     pub retransmit: RetransmitLayout,
     pub reset: ResetLayout,
     pub state_change: StateChangeLayout,
@@ -180,7 +180,7 @@ const SOCKADDR_IN6_SIZE: usize = 28;
 
 impl Layouts {
     /// Reads every format file the programs depend on from `tracefs`.
-    pub fn read(tracefs: &Path) -> Result<Self, LayoutError> {
+    pub(crate) fn read(tracefs: &Path) -> Result<Self, LayoutError> {
         Self::from_formats(
             &Format::read(tracefs, "tcp", "tcp_retransmit_skb")?,
             &Format::read(tracefs, "tcp", "tcp_receive_reset")?,
@@ -189,7 +189,7 @@ impl Layouts {
         )
     }
 
-    pub fn from_formats(
+    pub(crate) fn from_formats(
         retransmit: &Format,
         reset: &Format,
         state_change: &Format,

@@ -6,11 +6,11 @@
 //! maps and links, so two agents on one host never share or corrupt state; dropping a
 //! `Probe` detaches everything. The programs' own log records (rare kernel-side
 //! failures, through aya-log) are forwarded to `tracing` under the target
-//! [`KERNEL_LOG_TARGET`] at every [`Probe::sample`] (see [`kernel_log`]).
-pub mod kernel_log;
-pub mod layout;
-pub mod sample;
-pub mod urgent;
+//! `faultline::kernel` at every [`Probe::sample`] (see [`kernel_log`]).
+pub(crate) mod kernel_log;
+pub(crate) mod layout;
+pub(crate) mod sample;
+pub(crate) mod urgent;
 
 use std::{
     collections::HashMap,
@@ -26,10 +26,10 @@ use aya::{
 use aya_log::EbpfLogger;
 use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, URGENT_BUDGET_SLOTS, UrgentBudget};
 
-pub use faultline_core::link::{Link, LinkCounters, LinkSample, RttHistogram};
-pub use kernel_log::{KERNEL_LOG_TARGET, KernelLog};
-pub use layout::{LayoutError, Layouts};
-pub use sample::{LinkTotals, SampleTracker};
+pub(crate) use faultline_core::link::{Link, LinkCounters, LinkSample};
+pub(crate) use kernel_log::KernelLog;
+pub(crate) use layout::{LayoutError, Layouts};
+pub(crate) use sample::{LinkTotals, SampleTracker};
 pub use urgent::{UrgentEvents, UrgentRecord};
 
 /// The eBPF object built by build.rs (empty when the build was skipped).
@@ -37,7 +37,7 @@ static KERNEL_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
 
 /// The tracepoints the programs attach to: (program, group, event).
-pub const TRACEPOINTS: [(&str, &str, &str); 4] = [
+pub(crate) const TRACEPOINTS: [(&str, &str, &str); 4] = [
     ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
@@ -292,7 +292,7 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), String> {
 }
 
 /// The first cgroup v2 mount point: the root of the hierarchy, which sees every socket.
-pub fn cgroup2_mount() -> Option<PathBuf> {
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
     crate::mounts::first_of_type(&crate::mounts::read(), "cgroup2").map(|m| m.mount_point.clone())
 }
 

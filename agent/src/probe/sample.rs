@@ -71,7 +71,7 @@ impl LinkTotals {
 
 /// Turns successive kernel snapshots into per-tick deltas.
 #[derive(Debug, Default)]
-pub struct SampleTracker {
+pub(crate) struct SampleTracker {
     previous: HashMap<LinkKey, LinkTotals>,
 }
 
@@ -79,7 +79,7 @@ impl SampleTracker {
     /// Takes the current totals of every link and returns the samples of the links
     /// that changed since the last call (all of them on the first call).
     /// `now_ns` is CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         current: HashMap<LinkKey, LinkTotals>,
         now_ns: u64,
@@ -114,7 +114,7 @@ impl SampleTracker {
 }
 
 /// CLOCK_MONOTONIC in ns, comparable with the kernel's `bpf_ktime_get_ns()`.
-pub fn monotonic_now_ns() -> u64 {
+pub(crate) fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -90,16 +90,7 @@ impl Agent {
         let (metrics_listener, metrics_addr) =
             bind(config.listen.metrics, "listen.metrics").await?;
         let detector = Detector::new(topology.clone(), config.detector.clone());
-        let mut probe = Probe::attach(&config.probe.probe_options())?;
-        match probe.sock_ops_status() {
-            SockOpsStatus::Attached(cgroup) => {
-                tracing::info!(cgroup = %cgroup.display(), "sock_ops attached: RTOs are counted");
-            }
-            SockOpsStatus::Unavailable(why) => {
-                tracing::warn!(reason = %why, "sock_ops not attached: RTOs are not counted, retransmissions are");
-            }
-        }
-        let urgent = probe.take_urgent_events().transpose()?;
+        let (probe, urgent) = attach_probe(config)?;
         let feed = Feed::new(
             observer.name.clone(),
             Arc::new(topology),
@@ -108,30 +99,9 @@ impl Agent {
         );
         let metrics = Arc::new(Metrics::default());
         let mut tasks = Tasks::default();
-        let (stop_server, server_stopped) = oneshot::channel::<()>();
-        let server = feed.clone();
-        tasks.spawn(GRPC_SERVER, async move {
-            server
-                .serve(grpc_listener, async {
-                    let _ = server_stopped.await;
-                })
-                .await
-                .map_err(|e| format!("{e:#}"))
-        });
-        let (serve_metrics, hub) = (metrics.clone(), feed.hub.clone());
-        tasks.spawn("metrics server", async move {
-            crate::metrics::serve(metrics_listener, serve_metrics, hub).await;
-            Ok(())
-        });
-        let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
-        for endpoint in &config.agent.peers {
-            let (endpoint, me, tx) = (endpoint.clone(), observer.name.to_string(), peer_tx.clone());
-            let silence = PEER_SILENT_TICKS * config.probe.tick;
-            tasks.spawn(format!("peer follower {endpoint}"), async move {
-                follow_peer(endpoint, me, silence, tx).await;
-                Ok(())
-            });
-        }
+        let stop_server =
+            spawn_servers(&mut tasks, &feed, &metrics, grpc_listener, metrics_listener);
+        let peers = spawn_peer_followers(&mut tasks, config, &observer);
         tracing::info!(
             observer = %observer.name,
             local_addresses = observer.local_count(),
@@ -315,6 +285,65 @@ impl Agent {
             Stop::Failed(e) => Err(e),
         }
     }
+}
+
+/// Loads and attaches the kernel programs; says whether RTOs will be counted.
+fn attach_probe(config: &Config) -> Result<(Probe, Option<UrgentEvents>), RunError> {
+    let mut probe = Probe::attach(&config.probe.probe_options())?;
+    match probe.sock_ops_status() {
+        SockOpsStatus::Attached(cgroup) => {
+            tracing::info!(cgroup = %cgroup.display(), "sock_ops attached: RTOs are counted");
+        }
+        SockOpsStatus::Unavailable(why) => {
+            tracing::warn!(reason = %why, "sock_ops not attached: RTOs are not counted, retransmissions are");
+        }
+    }
+    let urgent = probe.take_urgent_events().transpose()?;
+    Ok((probe, urgent))
+}
+
+/// The gRPC and metrics servers; returns what stops the gRPC server gracefully.
+fn spawn_servers(
+    tasks: &mut Tasks,
+    feed: &Feed,
+    metrics: &Arc<Metrics>,
+    grpc: TcpListener,
+    metrics_listener: TcpListener,
+) -> oneshot::Sender<()> {
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let server = feed.clone();
+    tasks.spawn(GRPC_SERVER, async move {
+        server
+            .serve(grpc, async {
+                let _ = server_stopped.await;
+            })
+            .await
+            .map_err(|e| format!("{e:#}"))
+    });
+    let (serve_metrics, hub) = (metrics.clone(), feed.hub.clone());
+    tasks.spawn("metrics server", async move {
+        crate::metrics::serve(metrics_listener, serve_metrics, hub).await;
+        Ok(())
+    });
+    stop_server
+}
+
+/// One follower per configured peer; their batches arrive on the returned channel.
+fn spawn_peer_followers(
+    tasks: &mut Tasks,
+    config: &Config,
+    observer: &Observer,
+) -> mpsc::Receiver<PeerMessage> {
+    let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
+    let silence = PEER_SILENT_TICKS * config.probe.tick;
+    for endpoint in &config.agent.peers {
+        let (endpoint, me, tx) = (endpoint.clone(), observer.name.to_string(), peer_tx.clone());
+        tasks.spawn(format!("peer follower {endpoint}"), async move {
+            follow_peer(endpoint, me, silence, tx).await;
+            Ok(())
+        });
+    }
+    peers
 }
 
 /// Binds `addr`; errors name the config key that set it.

@@ -7,7 +7,7 @@ mod tasks;
 use std::{net::SocketAddr, time::Duration};
 
 pub use agent::Agent;
-pub use observer::Observer;
+pub(crate) use observer::Observer;
 
 use crate::{
     config::Config,
@@ -66,7 +66,7 @@ pub async fn run(
 
 /// An error and its causes on one line, `outer: inner: root`. Messages never repeat
 /// their source, so this is how an error is printed wherever it leaves the program.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -78,7 +78,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Loads the topology named by the config, or an empty one.
-pub fn load_topology(config: &Config) -> Result<Topology, TopologyError> {
+pub(crate) fn load_topology(config: &Config) -> Result<Topology, TopologyError> {
     match &config.agent.topology {
         Some(path) => Topology::load(path),
         None => Ok(Topology::default()),
@@ -86,7 +86,7 @@ pub fn load_topology(config: &Config) -> Result<Topology, TopologyError> {
 }
 
 /// One structured line per verdict change.
-pub fn log_verdict(v: &Verdict) {
+pub(crate) fn log_verdict(v: &Verdict) {
     tracing::info!(
         target: "faultline::verdict",
         level = %v.entity.level,

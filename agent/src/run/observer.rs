@@ -5,13 +5,13 @@ use super::RunError;
 use crate::{config::Config, detector::Observation, netif, probe::LinkSample};
 
 /// The agent's identity and the links it judges.
-pub struct Observer {
+pub(crate) struct Observer {
     pub name: Arc<str>,
     locals: HashSet<IpAddr>,
 }
 
 impl Observer {
-    pub fn from_config(config: &Config) -> Result<Self, RunError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, RunError> {
         let name = config.agent.name.clone().unwrap_or_else(hostname);
         let locals = match &config.agent.local_addresses {
             Some(list) => list.iter().copied().collect(),
@@ -27,13 +27,13 @@ impl Observer {
     }
 
     /// How many addresses this agent judges links for.
-    pub fn local_count(&self) -> usize {
+    pub(crate) fn local_count(&self) -> usize {
         self.locals.len()
     }
 
     /// This host's links among the samples, as observations. Loopback and other
     /// namespaces' traffic are not this host's network.
-    pub fn observations(&self, samples: &[LinkSample]) -> Vec<Observation> {
+    pub(crate) fn observations(&self, samples: &[LinkSample]) -> Vec<Observation> {
         samples
             .iter()
             .filter(|s| self.locals.contains(&s.link.local) && !s.link.remote.is_loopback())

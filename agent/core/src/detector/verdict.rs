@@ -122,6 +122,7 @@ pub struct Verdict {
 impl Verdict {
     /// A verdict with no evidence, for tests and benchmarks that drive the feed without
     /// a detector. The detector itself never announces a verdict without evidence.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn scripted(level: Level, path: &str, state: State) -> Self {
         Self {
             entity: Entity {
