@@ -194,22 +194,38 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
     lab.add_address(&lab.b, b2);
     lab.add_address(&lab.c, c2);
     let dir = std::env::temp_dir().join(format!("faultline-lab-{}", std::process::id()));
-    let config = write_config(&dir, &lab, "lab-a", lab.a.v4, &[]);
     let _sink_b = Sink::start(&lab.b.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
     let _sink_c = Sink::start(&lab.c.ns, SocketAddr::new([0, 0, 0, 0].into(), 5001));
+    // Above host level no verdict rests on one observer: agent A follows agent C, and
+    // both send to rack rb.
+    let agent_c = Agent::start(&write_config(&dir, &lab, "lab-c", c1, &[]));
+    let config = write_config(
+        &dir,
+        &lab,
+        "lab-a",
+        lab.a.v4,
+        &[format!("http://{}", agent_c.grpc)],
+    );
     let agent = Agent::start(&config);
     let feed = watch_racks(&agent.grpc);
-    let flows: Vec<_> = [b1, b2, c1, c2]
-        .into_iter()
-        .map(|to| {
-            paced(
-                &lab.a.ns,
-                SocketAddr::new(to, 5001),
-                Duration::from_secs(7),
-                2 << 20,
-            )
-        })
-        .collect();
+    let flows: Vec<_> = [
+        (&lab.a, b1),
+        (&lab.a, b2),
+        (&lab.a, c1),
+        (&lab.a, c2),
+        (&lab.c, b1),
+        (&lab.c, b2),
+    ]
+    .into_iter()
+    .map(|(from, to)| {
+        paced(
+            &from.ns,
+            SocketAddr::new(to, 5001),
+            Duration::from_secs(7),
+            2 << 20,
+        )
+    })
+    .collect();
 
     let mut seen = Vec::new();
     let rack_b = "lab/c1/rb";
@@ -264,12 +280,12 @@ fn a_blackholed_rack_is_announced_as_the_rack_and_nothing_else_fails() {
         }
     }
     let rack = failures.iter().find(|v| v["path"] == rack_b).unwrap();
-    assert_eq!(rack["observers"], "lab-a");
+    assert_eq!(rack["observers"], "lab-a,lab-c");
     assert!(
         rack["reason"]
             .as_str()
             .unwrap()
-            .contains("2 of 2 observed hosts failed"),
+            .contains("2 of 2 observed hosts fail"),
         "{rack:#}"
     );
 }
