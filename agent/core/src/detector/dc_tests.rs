@@ -481,10 +481,12 @@ fn a_silent_peer_is_set_aside_at_once() {
         !o.alive(dc.now, &DetectorConfig::default()),
         "still counted after going silent"
     );
-    let host = &dc.agents[v].nodes[dc.agents[v].topology.find("east/e2/r1/h1").unwrap().index()];
     assert!(
-        host.views.iter().all(|view| usize::from(view.observer)
-            != usize::from(dc.agents[v].observer_ids[&dc.names[peer]])),
+        dc.agents[v]
+            .views_of(dc.agents[v].topology.find("east/e2/r1/h1").unwrap())
+            .iter()
+            .all(|view| usize::from(view.observer)
+                != usize::from(dc.agents[v].observer_ids[&dc.names[peer]])),
         "its views still count"
     );
 }

@@ -137,7 +137,7 @@ pub(super) fn agreeing(d: &Detector, id: EntityId, state: State, now: Duration) 
     };
     for h in hosts {
         let around = &d.nodes[h.index()].around;
-        for v in &d.nodes[h.index()].views {
+        for v in d.views_of(h) {
             let o = &d.observers[usize::from(v.observer)];
             if o.around[level] != Some(id) && o.may_judge(around) && supports(v.status) {
                 observers.insert(v.observer);

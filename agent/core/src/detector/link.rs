@@ -284,6 +284,16 @@ impl LinkHealth {
         }
     }
 
+    /// The stall's start, the last progress and the last evidence, in ms on the
+    /// detector's clock (`u64::MAX`: never): the views' hot loop takes them raw.
+    pub(super) fn stamps_ms(&self) -> (u64, u64, u64) {
+        (
+            self.stall_since.0,
+            self.last_progress.0,
+            self.last_evidence.0,
+        )
+    }
+
     /// When the current stall began (losing with no progress since), if stalled.
     pub fn stall_onset(&self) -> Option<Duration> {
         self.stall_since.get()

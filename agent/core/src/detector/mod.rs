@@ -82,9 +82,9 @@ struct Node {
     around: PerLevel<Option<EntityId>>,
     /// Links to this host (hosts only): (observer, slot), sorted by observer.
     links: Vec<(u16, SlotId)>,
-    /// This tick, hosts only: each observer's view, and the host as seen from
-    /// outside each of its enclosing entities.
-    views: Vec<View>,
+    /// This tick, hosts only: its observers' views (a range of `Detector::views`),
+    /// and the host as seen from outside each of its enclosing entities.
+    views: std::ops::Range<u32>,
     outside: PerLevel<Outside>,
     /// This tick, racks and above: the vote of its hosts.
     vote: Vote,
@@ -99,7 +99,8 @@ struct Node {
     hold: Hold,
     /// Held but not yet announced: children wait for it before announcing themselves.
     pending: bool,
-    published: Option<Verdict>,
+    /// Boxed: a verdict is hundreds of bytes, and a tick walks every node.
+    published: Option<Box<Verdict>>,
     /// The top failed ancestor (or self) as published this tick, for children.
     failed_root: Option<EntityId>,
 }
@@ -116,6 +117,9 @@ pub struct Detector {
     slots: Vec<LinkSlot>,
     /// Each slot's status this tick, computed once.
     status: Vec<LinkStatus>,
+    /// Every (observer, host) view of this tick, host after host: one sequential
+    /// buffer rather than a vector per host, which at 100k views missed the cache.
+    views: Vec<View>,
     /// (observer, link) → slot.
     link_index: FxHashMap<(u16, Link), SlotId>,
     /// Per observer, the slot its i-th observation went to last time: batches from
@@ -138,6 +142,7 @@ impl Detector {
             observer_ids: HashMap::new(),
             slots: Vec::new(),
             status: Vec::new(),
+            views: Vec::new(),
             link_index: FxHashMap::default(),
             hints: Vec::new(),
             weights: link::DecayWeights::default(),
@@ -322,7 +327,7 @@ impl Detector {
     pub fn verdicts(&self) -> Vec<Verdict> {
         self.nodes
             .iter()
-            .filter_map(|n| n.published.clone())
+            .filter_map(|n| n.published.as_deref().cloned())
             .collect()
     }
 
@@ -330,7 +335,7 @@ impl Detector {
     pub fn verdict(&self, level: Level, path: &str) -> Option<&Verdict> {
         let id = self.topology.find(path)?;
         (self.topology.entity(id).level == level)
-            .then(|| self.nodes[id.index()].published.as_ref())
+            .then(|| self.nodes[id.index()].published.as_deref())
             .flatten()
     }
 
@@ -341,32 +346,46 @@ impl Detector {
         self.status.clear();
         self.status
             .extend(self.slots.iter().map(|s| s.health.status(now, cfg)));
+        self.views.clear();
+        let (now_ms, fresh_ms) = (views::ms(now), views::ms(cfg.fresh_evidence));
         for o in &mut self.observers {
             o.begin_tick();
         }
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
-            node.views.clear();
+            let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
             let (slots, status) = (&self.slots, &self.status);
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let observer = chunk[0].0;
-                if !self.observers[usize::from(observer)].alive(now, cfg) {
+                let o = &mut self.observers[usize::from(observer)];
+                if !o.alive(now, cfg) {
                     continue;
                 }
+                let outside = outside_count(&node.around, &o.around);
                 let links = chunk.iter().map(|&(_, slot)| {
-                    let h = &slots[slot as usize].health;
                     (
                         status[slot as usize],
-                        h.stall_onset(),
-                        h.last_progress_at(),
-                        h.last_evidence_at(),
+                        slots[slot as usize].health.stamps_ms(),
                     )
                 });
-                node.views.push(views::view_of(observer, links, now, cfg));
+                let view = views::view_of(observer, outside, links, now_ms, fresh_ms);
+                o.count(view.status);
+                self.views.push(view);
             }
+            node.views = start..u32::try_from(self.views.len()).expect("fewer than 2^32 views");
+        }
+        // Only observers with enough failing views can be cut off: tally them by level.
+        if !self.observers.iter().any(|o| o.may_be_cut_off(cfg)) {
+            return;
+        }
+        for &host in &self.by_level[Level::Host] {
+            let node = &self.nodes[host.index()];
             let group = node.around[Level::Rack].unwrap_or(host);
-            for v in &node.views {
-                self.observers[usize::from(v.observer)].tally(v, &node.around, group);
+            for v in &self.views[range(&node.views)] {
+                let o = &mut self.observers[usize::from(v.observer)];
+                if o.may_be_cut_off(cfg) {
+                    o.tally(v, &node.around, group);
+                }
             }
         }
     }
@@ -394,29 +413,12 @@ impl Detector {
         self.totals = Totals::default();
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
-            node.outside = PerLevel::default();
-            let around = node.around;
-            for v in node.views.iter().filter(|v| v.status == LinkStatus::Failed) {
-                let o = &self.observers[usize::from(v.observer)];
-                if o.may_judge(&around) {
-                    for level in outside_levels(around, o.around) {
-                        node.outside[level].add_failing(v);
-                    }
-                }
-            }
-            for v in node
-                .views
-                .iter()
-                .filter(|v| v.status > LinkStatus::Unknown && v.status < LinkStatus::Failed)
-            {
-                let o = &self.observers[usize::from(v.observer)];
-                if o.may_judge(&around) {
-                    let degraded = v.status == LinkStatus::Degraded && !o.discount_degraded;
-                    for level in outside_levels(around, o.around) {
-                        node.outside[level].add_delivering(v, degraded, cfg);
-                    }
-                }
-            }
+            node.outside = outside_of(
+                &self.views[range(&node.views)],
+                &node.around,
+                &self.observers,
+                cfg,
+            );
             let from_outside = node.outside[Level::Host].status(now, cfg);
             let cut_off = node.cut_off;
             let failing = cut_off || from_outside == LinkStatus::Failed;
@@ -523,7 +525,7 @@ impl Detector {
                     if grew {
                         let fresh = evidence::build(self, id, state, cause, published.since, now);
                         changes.push(fresh.clone());
-                        self.nodes[id.index()].published = Some(fresh);
+                        self.nodes[id.index()].published = Some(Box::new(fresh));
                     }
                     continue;
                 }
@@ -534,7 +536,7 @@ impl Detector {
                     };
                     let verdict = evidence::build(self, id, state, cause, since, now);
                     changes.push(verdict.clone());
-                    self.nodes[id.index()].published = Some(verdict);
+                    self.nodes[id.index()].published = Some(Box::new(verdict));
                 }
             }
         }
@@ -600,15 +602,73 @@ impl Detector {
     }
 }
 
-/// The levels at which a view of a host counts: those whose entity does not hold the
-/// observer. Nested, so they run from the host up to the first entity they share.
-fn outside_levels(
-    host: PerLevel<Option<EntityId>>,
-    observer: PerLevel<Option<EntityId>>,
-) -> impl Iterator<Item = Level> {
-    Level::ALL
-        .into_iter()
-        .take_while(move |&l| host[l].is_some() && host[l] != observer[l])
+/// A node's views as an index range of `Detector::views`.
+fn range(r: &std::ops::Range<u32>) -> std::ops::Range<usize> {
+    r.start as usize..r.end as usize
+}
+
+/// The views of one host this tick.
+impl Detector {
+    fn views_of(&self, host: EntityId) -> &[View] {
+        &self.views[range(&self.nodes[host.index()].views)]
+    }
+}
+
+/// How many of a host's enclosing entities, from the host up, do not hold the
+/// observer: its view counts at those levels. Nested, so they run from the host up to
+/// the first entity they share.
+fn outside_count(host: &PerLevel<Option<EntityId>>, observer: &PerLevel<Option<EntityId>>) -> u8 {
+    let mut n = 0;
+    for l in Level::ALL {
+        if host[l].is_none() || host[l] == observer[l] {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The host as seen from outside each of its enclosing entities. Each view lands in
+/// the bucket of how many levels it is outside; each level sums the buckets above it.
+/// Witnesses need every level's onset first, so they are counted in a second pass,
+/// and only when something fails.
+fn outside_of(
+    views: &[View],
+    around: &PerLevel<Option<EntityId>>,
+    observers: &[Observer],
+    cfg: &DetectorConfig,
+) -> PerLevel<Outside> {
+    let mut buckets = [Outside::default(); 5];
+    for v in views {
+        let o = &observers[usize::from(v.observer)];
+        if v.status == LinkStatus::Unknown || !o.may_judge(around) {
+            continue;
+        }
+        let b = &mut buckets[usize::from(v.outside)];
+        if v.status == LinkStatus::Failed {
+            b.add_failing(v);
+        } else {
+            b.add_delivering(v.status == LinkStatus::Degraded && !o.discount_degraded);
+        }
+    }
+    let mut out = PerLevel::<Outside>::default();
+    let mut acc = Outside::default();
+    for level in Level::ALL.into_iter().rev() {
+        acc.merge(&buckets[level.index() + 1]);
+        out[level] = acc;
+    }
+    if out[Level::Host].failing > 0 {
+        let delivering =
+            |v: &&View| v.status > LinkStatus::Unknown && v.status < LinkStatus::Failed;
+        for v in views.iter().filter(delivering) {
+            if observers[usize::from(v.observer)].may_judge(around) {
+                for level in Level::ALL.into_iter().take(usize::from(v.outside)) {
+                    out[level].add_witness(v, cfg);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn is_within(topology: &Topology, mut e: EntityId, ancestor: EntityId) -> bool {

@@ -63,8 +63,14 @@ pub(super) struct Observer {
     // This tick:
     pub(super) inside: PerLevel<Tally>,
     pub(super) outside: PerLevel<Tally>,
+    /// Its views with a known state, failing, and degraded. Only an observer with
+    /// enough failing views can be cut off, so only those are tallied by level.
+    pub(super) known_views: u32,
+    pub(super) failed_views: u32,
     pub(super) degraded_views: u32,
     pub(super) discount_degraded: bool,
+    /// Where its views count this tick: everywhere, or only inside this entity.
+    judges_only_inside: Option<(Level, EntityId)>,
 }
 
 impl Observer {
@@ -79,8 +85,11 @@ impl Observer {
             cut_now: None,
             inside: PerLevel::default(),
             outside: PerLevel::default(),
+            known_views: 0,
+            failed_views: 0,
             degraded_views: 0,
             discount_degraded: false,
+            judges_only_inside: None,
         }
     }
 
@@ -93,20 +102,35 @@ impl Observer {
     pub(super) fn begin_tick(&mut self) {
         self.inside = PerLevel::default();
         self.outside = PerLevel::default();
+        self.known_views = 0;
+        self.failed_views = 0;
         self.degraded_views = 0;
     }
 
-    /// Counts one view of a host enclosed by `host_around`; `group` is its rack (or
-    /// the host itself when it has none).
+    /// Counts one view, whatever its host.
+    pub(super) fn count(&mut self, status: LinkStatus) {
+        match status {
+            LinkStatus::Unknown => return,
+            LinkStatus::Failed => self.failed_views += 1,
+            LinkStatus::Degraded => self.degraded_views += 1,
+            LinkStatus::Healthy => {}
+        }
+        self.known_views += 1;
+    }
+
+    /// Enough failing views that it might be cut off: worth tallying by level.
+    pub(super) fn may_be_cut_off(&self, cfg: &DetectorConfig) -> bool {
+        self.failed_views >= cfg.local_fault_min_hosts || self.cut.held || self.cut.pending()
+    }
+
+    /// Tallies one view of a host enclosed by `host_around`, on each side of each of
+    /// its own enclosing entities; `group` is the host's rack (or the host itself).
     pub(super) fn tally(
         &mut self,
         v: &View,
         host_around: &PerLevel<Option<EntityId>>,
         group: EntityId,
     ) {
-        if v.status == LinkStatus::Degraded {
-            self.degraded_views += 1;
-        }
         for level in Level::ALL {
             let Some(mine) = self.around[level] else {
                 break;
@@ -130,10 +154,17 @@ impl Observer {
         } else if !self.cut.held {
             self.cut_level = None;
         }
-        let observed = self.outside[Level::Host].observed;
+        let observed = self.known_views;
         self.discount_degraded = observed >= cfg.local_fault_min_hosts
             && f64::from(self.degraded_views)
                 >= cfg.degraded_observer_fraction * f64::from(observed);
+        // The raw finding counts at once (no confirm): a cut-off observer's failing
+        // views would otherwise race its own verdict and blame the outside for a few
+        // ticks. The held one keeps them aside while its connections come back.
+        let level = self.cut_now.or(self
+            .cut_level
+            .filter(|_| self.cut.held || self.cut.pending()));
+        self.judges_only_inside = level.and_then(|l| self.around[l].map(|e| (l, e)));
     }
 
     /// The entity this observer is cut off in, if any (see the module doc).
@@ -179,15 +210,10 @@ impl Observer {
     }
 
     /// Whether its view of a host enclosed by `host_around` counts: not while it is
-    /// cut off from that host's side of the boundary. The raw finding counts at once
-    /// (no confirm): a cut-off observer's failing views would otherwise race its own
-    /// verdict and blame the outside for a few ticks.
+    /// cut off from that host's side of the boundary.
     pub(super) fn may_judge(&self, host_around: &PerLevel<Option<EntityId>>) -> bool {
-        let level = self.cut_now.or(self
-            .cut_level
-            .filter(|_| self.cut.held || self.cut.pending()));
-        match level {
-            Some(level) => self.around[level].is_some() && host_around[level] == self.around[level],
+        match self.judges_only_inside {
+            Some((level, e)) => host_around[level] == Some(e),
             None => true,
         }
     }

@@ -16,53 +16,64 @@ use std::time::Duration;
 
 use super::{DetectorConfig, link::LinkStatus};
 
-/// One observer's view of one host this tick, from all its links to that host.
+/// One observer's view of one host this tick, from all its links to that host. 24
+/// bytes: a tick writes one per (observer, host) pair, 100k of them at fleet scale.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct View {
+    /// Failing: when the earliest of its failing links stopped progressing, ms.
+    onset_ms: u64,
+    /// The latest progress seen on any of its links to the host, ms.
+    progress_ms: u64,
     pub(super) observer: u16,
     pub(super) status: LinkStatus,
-    /// Failing: when the earliest of its failing links stopped progressing.
-    pub(super) onset: Option<Duration>,
-    /// The latest progress seen on any of its links to the host.
-    pub(super) last_progress: Option<Duration>,
     /// Failing with loss evidence no older than `fresh_evidence`: only such a view
     /// may raise a new FAILED.
     pub(super) fresh: bool,
+    /// How many of the host's enclosing entities, from the host up, do not hold the
+    /// observer (0: none — the observer is the host itself; 4: not even its site).
+    pub(super) outside: u8,
 }
 
-/// Folds one observer's links to a host (status, onset, last progress, last evidence)
-/// into its view.
+const NEVER: u64 = u64::MAX;
+
+/// A time on the detector's clock in ms, as views keep it.
+pub(super) fn ms(t: Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(NEVER - 1)
+}
+
+/// One link's status, then its stall onset, last progress and last evidence in ms
+/// (`u64::MAX`: never).
+pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64));
+
+/// Folds one observer's links to a host into its view. `now_ms` and `fresh_ms` are
+/// the clock and `fresh_evidence` in ms, computed once per tick.
 pub(super) fn view_of(
     observer: u16,
-    links: impl Iterator<
-        Item = (
-            LinkStatus,
-            Option<Duration>,
-            Option<Duration>,
-            Option<Duration>,
-        ),
-    >,
-    now: Duration,
-    cfg: &DetectorConfig,
+    outside: u8,
+    links: impl Iterator<Item = LinkFacts>,
+    now_ms: u64,
+    fresh_ms: u64,
 ) -> View {
     let (mut failed, mut healthy, mut degraded) = (false, false, false);
     let mut view = View {
+        onset_ms: NEVER,
+        progress_ms: NEVER,
         observer,
         status: LinkStatus::Unknown,
-        onset: None,
-        last_progress: None,
         fresh: false,
+        outside,
     };
-    for (status, onset, progress, evidence) in links {
-        view.last_progress = view.last_progress.max(progress);
+    for (status, (onset, progress, evidence)) in links {
+        if progress != NEVER && (view.progress_ms == NEVER || progress > view.progress_ms) {
+            view.progress_ms = progress;
+        }
         match status {
             LinkStatus::Failed => {
                 failed = true;
-                view.onset = Some(
-                    view.onset
-                        .map_or(onset.unwrap_or(now), |o| o.min(onset.unwrap_or(now))),
-                );
-                view.fresh |= evidence.is_some_and(|e| now.saturating_sub(e) <= cfg.fresh_evidence);
+                view.onset_ms = view
+                    .onset_ms
+                    .min(if onset == NEVER { now_ms } else { onset });
+                view.fresh |= evidence != NEVER && now_ms.saturating_sub(evidence) <= fresh_ms;
             }
             LinkStatus::Healthy => healthy = true,
             LinkStatus::Degraded => degraded = true,
@@ -81,7 +92,7 @@ pub(super) fn view_of(
         LinkStatus::Unknown
     };
     if view.status != LinkStatus::Failed {
-        view.onset = None;
+        view.onset_ms = NEVER;
         view.fresh = false;
     }
     view
@@ -113,44 +124,70 @@ impl TwoObservers {
 }
 
 /// A host as seen, this tick, from outside one of its enclosing entities.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Outside {
     pub(super) failing: u32,
     pub(super) witnesses: u32,
     /// Views that see the host deliver (healthy or degraded), witnesses or not.
     pub(super) reached: u32,
     pub(super) degraded: u32,
-    /// The earliest onset among the failing views.
-    pub(super) onset: Option<Duration>,
+    /// The earliest onset among the failing views, ms (`u64::MAX`: none).
+    onset_ms: u64,
     pub(super) fresh: bool,
     pub(super) failing_observers: TwoObservers,
 }
 
+impl Default for Outside {
+    fn default() -> Self {
+        Self {
+            failing: 0,
+            witnesses: 0,
+            reached: 0,
+            degraded: 0,
+            onset_ms: NEVER,
+            fresh: false,
+            failing_observers: TwoObservers::default(),
+        }
+    }
+}
+
 impl Outside {
-    /// First pass: a failing view sets the onset the witnesses are measured against.
+    /// A failing view: it sets the onset the witnesses are measured against.
     pub(super) fn add_failing(&mut self, v: &View) {
         self.failing += 1;
-        self.onset = match (self.onset, v.onset) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.onset_ms = self.onset_ms.min(v.onset_ms);
         self.fresh |= v.fresh;
         self.failing_observers.add(v.observer);
     }
 
-    /// Second pass: a delivering view, which is a witness if it saw progress after
-    /// the onset (with slack). `degraded`: the view counts as degraded.
-    pub(super) fn add_delivering(&mut self, v: &View, degraded: bool, cfg: &DetectorConfig) {
+    /// A delivering view; `degraded`: it counts as degraded. Witnesses are counted
+    /// apart ([`Self::add_witness`]) once every onset is known.
+    pub(super) fn add_delivering(&mut self, degraded: bool) {
         self.reached += 1;
         if degraded {
             self.degraded += 1;
         }
-        if let Some(onset) = self.onset
-            && v.last_progress
-                .is_some_and(|p| p > onset + cfg.witness_slack)
+    }
+
+    /// A delivering view is a witness if it saw progress after the onset (with slack).
+    pub(super) fn add_witness(&mut self, v: &View, cfg: &DetectorConfig) {
+        if self.onset_ms != NEVER
+            && v.progress_ms != NEVER
+            && v.progress_ms > self.onset_ms.saturating_add(ms(cfg.witness_slack))
         {
             self.witnesses += 1;
         }
+    }
+
+    /// Adds what another set of views saw (for the nested outside sets of a host).
+    pub(super) fn merge(&mut self, o: &Self) {
+        self.failing += o.failing;
+        self.witnesses += o.witnesses;
+        self.reached += o.reached;
+        self.degraded += o.degraded;
+        self.onset_ms = self.onset_ms.min(o.onset_ms);
+        self.fresh |= o.fresh;
+        self.failing_observers.merge(o.failing_observers);
     }
 
     /// The host's state from here.
@@ -159,9 +196,8 @@ impl Outside {
             // One observer alone waits twice the slack: long enough for a witness
             // with progress after `onset + witness_slack` to have reported it.
             let agreed = self.failing_observers.count() >= 2
-                || self
-                    .onset
-                    .is_some_and(|o| now.saturating_sub(o) >= 2 * cfg.witness_slack);
+                || (self.onset_ms != NEVER
+                    && ms(now).saturating_sub(self.onset_ms) >= ms(2 * cfg.witness_slack));
             if agreed {
                 return LinkStatus::Failed;
             }
@@ -186,27 +222,25 @@ impl Outside {
 mod tests {
     use super::*;
 
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
-
     fn failing(observer: u16, onset: u64) -> View {
         View {
+            onset_ms: onset,
+            progress_ms: onset.saturating_sub(50),
             observer,
             status: LinkStatus::Failed,
-            onset: Some(ms(onset)),
-            last_progress: Some(ms(onset.saturating_sub(50))),
             fresh: true,
+            outside: 4,
         }
     }
 
     fn delivering(observer: u16, progress: u64) -> View {
         View {
+            onset_ms: NEVER,
+            progress_ms: progress,
             observer,
             status: LinkStatus::Healthy,
-            onset: None,
-            last_progress: Some(ms(progress)),
             fresh: false,
+            outside: 4,
         }
     }
 
@@ -217,9 +251,15 @@ mod tests {
             o.add_failing(v);
         }
         for v in views.iter().filter(|v| v.status != LinkStatus::Failed) {
-            o.add_delivering(v, false, &cfg);
+            o.add_delivering(false);
+            o.add_witness(v, &cfg);
         }
-        o.status(ms(now), &cfg)
+        o.status(Duration::from_millis(now), &cfg)
+    }
+
+    #[test]
+    fn a_view_stays_small() {
+        assert!(size_of::<View>() <= 24, "{}", size_of::<View>());
     }
 
     #[test]
