@@ -9,9 +9,10 @@ use std::{
 };
 
 use crate::{
-    config::{Config, DEFAULT_PATH},
+    config::{Config, DEFAULT_PATH, Peers},
     mounts,
     probe::{Layouts, TRACEPOINTS},
+    run::{Observer, error_chain, load_topology},
     topology::Topology,
 };
 
@@ -95,7 +96,40 @@ pub fn run_with_config(path: Option<&Path>) -> Vec<Requirement> {
     };
     let mut out = vec![line];
     out.extend(run(&CheckPaths::from_config(&config)));
+    out.push(peers(&config));
     out
+}
+
+/// The peers the agent would follow: as listed, or chosen from the topology for this
+/// host (`"auto"`), refused as `faultline run` would refuse them.
+fn peers(config: &Config) -> Requirement {
+    let detail = match config.agent.peers.get_ref() {
+        Peers::List(list) => Ok(format!("{} configured", list.len())),
+        Peers::Auto => auto_peers(config),
+    };
+    match detail {
+        Ok(detail) => requirement("peers", Need::Required, true, detail, None),
+        Err(why) => requirement(
+            "peers",
+            Need::Required,
+            false,
+            why,
+            Some("correct agent.peers, agent.topology or agent.local_addresses: `faultline run` refuses this config too".into()),
+        ),
+    }
+}
+
+/// `auto: 15 chosen from the topology for dc-a/c1/r1/a11-1`, or why none can be.
+fn auto_peers(config: &Config) -> Result<String, String> {
+    let topology = load_topology(config).map_err(|e| e.to_string())?;
+    let observer = Observer::from_config(config).map_err(|e| error_chain(&e))?;
+    let resolved = crate::peers::resolve(config, &topology, &observer.addresses())
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "auto: {} chosen from the topology for {}",
+        resolved.endpoints.len(),
+        resolved.me.unwrap_or_default()
+    ))
 }
 
 fn requirement(

@@ -7,7 +7,7 @@ use std::{
 };
 
 use faultline_core::capped_read::{self, CappedReadError};
-use serde::Deserialize;
+use serde::{Deserialize, de};
 
 use crate::{detector::DetectorConfig, probe::ProbeOptions};
 
@@ -48,7 +48,19 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    /// A value that is valid alone but cannot be used with the rest of the config or on
+    /// this host: `peers = "auto"` without a topology, or on a host the topology lacks.
+    #[error("{path}:{line}: {key}: {reason}")]
+    Unusable {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        reason: String,
+    },
 }
+
+/// The default `agent.peer_port`: the default gRPC port (`listen.grpc`).
+pub const DEFAULT_PEER_PORT: u16 = 7431;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -57,9 +69,20 @@ pub struct Config {
     pub listen: ListenConfig,
     pub probe: ProbeConfig,
     pub detector: DetectorConfig,
+    /// Where the config came from, for errors found after parsing (None: defaults).
+    #[serde(skip)]
+    pub(crate) origin: Option<Origin>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// The file a config was read from, and the line of `agent.peers` in it, so that
+/// `peers = "auto"` refused at start-up is refused naming the file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) path: PathBuf,
+    pub(crate) peers_line: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// This agent's name as an observer in verdicts. Default: the host name.
@@ -71,10 +94,70 @@ pub struct AgentConfig {
     /// network namespace. The kernel sees every namespace's sockets; this keeps
     /// containers' traffic from being mistaken for the host's.
     pub local_addresses: Option<Vec<IpAddr>>,
-    /// Other agents to exchange observations with, as gRPC endpoints
-    /// (`http://10.1.2.11:7431`). Their observations join this agent's verdicts under
-    /// their names. Default: none.
-    pub peers: Vec<String>,
+    /// Other agents to exchange observations with: a list of gRPC endpoints
+    /// (`http://10.1.2.11:7431`), or `"auto"` to choose them from the topology. Their
+    /// observations join this agent's verdicts under their names. Default: none.
+    /// Spanned: `"auto"` can be refused at start-up naming its line.
+    pub peers: toml::Spanned<Peers>,
+    /// The gRPC port of the agents `peers = "auto"` chooses. Default 7431, the default
+    /// `listen.grpc` port: a fleet that moves it sets both.
+    pub peer_port: u16,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            topology: None,
+            local_addresses: None,
+            peers: toml::Spanned::new(0..0, Peers::default()),
+            peer_port: DEFAULT_PEER_PORT,
+        }
+    }
+}
+
+/// `agent.peers`: the agents this agent follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peers {
+    /// These endpoints, as written.
+    List(Vec<String>),
+    /// Chosen from the topology around this host
+    /// ([`auto_peers`](faultline_core::topology::auto_peers)).
+    Auto,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self::List(Vec::new())
+    }
+}
+
+/// `"auto"` or a list of strings; any other string is refused with what is expected.
+impl<'de> Deserialize<'de> for Peers {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PeersVisitor;
+        impl<'de> de::Visitor<'de> for PeersVisitor {
+            type Value = Peers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#""auto" or a list of endpoints like ["http://10.1.2.11:7431"]"#)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Peers, E> {
+                if text == "auto" {
+                    Ok(Peers::Auto)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(text), &self))
+                }
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Peers, A::Error> {
+                let mut list = Vec::new();
+                while let Some(endpoint) = seq.next_element::<String>()? {
+                    list.push(endpoint);
+                }
+                Ok(Peers::List(list))
+            }
+        }
+        deserializer.deserialize_any(PeersVisitor)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -137,7 +220,7 @@ impl ProbeConfig {
 impl Config {
     /// Parses `text`; `path` names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| {
+        let mut config: Self = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |span| span.start);
             ConfigError::Syntax {
                 path: path.to_owned(),
@@ -146,8 +229,26 @@ impl Config {
                 message: e.message().trim().replace('\n', "; "),
             }
         })?;
+        config.origin = Some(Origin {
+            path: path.to_owned(),
+            peers_line: line_of(text, config.agent.peers.span().start),
+        });
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// An [`ConfigError::Unusable`] about `agent.peers`, naming its file and line.
+    pub(crate) fn unusable_peers(&self, reason: String) -> ConfigError {
+        let (path, line) = self.origin.as_ref().map_or_else(
+            || (PathBuf::from("(built-in defaults)"), 0),
+            |o| (o.path.clone(), o.peers_line),
+        );
+        ConfigError::Unusable {
+            path,
+            line,
+            key: "agent.peers",
+            reason,
+        }
     }
 
     /// Loads `path`. When `path` is None, the default path is used if it exists and
@@ -187,17 +288,28 @@ impl Config {
         if self.probe.max_links < 16 {
             return Err(invalid("probe.max_links", "must be at least 16"));
         }
-        if let Some(bad) = self
-            .agent
-            .peers
-            .iter()
-            .find(|p| !(p.starts_with("http://") || p.starts_with("https://")))
-        {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                key: "agent.peers",
-                reason: format!("`{bad}` is not an endpoint like http://10.1.2.11:7431"),
-            });
+        match self.agent.peers.get_ref() {
+            Peers::List(list) => {
+                if let Some(bad) = list
+                    .iter()
+                    .find(|p| !(p.starts_with("http://") || p.starts_with("https://")))
+                {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        key: "agent.peers",
+                        reason: format!("`{bad}` is not an endpoint like http://10.1.2.11:7431"),
+                    });
+                }
+            }
+            Peers::Auto if self.agent.topology.is_none() => {
+                return Err(self.unusable_peers(
+                    "\"auto\" chooses peers from the topology: set agent.topology".to_owned(),
+                ));
+            }
+            Peers::Auto => {}
+        }
+        if self.agent.peer_port == 0 {
+            return Err(invalid("agent.peer_port", "must be a port, 1 to 65535"));
         }
         if let Some((key, reason)) = self.detector.invalid() {
             return Err(invalid(key, reason));
@@ -287,6 +399,67 @@ mod tests {
         );
         assert_eq!(c.probe.tick, defaults.probe.tick);
         assert_eq!(c.listen, defaults.listen);
+        assert_eq!(c.agent, defaults.agent);
+        assert_eq!(c.agent.peer_port, DEFAULT_PEER_PORT);
+        assert!(
+            text.contains(r#"# peers = "auto""#),
+            "the example documents \"auto\""
+        );
+    }
+
+    #[test]
+    fn peers_are_a_list_or_auto() {
+        let c = Config::parse(
+            Path::new("f.toml"),
+            "[agent]
+peers = [\"http://10.0.0.1:7431\"]\npeer_port = 9000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.agent.peers.get_ref(),
+            &Peers::List(vec!["http://10.0.0.1:7431".into()])
+        );
+        assert_eq!(c.agent.peer_port, 9000);
+        let c = Config::parse(
+            Path::new("f.toml"),
+            "[agent]\ntopology = \"t.toml\"\npeers = \"auto\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.peers.get_ref(), &Peers::Auto);
+        assert_eq!(
+            Config::default().agent.peers.get_ref(),
+            &Peers::List(vec![])
+        );
+    }
+
+    #[test]
+    fn peers_refusals_name_file_line_and_key() {
+        let refused = |text: &str| {
+            Config::parse(Path::new("/etc/f.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused("[agent]\nname = \"a\"\npeers = \"auto\"\n");
+        assert!(
+            err.starts_with("/etc/f.toml:3: agent.peers: ") && err.contains("agent.topology"),
+            "{err}"
+        );
+        let err = refused("[agent]\npeers = \"everyone\"\n");
+        assert!(
+            err.starts_with("/etc/f.toml:2: agent.peers: ")
+                && err.contains("everyone")
+                && err.contains(r#""auto""#),
+            "{err}"
+        );
+        let err = refused("[agent]\npeers = [\"10.0.0.1:7431\"]\n");
+        assert!(
+            err.contains("agent.peers") && err.contains("not an endpoint"),
+            "{err}"
+        );
+        let err = refused("[agent]\npeer_port = 0\n");
+        assert!(err.contains("agent.peer_port"), "{err}");
+        let err = refused("[agent]\npeer_port = 70000\n");
+        assert!(err.starts_with("/etc/f.toml:2: agent.peer_port: "), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod links_report;
 mod metrics;
 mod mounts;
 mod netif;
+mod peers;
 mod probe;
 mod run;
 mod watch;
@@ -25,7 +26,15 @@ pub mod links {
     pub use crate::links_report::{render_table, rows};
 }
 
-pub use config::{Config, ConfigError};
+/// `peers = "auto"` and `faultline topology peers`: the peers chosen for a host.
+pub mod peer_choice {
+    pub use crate::{
+        config::DEFAULT_PEER_PORT,
+        peers::{ChosenPeer, HostNotFound, choose, find_host},
+    };
+}
+
+pub use config::{Config, ConfigError, Peers};
 pub use feed::{Feed, FeedLimits};
 pub use probe::{Probe, ProbeError, ProbeOptions, UrgentEvents, UrgentRecord};
 pub use run::{Agent, RunError, observe_links, run};

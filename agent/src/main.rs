@@ -3,8 +3,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use faultline::{
-    Config, links, preflight,
-    topology::{Level, Topology},
+    Config, links, peer_choice, preflight,
+    topology::{DEFAULT_FANOUT, Level, Topology},
 };
 
 #[derive(Parser)]
@@ -76,6 +76,18 @@ enum TopologyCommand {
     Check { file: PathBuf },
     /// Print where an address sits, e.g. `dc-a/c1/r3/web-7`.
     Lookup { file: PathBuf, ip: std::net::IpAddr },
+    /// Print the peers `peers = "auto"` chooses for a host: path and endpoint, one a line.
+    Peers {
+        file: PathBuf,
+        /// The host: one of its addresses, or its path (`dc-a/c1/r1/web-1`).
+        host: String,
+        /// Peers chosen at most (the agent uses the default).
+        #[arg(long, default_value_t = DEFAULT_FANOUT)]
+        fanout: usize,
+        /// The peers' gRPC port (`agent.peer_port`).
+        #[arg(long, default_value_t = peer_choice::DEFAULT_PEER_PORT)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +142,18 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             TopologyCommand::Lookup { file, ip } => {
                 let topology = Topology::load(&file)?;
                 println!("{}", topology.host_path(ip));
+            }
+            TopologyCommand::Peers {
+                file,
+                host,
+                fanout,
+                port,
+            } => {
+                let topology = Topology::load(&file)?;
+                let me = peer_choice::find_host(&topology, &host)?;
+                for peer in peer_choice::choose(&topology, me, fanout, port) {
+                    println!("{} {}", peer.path, peer.endpoint);
+                }
             }
         },
         Command::Check { config } => {

@@ -296,3 +296,137 @@ fn an_endless_topology_or_config_is_refused_at_its_cap() {
         "{err}"
     );
 }
+
+const LAB_TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/lab/topology.toml");
+
+/// A config file in a directory of its own; the directory is removed by the caller.
+fn config_file(name: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("faultline-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("faultline.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn topology_peers_prints_each_chosen_peer_with_its_endpoint() {
+    let out = output_within(faultline().args([
+        "topology",
+        "peers",
+        LAB_TOPOLOGY,
+        "dc-a/c1/r1/a11-1",
+        "--fanout",
+        "6",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    let mut paths = std::collections::HashSet::new();
+    for line in &lines {
+        let (path, endpoint) = line.split_once(' ').unwrap();
+        assert!(
+            path.starts_with("dc-") && path != "dc-a/c1/r1/a11-1",
+            "{line}"
+        );
+        assert!(
+            endpoint.starts_with("http://") && endpoint.ends_with(":7431"),
+            "{line}"
+        );
+        assert!(paths.insert(path), "twice: {line}");
+    }
+    // Every site is among them, and an IPv6-only host is reached in brackets.
+    for site in ["dc-a/", "dc-b/", "dc-c/"] {
+        assert!(
+            paths.iter().any(|p| p.starts_with(site)),
+            "no {site}: {text}"
+        );
+    }
+    assert!(text.contains("http://[fd00:73:"), "{text}");
+    // The same host named by its address, the same choice; another port on request.
+    let by_ip = output_within(faultline().args([
+        "topology",
+        "peers",
+        LAB_TOPOLOGY,
+        "10.71.11.11",
+        "--fanout",
+        "6",
+        "--port",
+        "9000",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&by_ip.stdout),
+        text.replace(":7431", ":9000")
+    );
+}
+
+#[test]
+fn topology_peers_refuses_what_is_not_a_host() {
+    let out = output_within(faultline().args(["topology", "peers", LAB_TOPOLOGY, "dc-a/c1"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`dc-a/c1`: a cabinet, not a host"), "{err}");
+}
+
+#[test]
+fn auto_peers_are_refused_before_anything_is_bound_or_attached() {
+    for (name, text, want) in [
+        (
+            "no-topology",
+            "[agent]\npeers = \"auto\"\n".to_owned(),
+            "faultline.toml:2: agent.peers: \"auto\" chooses peers from the topology".to_owned(),
+        ),
+        (
+            "unknown-string",
+            "[agent]\n\npeers = \"everyone\"\n".to_owned(),
+            "faultline.toml:3: agent.peers: invalid value: string \"everyone\", expected \"auto\""
+                .to_owned(),
+        ),
+        (
+            "not-in-topology",
+            format!(
+                "[agent]\ntopology = \"{LAB_TOPOLOGY}\"\nlocal_addresses = [\"192.0.2.7\"]\n\
+                 peers = \"auto\"\n"
+            ),
+            format!(
+                "faultline.toml:4: agent.peers: \"auto\": none of this host's addresses \
+                 (192.0.2.7) is a host address in {LAB_TOPOLOGY}"
+            ),
+        ),
+    ] {
+        let (dir, path) = config_file(name, &text);
+        let out = output_within(faultline().args(["run", "--config"]).arg(&path));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {err}");
+        assert!(err.contains(&want), "{name}: {err}");
+        assert!(!err.contains("probe attached"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn check_prints_how_many_peers_auto_chooses() {
+    let (dir, path) = config_file(
+        "check-auto",
+        &format!(
+            "[agent]\ntopology = \"{LAB_TOPOLOGY}\"\n\
+             local_addresses = [\"fd00:73:21::11\"]\npeers = \"auto\"\n"
+        ),
+    );
+    let out = output_within(faultline().args(["check", "--config"]).arg(&path));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(" peers "))
+        .unwrap_or_else(|| panic!("no peers line: {text}"));
+    assert!(
+        line.starts_with("ok")
+            && line.contains("auto: 15 chosen from the topology for dc-c/c2/r1/c21-1"),
+        "{line}"
+    );
+}

@@ -86,6 +86,10 @@ impl Agent {
                  set agent.local_addresses"
             );
         }
+        let peers = crate::peers::resolve(config, &topology, &observer.addresses())?;
+        if let Some(me) = &peers.me {
+            tracing::info!(host = %me, peers = peers.endpoints.len(), "peers chosen from the topology");
+        }
         let (grpc_listener, grpc_addr) = bind(config.listen.grpc, "listen.grpc").await?;
         let (metrics_listener, metrics_addr) =
             bind(config.listen.metrics, "listen.metrics").await?;
@@ -101,12 +105,13 @@ impl Agent {
         let mut tasks = Tasks::default();
         let stop_server =
             spawn_servers(&mut tasks, &feed, &metrics, grpc_listener, metrics_listener);
-        let peers = spawn_peer_followers(&mut tasks, config, &observer);
+        let peer_count = peers.endpoints.len();
+        let peers = spawn_peer_followers(&mut tasks, config, &peers.endpoints, &observer);
         tracing::info!(
             observer = %observer.name,
             local_addresses = observer.local_count(),
             entities = detector.topology().len(),
-            peers = config.agent.peers.len(),
+            peers = peer_count,
             grpc = %grpc_addr,
             metrics = %metrics_addr,
             tick = ?config.probe.tick,
@@ -328,15 +333,16 @@ fn spawn_servers(
     stop_server
 }
 
-/// One follower per configured peer; their batches arrive on the returned channel.
+/// One follower per peer endpoint; their batches arrive on the returned channel.
 fn spawn_peer_followers(
     tasks: &mut Tasks,
     config: &Config,
+    endpoints: &[String],
     observer: &Observer,
 ) -> mpsc::Receiver<PeerMessage> {
     let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
     let silence = PEER_SILENT_TICKS * config.probe.tick;
-    for endpoint in &config.agent.peers {
+    for endpoint in endpoints {
         let (endpoint, me, tx) = (endpoint.clone(), observer.name.to_string(), peer_tx.clone());
         tasks.spawn(format!("peer follower {endpoint}"), async move {
             follow_peer(endpoint, me, silence, tx).await;

@@ -10,7 +10,7 @@ pub use agent::Agent;
 pub(crate) use observer::Observer;
 
 use crate::{
-    config::Config,
+    config::{Config, ConfigError},
     detector::Verdict,
     probe::{LinkSample, Probe, ProbeError},
     topology::{Topology, TopologyError},
@@ -19,6 +19,10 @@ use crate::{
 /// Why the agent could not start, or stopped on an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The config cannot be used on this host (`peers = "auto"` on a host the
+    /// topology does not list); nothing was bound or attached.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The topology file was refused (nothing was attached).
     #[error(transparent)]
     Topology(#[from] TopologyError),

@@ -26,6 +26,13 @@ impl Observer {
         })
     }
 
+    /// The addresses this agent judges links for, sorted.
+    pub(crate) fn addresses(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self.locals.iter().copied().collect();
+        out.sort_unstable();
+        out
+    }
+
     /// How many addresses this agent judges links for.
     pub(crate) fn local_count(&self) -> usize {
         self.locals.len()

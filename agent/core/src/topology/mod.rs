@@ -4,6 +4,7 @@
 //! file, line and field), and leaves as a [`Topology`]: a table of entities with parent
 //! links, and a longest-prefix-match lookup from a peer address to where it sits.
 mod file;
+mod peers;
 
 use std::{collections::HashMap, fmt, net::IpAddr, path::Path, sync::Arc};
 
@@ -13,6 +14,7 @@ use toml::Spanned;
 use crate::capped_read::{self, CappedReadError};
 use file::Source;
 pub use file::TopologyError;
+pub use peers::{DEFAULT_FANOUT, GUARANTEED_FANOUT, PeerIndex, auto_peers};
 
 /// A level of the failure-domain hierarchy, from the smallest up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -123,6 +125,9 @@ pub struct Topology {
     entities: Vec<EntityInfo>,
     by_path: HashMap<Arc<str>, EntityId>,
     host_addresses: HashMap<IpAddr, EntityId>,
+    /// Each listed host's addresses in file order: the first is where its agent is
+    /// reached (`peers = "auto"`).
+    addresses_of: HashMap<EntityId, Vec<IpAddr>>,
     /// Rack prefixes keyed by (masked network address, length).
     prefixes: HashMap<(IpAddr, u8), EntityId>,
     /// Distinct prefix lengths, longest first, per family (v4, v6).
@@ -244,6 +249,7 @@ impl Topology {
                     ));
                 }
                 topo.host_addresses.insert(addr, id);
+                topo.addresses_of.entry(id).or_default().push(addr);
             }
         }
         for &(net, len) in topo.prefixes.keys() {
@@ -355,6 +361,12 @@ impl Topology {
             at = info.parent;
         }
         out
+    }
+
+    /// The addresses the file lists for host `id`, in file order; empty for any other
+    /// entity and for hosts the detector added.
+    pub fn addresses(&self, id: EntityId) -> &[IpAddr] {
+        self.addresses_of.get(&id).map_or(&[], Vec::as_slice)
     }
 
     pub fn entity(&self, id: EntityId) -> &EntityInfo {

@@ -225,3 +225,16 @@ fn errors_name_the_right_line_deep_into_a_large_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_hosts_addresses_keep_their_file_order() {
+    let t = parse(EXAMPLE).unwrap();
+    let web1 = t.find("dc-a/c1/r1/web-1").unwrap();
+    let want: Vec<IpAddr> = vec![
+        "10.1.1.10".parse().unwrap(),
+        "fd00:a:1:1::10".parse().unwrap(),
+    ];
+    assert_eq!(t.addresses(web1), want.as_slice());
+    let rack = t.entity(web1).parent.unwrap();
+    assert!(t.addresses(rack).is_empty());
+}
