@@ -16,8 +16,10 @@ pub struct DetectorConfig {
     /// SYN retry (hosts where sock_ops is unavailable). 1 s: five minimum RTOs.
     #[serde(with = "crate::duration")]
     pub stall_timeout: Duration,
-    /// A FAILED condition must hold this long before it is announced, so one late ACK
-    /// or one observer's hiccup is not an outage. 100 ms: one default tick.
+    /// A FAILED condition must hold this long before it is announced, so a condition
+    /// seen at one evaluation only is never news. 50 ms: half a default tick, so a
+    /// condition must be seen at two evaluations (a tick, or urgent events 50 ms
+    /// apart); the other guards (two observers, fresh evidence, witnesses) do the rest.
     #[serde(with = "crate::duration")]
     pub confirm: Duration,
     /// Leaving FAILED needs this long of sustained health. 5 s: long enough that a
@@ -100,7 +102,7 @@ impl Default for DetectorConfig {
         Self {
             stale_after: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(1),
-            confirm: Duration::from_millis(100),
+            confirm: Duration::from_millis(50),
             recovery_hold: Duration::from_secs(5),
             flap_window: Duration::from_secs(60),
             max_recovery_hold: Duration::from_secs(80),
