@@ -109,6 +109,7 @@ impl DecayWeights {
 #[derive(Debug, Clone, Copy, Default)]
 struct LastTick {
     progress: u32,
+    acked: u32,
     retrans: u32,
     rto: u16,
     syn_retrans: u16,
@@ -128,6 +129,8 @@ fn narrow16(v: u64) -> u16 {
 /// tick's pass over them stays in cache as much as it can.
 #[derive(Debug, Clone, Default)]
 pub struct LinkHealth {
+    /// The latest tick with evidence; also the time the decayed `retrans` and
+    /// `progress` sums are as of.
     last_evidence: Stamp,
     last_progress: Stamp,
     /// Since when the link has been losing with no progress.
@@ -136,10 +139,10 @@ pub struct LinkHealth {
     stall_hard: u32,
     /// Retransmissions since `stall_since`.
     stall_retrans: u32,
-    /// Retransmissions and segments received, decayed with `loss_window`, as of `loss_at`.
+    /// Retransmissions and segments received, decayed with `loss_window`, as of
+    /// `last_evidence`.
     retrans: f32,
     progress: f32,
-    loss_at: Stamp,
     /// Recent and baseline RTT in µs (0 = no sample yet), as of `rtt_at`.
     rtt_recent_us: f32,
     rtt_baseline_us: f32,
@@ -166,9 +169,11 @@ impl LinkHealth {
             return;
         }
         let stamp = Stamp::at(now);
+        let previous = self.last_evidence;
         self.last_evidence = stamp;
         self.last = LastTick {
             progress: narrow32(c.progress_segs),
+            acked: narrow32(c.acked_segs),
             retrans: narrow32(c.retrans_segs),
             rto: narrow16(c.rto_timeouts),
             syn_retrans: narrow16(c.syn_retrans),
@@ -190,26 +195,23 @@ impl LinkHealth {
             self.stall_hard = self.stall_hard.saturating_add(narrow32(hard));
             self.stall_retrans = self.stall_retrans.saturating_add(narrow32(c.retrans_segs));
         }
-        let w = if self.loss_at == Stamp::NEVER {
+        let w = if previous == Stamp::NEVER {
             0.0
         } else {
-            weights
-                .for_dt(stamp.0.saturating_sub(self.loss_at.0), cfg)
-                .loss
+            weights.for_dt(stamp.0.saturating_sub(previous.0), cfg).loss
         };
         #[expect(clippy::cast_precision_loss)]
         {
             self.retrans = self.retrans * w + (c.retrans_segs + c.rto_timeouts) as f32;
             self.progress = self.progress * w + c.progress_segs as f32;
         }
-        self.loss_at = stamp;
         if let Some(rtt) = delta.rtt_p50_us {
             self.observe_rtt(rtt, stamp, cfg, weights);
         }
     }
 
     fn loss_weight(&self, at: Stamp, cfg: &DetectorConfig) -> f32 {
-        match self.loss_at.get() {
+        match self.last_evidence.get() {
             Some(t) => decay(at.0.saturating_sub(Stamp::at(t).0), cfg.loss_window),
             None => 0.0,
         }
@@ -324,6 +326,7 @@ impl LinkHealth {
         let l = &self.last;
         LinkCounters {
             progress_segs: u64::from(l.progress),
+            acked_segs: u64::from(l.acked),
             retrans_segs: u64::from(l.retrans),
             rto_timeouts: u64::from(l.rto),
             syn_retrans: u64::from(l.syn_retrans),
