@@ -1,10 +1,20 @@
 //! Health of one link (observer's address → peer address) from its per-tick counters.
 //!
 //! FAILED: losing and not progressing — an RTO, SYN retry or failed connect with no
-//! segment from the peer since (or plain retransmissions with no progress for
-//! `stall_timeout`). DEGRADED: still delivering, but retransmitting a lot or with an
-//! RTT far above the link's own slow baseline. HEALTHY: delivering. UNKNOWN: no
-//! evidence for `stale_after`.
+//! progress since (or plain retransmissions with no progress for `stall_timeout`).
+//! DEGRADED: still delivering, but retransmitting a lot or with an RTT far above the
+//! link's own slow baseline. HEALTHY: delivering. UNKNOWN: no evidence for `stale_after`.
+//!
+//! Progress is a segment received from the peer, or an ACK of our data
+//! (`acked_segs`). Segments received alone miss a one-way fault: with the path towards
+//! the peer dropping, the peer's own data still arrives while ours is never
+//! acknowledged. So on a link whose ACKs are counted (it has reported `acked_segs`
+//! before: the kernel's sock_ops program saw its sockets open), segments received do
+//! not count while our own data goes unacknowledged — on a tick where we retransmitted
+//! or timed out, and during a stall an RTO or SYN retry has hardened (between backed-off
+//! RTOs, the peer's retransmissions still arrive) — only an ACK or a reset does. On
+//! links that never reported ACKs (an agent without sock_ops, an older peer agent,
+//! sockets opened before the probe attached), segments received are progress as before.
 use std::time::Duration;
 
 use serde::Serialize;
@@ -148,6 +158,9 @@ pub struct LinkHealth {
     rtt_baseline_us: f32,
     rtt_at: Stamp,
     last: LastTick,
+    /// The link has reported ACKs of our data (`acked_segs`) at least once, so their
+    /// absence means something (see the module doc).
+    acks_counted: bool,
 }
 
 impl LinkHealth {
@@ -180,8 +193,14 @@ impl LinkHealth {
             failed_connects: narrow16(c.failed_connects),
             resets: narrow16(c.resets_rx),
         };
+        self.acks_counted |= c.acked_segs > 0;
+        // Our data goes unacknowledged: we lost some this tick, or a hardened stall
+        // is still waiting for its ACK. Segments from the peer then only show that its
+        // own direction works (see the module doc).
+        let ours_lost = c.retrans_segs + c.rto_timeouts + c.syn_retrans > 0;
+        let unacked = self.acks_counted && c.acked_segs == 0 && (ours_lost || self.stall_hard > 0);
         // A reset means the peer's stack answered: it is reachable.
-        let reached = c.progress_segs > 0 || c.resets_rx > 0;
+        let reached = c.acked_segs > 0 || c.resets_rx > 0 || (c.progress_segs > 0 && !unacked);
         let hard = c.rto_timeouts + c.syn_retrans + c.failed_connects;
         if reached {
             self.last_progress = stamp;
@@ -406,6 +425,79 @@ mod tests {
         assert_eq!(l.status(ms(12_900), &cfg), LinkStatus::Degraded);
         let (recent, baseline) = l.rtt_us();
         assert!(baseline < 1000 && recent > 20_000, "{recent} {baseline}");
+    }
+
+    /// `delta` with `acked` of our segments acknowledged.
+    fn acked(acked: u64, d: LinkDelta) -> LinkDelta {
+        let mut d = d;
+        d.counters.acked_segs = acked;
+        d
+    }
+
+    #[test]
+    fn a_one_way_fault_fails_though_the_peers_segments_arrive() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        // Both directions carry data; ours is acknowledged.
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        assert_eq!(l.status(ms(0), &cfg), LinkStatus::Healthy);
+        // Everything towards the peer is dropped: we retransmit and time out, the peer's
+        // data still arrives, nothing of ours is acknowledged.
+        l.observe(&delta(20, 3, 1), ms(300), &cfg);
+        assert_eq!(l.status(ms(300), &cfg), LinkStatus::Failed);
+        // Between our backed-off RTOs, the peer's own retransmissions keep arriving.
+        l.observe(&delta(2, 0, 0), ms(400), &cfg);
+        assert_eq!(l.status(ms(400), &cfg), LinkStatus::Failed);
+        l.observe(&delta(1, 1, 1), ms(700), &cfg);
+        l.observe(&delta(1, 0, 0), ms(900), &cfg);
+        assert_eq!(l.status(ms(900), &cfg), LinkStatus::Failed);
+        assert_eq!(l.stall_onset(), Some(ms(300)));
+        assert_eq!(l.last_progress_at(), Some(ms(0)));
+        assert_eq!(l.last_counters().acked_segs, 0);
+        // The path heals: our data is acknowledged again.
+        l.observe(&acked(20, delta(30, 0, 0)), ms(1000), &cfg);
+        assert_eq!(l.status(ms(1000), &cfg), LinkStatus::Healthy);
+        assert_eq!(l.last_counters().acked_segs, 20);
+    }
+
+    #[test]
+    fn loss_with_our_data_acknowledged_is_not_failed() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        l.observe(&acked(5, delta(20, 3, 1)), ms(300), &cfg);
+        assert_ne!(l.status(ms(300), &cfg), LinkStatus::Failed);
+        for t in 4..24 {
+            let d = delta(100, 10, u64::from(t % 5 == 0));
+            l.observe(&acked(40, d), ms(t * 100), &cfg);
+        }
+        assert_eq!(l.status(ms(2300), &cfg), LinkStatus::Degraded);
+    }
+
+    #[test]
+    fn without_ack_counts_segments_received_stay_progress() {
+        // A host without sock_ops (or an older peer agent) never reports acked_segs.
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&delta(100, 0, 0), ms(0), &cfg);
+        l.observe(&delta(20, 3, 1), ms(300), &cfg);
+        assert_ne!(l.status(ms(300), &cfg), LinkStatus::Failed);
+        assert_eq!(l.last_progress_at(), Some(ms(300)));
+    }
+
+    #[test]
+    fn a_retransmission_acked_without_an_rtt_sample_ends_its_stall() {
+        // Without TCP timestamps an ACK of retransmitted data gives no RTT sample (Karn),
+        // so acked_segs misses it: a retransmission without an RTO does not harden the
+        // stall, and the peer's segments on the next loss-free tick end it.
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        l.observe(&delta(20, 1, 0), ms(100), &cfg);
+        assert_eq!(l.stall_onset(), Some(ms(100)));
+        l.observe(&delta(20, 0, 0), ms(200), &cfg);
+        assert_eq!(l.stall_onset(), None);
+        assert_eq!(l.status(ms(1500), &cfg), LinkStatus::Healthy);
     }
 
     #[test]
