@@ -15,6 +15,13 @@
 //! RTOs, the peer's retransmissions still arrive) — only an ACK or a reset does. On
 //! links that never reported ACKs (an agent without sock_ops, an older peer agent,
 //! sockets opened before the probe attached), segments received are progress as before.
+//!
+//! The kernel counts an ACK only if it yields an RTT sample. With TCP timestamps (Linux's
+//! default) it always does; without them (Karn's rule) an ACK of only retransmitted data
+//! does not. A retransmission without an RTO therefore does not harden a stall; after
+//! an RTO, such a link stays FAILED until an ACK of new data, so a host that sends
+//! nothing new while the peer keeps sending is a false FAILED on a link without
+//! timestamps.
 use std::time::Duration;
 
 use serde::Serialize;
