@@ -66,6 +66,13 @@ pub struct LinkStats {
     pub last_progress_ns: u64,
     /// `bpf_ktime_get_ns()` of the last retransmission, RTO, failed connect or reset.
     pub last_loss_ns: u64,
+    /// ACKs that acknowledged our data (advanced `snd_una`, or SACKed) with an RTT
+    /// sample: grows while the peer receives what we send, so unlike `progress_segs`
+    /// it stops in a one-way fault towards the peer. Needs sock_ops; written by its RTT
+    /// callback only, with an atomic add (that callback nests with itself). Last, so
+    /// every field `tcp_probe` writes keeps the offset (and cache line) it had before
+    /// this counter existed: that program's per-segment cost is measured against it.
+    pub acked_segs: u64,
 }
 
 impl LinkStats {
@@ -80,6 +87,7 @@ impl LinkStats {
         srtt_us: 0,
         last_progress_ns: 0,
         last_loss_ns: 0,
+        acked_segs: 0,
     };
 }
 
@@ -269,7 +277,21 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<LinkKey>(), 36);
-        assert_eq!(core::mem::size_of::<LinkStats>(), 8 * (6 + RTT_BUCKETS + 3));
+        // 6 counters, the histogram, 3 latest values, acked_segs: all u64, no padding.
+        assert_eq!(
+            core::mem::size_of::<LinkStats>(),
+            8 * (6 + RTT_BUCKETS + 3 + 1)
+        );
+        assert_eq!(
+            core::mem::offset_of!(LinkStats, last_progress_ns),
+            8 * (6 + RTT_BUCKETS + 1),
+            "tcp_probe's fields keep their offsets"
+        );
+        assert_eq!(
+            core::mem::offset_of!(LinkStats, acked_segs),
+            8 * (6 + RTT_BUCKETS + 3)
+        );
+        assert_eq!(core::mem::align_of::<LinkStats>(), 8);
         assert_eq!(core::mem::size_of::<UrgentEvent>(), 48);
         assert_eq!(core::mem::size_of::<AddrLayout>(), 12);
     }

@@ -2,8 +2,8 @@
 //!
 //! Data enters from four tracepoints (global: they see every socket of every network
 //! namespace, including sockets opened before the agent started) and one sock_ops
-//! program (only for sockets opened after it attached, because it must ask for RTO
-//! callbacks at connect time). Everything is aggregated in a per-CPU LRU map keyed by
+//! program (only for sockets opened after it attached, because it must ask for its RTO
+//! and RTT callbacks at connect time). Everything is aggregated in a per-CPU LRU map keyed by
 //! link; userspace reads it every tick. Rare, urgent events also go to a ring buffer,
 //! rate-limited per CPU, so a blackhole wakes the agent at once. Rare failures (a map
 //! insert or ring buffer output that fails, a record that cannot be copied) are logged
@@ -22,15 +22,25 @@
 //!   (`tcp_probe` or `tcp_receive_reset` from socket backlog processing,
 //!   `tcp_retransmit_skb` or `inet_sock_set_state` from a syscall), and touch the same
 //!   link's `LinkStats`. The RTO callback itself never nests with itself (BH context).
+//! - Its RTT callback runs wherever an ACK is processed: in softirq, or in process
+//!   context with BH enabled (socket backlog processing in `release_sock`). So it can
+//!   interrupt tracepoint programs, be interrupted by them and by the RTO callback,
+//!   and, alone among our callbacks, nest with itself: a softirq ACK of one socket
+//!   interrupting the backlog ACK of another socket to the same peer.
 //!
 //! Hence: no `&mut` to a whole `LinkStats`. Each field is written through its own raw
 //! pointer ([`LinkSlot`]), every counter has exactly one writing program (so a
-//! load + store cannot lose an interleaved increment), and the one field written by
-//! both sides, `last_loss_ns`, is only ever stored whole (a store cannot tear). The
-//! urgent-event budget is multiword read-modify-write state, so each side has its own
-//! slot of `URGENT_BUDGET` ([`URGENT_BUDGET_TRACEPOINTS`], [`URGENT_BUDGET_SOCK_OPS`]).
+//! load + store cannot lose an interleaved increment), except `acked_segs`, whose one
+//! writer nests with itself and so adds with one atomic instruction
+//! ([`LinkSlot::count_nested`]); and the one field written by both sides,
+//! `last_loss_ns`, is only ever stored whole (a store cannot tear). The urgent-event
+//! budget is multiword read-modify-write state, so each side has its own slot of
+//! `URGENT_BUDGET` ([`URGENT_BUDGET_TRACEPOINTS`], [`URGENT_BUDGET_SOCK_OPS`], the latter
+//! used by the RTO callback only).
 // aya's program macros hand each entry point its context by value.
 #![expect(clippy::needless_pass_by_value)]
+// `asm!` for BPF (one atomic add, see `LinkSlot::count_nested`), as aya-ebpf itself uses.
+#![feature(asm_experimental_arch)]
 #![no_std]
 #![no_main]
 
@@ -38,7 +48,7 @@ use core::mem::offset_of;
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_RTO_CB_FLAG},
+    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_RTT_CB_FLAG},
     helpers::{bpf_ktime_get_ns, generated as helper},
     macros::{map, sock_ops, tracepoint},
     maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -100,6 +110,7 @@ const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_RTO_CB: u32 = 8;
+const BPF_SOCK_OPS_RTT_CB: u32 = 12;
 /// `-EEXIST`: the link was inserted meanwhile (by another CPU, or a program that
 /// interrupted this one), which is fine.
 const EEXIST: i32 = 17;
@@ -203,6 +214,7 @@ struct Field(usize);
 
 impl Field {
     const PROGRESS_SEGS: Self = Self(offset_of!(LinkStats, progress_segs));
+    const ACKED_SEGS: Self = Self(offset_of!(LinkStats, acked_segs));
     const RETRANS_SEGS: Self = Self(offset_of!(LinkStats, retrans_segs));
     const RTO_TIMEOUTS: Self = Self(offset_of!(LinkStats, rto_timeouts));
     const SYN_RETRANS: Self = Self(offset_of!(LinkStats, syn_retrans));
@@ -247,6 +259,25 @@ impl LinkSlot {
     #[inline(always)]
     fn count(self, field: Field) {
         self.set(field, self.get(field).wrapping_add(1));
+    }
+
+    /// Adds one to a counter whose writing program can interrupt itself on this CPU
+    /// (the RTT callback, see "Nesting"): one BPF atomic add (`lock +=`, which the
+    /// verifier allows on map values), so no interleaved increment is lost. Costs about
+    /// what a load and a store do on an uncontended, CPU-local line.
+    #[inline(always)]
+    fn count_nested(self, field: Field) {
+        // SAFETY: the address is valid, writable and 8-aligned as in `set`. The
+        // instruction is a single 64-bit atomic add to that address: it reads and writes
+        // nothing else, touches no stack and leaves the registers it is given intact.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({field} + 0) += {one}",
+                field = in(reg) self.field(field),
+                one = in(reg) 1u64,
+                options(nostack),
+            );
+        }
     }
 
     #[inline(always)]
@@ -444,8 +475,18 @@ fn try_probe(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// Asks for RTO callbacks on every new socket, then counts RTOs. Tracepoints cannot
-/// tell an RTO from a fast retransmit; this can.
+/// Asks for RTO and RTT callbacks on every new socket, then counts RTOs and ACKs of our
+/// data. Tracepoints cannot tell an RTO from a fast retransmit, nor an ACK of our data
+/// from any other segment received; this can.
+///
+/// ACKs: `BPF_SOCK_OPS_RTT_CB` runs from `tcp_rtt_estimator`, once per ACK that
+/// acknowledges new data (cumulatively or by SACK) and yields an RTT sample. That is
+/// the cheapest way to see our data acknowledged: no per-segment work in `tcp_probe`
+/// and no per-socket map (comparing `snd_una` between segments would need both). What
+/// it misses: with TCP timestamps (Linux's default, negotiated by both ends) every such
+/// ACK yields a sample; without them Karn's rule leaves an ACK of only retransmitted
+/// data without one, so that ACK is not counted (the next ACK of new data is). Like
+/// RTOs, only sockets opened after the program attached are covered.
 #[sock_ops]
 fn faultline_sock_ops(ctx: SockOpsContext) -> u32 {
     let _ = try_sock_ops(&ctx);
@@ -457,8 +498,8 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
         BPF_SOCK_OPS_TCP_CONNECT_CB
         | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
         | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-            // OR in our flag: another agent or tool may have asked for others.
-            let flags = ctx.cb_flags() | BPF_SOCK_OPS_RTO_CB_FLAG;
+            // OR in our flags: another agent or tool may have asked for others.
+            let flags = ctx.cb_flags() | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
             ctx.set_cb_flags(flags.cast_signed()).map_err(i64::from)?;
         }
         BPF_SOCK_OPS_RTO_CB => {
@@ -475,6 +516,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
             s.count(Field::RTO_TIMEOUTS);
             s.loss_at(now);
             urgent(ctx, URGENT_BUDGET_SOCK_OPS, &key, UrgentKind::Rto, now);
+        }
+        BPF_SOCK_OPS_RTT_CB => {
+            // The per-ACK path: a map lookup and one atomic add, no clock, no event.
+            let key = sock_ops_key(ctx)?;
+            let s = stats(ctx, &key).ok_or(0i64)?;
+            s.count_nested(Field::ACKED_SEGS);
         }
         _ => {}
     }

@@ -225,16 +225,17 @@ pub(crate) fn run(paths: &CheckPaths) -> Vec<Requirement> {
 
 /// The sock_ops cgroup: it must be a directory on a cgroup v2 mount.
 fn cgroup(configured: Option<&Path>, mounts: &[mounts::Mount]) -> Requirement {
-    let name = "cgroup v2 (sock_ops, RTO counts)";
+    let name = "cgroup v2 (sock_ops: RTOs, ACKs)";
     let fix = Some("mount -t cgroup2 none /sys/fs/cgroup/unified, or set probe.cgroup".into());
     let (ok, detail) = match configured {
         None => (
             false,
-            "no cgroup2 mount; RTOs will not be counted (retransmissions still are)".into(),
+            "no cgroup2 mount; RTOs and ACKs will not be counted (retransmissions still are)"
+                .into(),
         ),
         Some(p) if p.as_os_str().is_empty() => (
             true,
-            "turned off (probe.cgroup = \"\"): RTOs will not be counted".into(),
+            "turned off (probe.cgroup = \"\"): RTOs and ACKs will not be counted".into(),
         ),
         Some(p) => match p.canonicalize() {
             Err(e) => (false, format!("{}: {e}", p.display())),
@@ -465,7 +466,7 @@ mod tests {
             "{tracefs:?}"
         );
         // A temporary directory is not a cgroup v2 directory.
-        let cgroup = line(&reqs, "cgroup v2 (sock_ops, RTO counts)");
+        let cgroup = line(&reqs, "cgroup v2 (sock_ops: RTOs, ACKs)");
         assert!(
             !cgroup.ok && cgroup.detail.contains("not a cgroup v2 directory"),
             "{cgroup:?}"

@@ -45,7 +45,7 @@ pub fn render_table(rows: &[LinkRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<40} {:<40} {:>8} {:>6} {:>8} {:>8} {:>6} {:>10} {:>9} {:>9} {:>9}",
+        "{:<40} {:<40} {:>8} {:>6} {:>8} {:>8} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9}",
         "LOCAL",
         "PEER",
         "RETRANS",
@@ -54,6 +54,7 @@ pub fn render_table(rows: &[LinkRow]) -> String {
         "FAILCONN",
         "RST",
         "PROGRESS",
+        "ACKED",
         "RTT-P50",
         "RTT-P99",
         "SRTT"
@@ -63,7 +64,7 @@ pub fn render_table(rows: &[LinkRow]) -> String {
         let c = &r.counters;
         let _ = writeln!(
             s,
-            "{:<40} {:<40} {:>8} {:>6} {:>8} {:>8} {:>6} {:>10} {:>9} {:>9} {:>9}",
+            "{:<40} {:<40} {:>8} {:>6} {:>8} {:>8} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9}",
             r.link.local.to_string(),
             r.link.remote.to_string(),
             c.retrans_segs,
@@ -72,6 +73,7 @@ pub fn render_table(rows: &[LinkRow]) -> String {
             c.failed_connects,
             c.resets_rx,
             c.progress_segs,
+            c.acked_segs,
             us(r.rtt_p50_us),
             us(r.rtt_p99_us),
             if r.srtt_us == 0 {
@@ -112,6 +114,7 @@ mod tests {
             delta: LinkCounters {
                 retrans_segs: retrans,
                 progress_segs: 10,
+                acked_segs: 4,
                 ..LinkCounters::default()
             },
             rtt: RttHistogram::default(),
@@ -132,8 +135,19 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("1.5ms"));
+        let header: Vec<_> = table.lines().next().unwrap().split_whitespace().collect();
+        let row: Vec<_> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        let acked = header
+            .iter()
+            .position(|h| *h == "ACKED")
+            .expect("an ACKED column");
+        assert_eq!(
+            (header[acked - 1], row[acked - 1], row[acked]),
+            ("PROGRESS", "10", "4")
+        );
         let json = serde_json::to_value(&rows[0]).unwrap();
         assert_eq!(json["retrans_segs"], 7);
+        assert_eq!(json["acked_segs"], 4);
         assert_eq!(json["link"]["remote"], "10.0.0.3");
     }
 }

@@ -131,6 +131,7 @@ pub(crate) fn verdict_json(sequence: u64, v: &pb::Verdict) -> serde_json::Value 
             "links": e.links.iter().map(|l| json!({
                 "observer": l.observer, "local": l.local_address, "remote": l.remote_address,
                 "rto": l.rto_timeouts, "retrans": l.retrans_segs, "progress": l.progress_segs,
+                "acked": l.acked_segs,
             })).collect::<Vec<_>>(),
         })),
     })

@@ -19,7 +19,7 @@ use faultline_ebpf::UrgentKind;
 use faultline_integration::{
     Lab,
     netns::Host,
-    traffic::{Flow, Sink, bulk, connect},
+    traffic::{Duplex, Flow, Sink, bulk, connect},
 };
 
 const PORT: u16 = 5001;
@@ -229,6 +229,79 @@ fn blackhole_counts_rtos_and_progress_stops(v6: bool) {
     );
 }
 
+/// Traffic towards b is dropped, b's traffic towards a is not: a retransmits and times
+/// out, yet still receives b's (retransmitted) data, so segments received keep growing
+/// at a's link to b and only the ACK count shows that nothing a sends gets through.
+fn a_one_way_fault_stops_acks_but_not_segments_received(v6: bool) {
+    /// Each direction's rate: enough for ACKs every tick, far below what loads the CPUs.
+    const RATE: u64 = 1 << 20;
+    let lab = Lab::new();
+    // Attached first: ACKs are counted on sockets opened after sock_ops attached.
+    let mut probe = attach();
+    let duplex = Duplex::start(
+        &lab.a.ns,
+        &lab.b.ns,
+        lab.b.addr(v6, PORT),
+        Duration::from_secs(30),
+        RATE,
+    );
+    let [healthy] = until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6)],
+        "ACKs of a's data and segments from b on the healthy link",
+        |[healthy]| healthy.acked_segs >= 10 && healthy.progress_segs >= 10,
+    );
+    assert_eq!(
+        healthy.retrans_segs + healthy.rto_timeouts,
+        0,
+        "the healthy link loses nothing: {healthy:?}"
+    );
+
+    lab.drop_to(ip(&lab.b, v6), 100);
+    // The onset: ACKs already on their way to a when the rule went in still arrive. By
+    // a's first RTO (200 ms at least without an ACK) they all have.
+    until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6)],
+        "a's first RTO after the one-way fault",
+        |[onset]| onset.rto_timeouts >= 1,
+    );
+    // From now on: a keeps timing out, b's retransmitted data keeps arriving at a.
+    let [during, reverse] = until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6), (&lab.b, &lab.a, v6)],
+        "another RTO at a, and segments from b arriving at a",
+        |[during, _]| during.rto_timeouts >= 1 && during.progress_segs >= 1,
+    );
+    assert!(
+        during.retrans_segs >= 1,
+        "a retransmits into the fault: {during:?}"
+    );
+    assert_eq!(
+        during.acked_segs, 0,
+        "nothing a sends is acknowledged, though b's segments arrive: {during:?}"
+    );
+    assert_eq!(
+        reverse.progress_segs + reverse.acked_segs,
+        0,
+        "nothing reaches b: {reverse:?}"
+    );
+
+    lab.heal();
+    // a's next (backed-off) retransmission gets through and is acknowledged.
+    until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6)],
+        "ACKs of a's data once the path heals",
+        |[healed]| healed.acked_segs >= 1,
+    );
+    let (client, server) = duplex.stop();
+    assert!(
+        client > 0 && server > 0,
+        "both sides sent: {client} {server}"
+    );
+}
+
 fn connect_to_blackhole_retries_syn_then_fails(v6: bool) {
     let lab = Lab::new();
     let _sink = Sink::start(&lab.b.ns, lab.b.addr(v6, PORT));
@@ -370,6 +443,16 @@ fn blackhole_counts_rtos_and_progress_stops_v4() {
 #[test]
 fn blackhole_counts_rtos_and_progress_stops_v6() {
     blackhole_counts_rtos_and_progress_stops(true);
+}
+
+#[test]
+fn a_one_way_fault_stops_acks_but_not_segments_received_v4() {
+    a_one_way_fault_stops_acks_but_not_segments_received(false);
+}
+
+#[test]
+fn a_one_way_fault_stops_acks_but_not_segments_received_v6() {
+    a_one_way_fault_stops_acks_but_not_segments_received(true);
 }
 
 #[test]

@@ -25,6 +25,10 @@ pub struct Link {
 pub struct LinkCounters {
     /// Segments received from the peer (the link delivers).
     pub progress_segs: u64,
+    /// ACKs that acknowledged our data (the peer receives what we send). Progress, not
+    /// loss. Counted only on sockets the kernel's sock_ops program saw open; 0 from a
+    /// host without it, so 0 alone proves nothing (see `detector::link`).
+    pub acked_segs: u64,
     /// Retransmitted segments on established connections (fast, TLP, after RTO).
     pub retrans_segs: u64,
     /// Retransmission timeouts.
@@ -40,6 +44,7 @@ pub struct LinkCounters {
 impl LinkCounters {
     pub fn add(&mut self, other: &Self) {
         self.progress_segs += other.progress_segs;
+        self.acked_segs += other.acked_segs;
         self.retrans_segs += other.retrans_segs;
         self.rto_timeouts += other.rto_timeouts;
         self.syn_retrans += other.syn_retrans;
@@ -53,6 +58,7 @@ impl LinkCounters {
         let d = |now: u64, then: u64| if now >= then { now - then } else { now };
         Self {
             progress_segs: d(self.progress_segs, earlier.progress_segs),
+            acked_segs: d(self.acked_segs, earlier.acked_segs),
             retrans_segs: d(self.retrans_segs, earlier.retrans_segs),
             rto_timeouts: d(self.rto_timeouts, earlier.rto_timeouts),
             syn_retrans: d(self.syn_retrans, earlier.syn_retrans),
@@ -61,7 +67,7 @@ impl LinkCounters {
         }
     }
 
-    /// Any kind of loss at all.
+    /// Any kind of loss at all (ACKs and segments received are progress, not loss).
     pub fn losses(&self) -> u64 {
         self.retrans_segs
             + self.rto_timeouts

@@ -70,6 +70,7 @@ fn peer(p: &PeerEvidence) -> pb::LinkEvidence {
         since_progress_ms: p.since_progress_ms,
         rtt_recent_us: p.rtt_recent_us,
         rtt_baseline_us: p.rtt_baseline_us,
+        acked_segs: p.last.acked_segs,
     }
 }
 
@@ -154,6 +155,7 @@ mod tests {
                     status: LinkStatus::Failed,
                     last: LinkCounters {
                         progress_segs: 1,
+                        acked_segs: 16,
                         retrans_segs: 2,
                         rto_timeouts: 3,
                         syn_retrans: 4,
@@ -231,6 +233,7 @@ mod tests {
                 since_progress_ms: Some(900),
                 rtt_recent_us: 4_000,
                 rtt_baseline_us: 150,
+                acked_segs: 16,
             }]
         );
         assert_eq!(evidence.children.len(), 1);

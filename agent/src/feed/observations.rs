@@ -62,6 +62,7 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
         local_address: o.link.local.to_string(),
         remote_address: o.link.remote.to_string(),
         progress_segs: c.progress_segs,
+        acked_segs: c.acked_segs,
         retrans_segs: c.retrans_segs,
         rto_timeouts: c.rto_timeouts,
         syn_retrans: c.syn_retrans,
@@ -91,6 +92,7 @@ pub(crate) fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>
                 delta: LinkDelta {
                     counters: LinkCounters {
                         progress_segs: l.progress_segs,
+                        acked_segs: l.acked_segs,
                         retrans_segs: l.retrans_segs,
                         rto_timeouts: l.rto_timeouts,
                         syn_retrans: l.syn_retrans,
@@ -255,4 +257,59 @@ async fn subscribe_once(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_survives_the_wire_every_counter_included() {
+        let sent = Observation {
+            observer: "a".into(),
+            link: Link {
+                local: "10.0.0.1".parse().unwrap(),
+                remote: "fd00::2".parse().unwrap(),
+            },
+            delta: LinkDelta {
+                counters: LinkCounters {
+                    progress_segs: 1,
+                    acked_segs: 2,
+                    retrans_segs: 3,
+                    rto_timeouts: 4,
+                    syn_retrans: 5,
+                    failed_connects: 6,
+                    resets_rx: 7,
+                },
+                rtt_p50_us: Some(8),
+            },
+        };
+        let batch = pb::ObservationBatch {
+            observer: "a".into(),
+            sequence: 1,
+            links: vec![to_wire(&sent)],
+        };
+        assert_eq!(batch.links[0].acked_segs, 2);
+        let received = from_wire(&batch).expect("a well-formed batch");
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].link, sent.link);
+        assert_eq!(received[0].delta, sent.delta);
+    }
+
+    #[test]
+    fn an_older_peer_without_acks_reads_as_zero_acks() {
+        let batch = pb::ObservationBatch {
+            observer: "old".into(),
+            sequence: 1,
+            links: vec![pb::LinkObservation {
+                local_address: "10.0.0.1".into(),
+                remote_address: "10.0.0.2".into(),
+                progress_segs: 9,
+                ..pb::LinkObservation::default()
+            }],
+        };
+        let received = from_wire(&batch).unwrap();
+        assert_eq!(received[0].delta.counters.acked_segs, 0);
+        assert_eq!(received[0].delta.counters.progress_segs, 9);
+    }
 }

@@ -93,7 +93,8 @@ pub enum ProbeError {
 pub struct ProbeOptions {
     /// tracefs mount point; mounted there if absent.
     pub tracefs: PathBuf,
-    /// cgroup v2 directory for the sock_ops program; None skips it (no RTO counts).
+    /// cgroup v2 directory for the sock_ops program; None skips it (no RTO or ACK
+    /// counts).
     pub cgroup: Option<PathBuf>,
     /// Upper bound on tracked links (LRU beyond that).
     pub max_links: u32,
@@ -110,11 +111,11 @@ impl Default for ProbeOptions {
     }
 }
 
-/// Whether RTO counting (sock_ops) is active.
+/// Whether RTO and ACK counting (sock_ops) is active.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SockOpsStatus {
     Attached(PathBuf),
-    /// Not attached; the reason. Retransmissions are still counted, RTOs are not.
+    /// Not attached; the reason. Retransmissions are still counted, RTOs and ACKs are not.
     Unavailable(String),
 }
 

@@ -33,6 +33,7 @@ pub(crate) fn link_of(key: &LinkKey) -> Link {
 fn counters_of(stats: &LinkStats) -> LinkCounters {
     LinkCounters {
         progress_segs: stats.progress_segs,
+        acked_segs: stats.acked_segs,
         retrans_segs: stats.retrans_segs,
         rto_timeouts: stats.rto_timeouts,
         syn_retrans: stats.syn_retrans,
@@ -145,6 +146,7 @@ mod tests {
         let mut s = LinkStats::ZERO;
         s.retrans_segs = retrans;
         s.progress_segs = progress;
+        s.acked_segs = progress / 2;
         s.last_progress_ns = at;
         s.srtt_us = at / 1000;
         s
@@ -155,6 +157,7 @@ mod tests {
         let t = LinkTotals::sum(&[stats(2, 10, 5_000), stats(3, 1, 9_000)]);
         assert_eq!(t.counters.retrans_segs, 5);
         assert_eq!(t.counters.progress_segs, 11);
+        assert_eq!(t.counters.acked_segs, 5);
         assert_eq!(t.srtt_us, 9);
         assert_eq!(t.last_progress_ns, 9_000);
     }
@@ -175,6 +178,7 @@ mod tests {
         assert_eq!(second[0].link.remote.to_string(), "10.0.0.2");
         assert_eq!(second[0].delta.retrans_segs, 3);
         assert_eq!(second[0].delta.progress_segs, 4);
+        assert_eq!(second[0].delta.acked_segs, 2);
         assert_eq!(second[0].total.retrans_segs, 4);
     }
 

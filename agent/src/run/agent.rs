@@ -292,15 +292,15 @@ impl Agent {
     }
 }
 
-/// Loads and attaches the kernel programs; says whether RTOs will be counted.
+/// Loads and attaches the kernel programs; says whether RTOs and ACKs will be counted.
 fn attach_probe(config: &Config) -> Result<(Probe, Option<UrgentEvents>), RunError> {
     let mut probe = Probe::attach(&config.probe.probe_options())?;
     match probe.sock_ops_status() {
         SockOpsStatus::Attached(cgroup) => {
-            tracing::info!(cgroup = %cgroup.display(), "sock_ops attached: RTOs are counted");
+            tracing::info!(cgroup = %cgroup.display(), "sock_ops attached: RTOs and ACKs are counted");
         }
         SockOpsStatus::Unavailable(why) => {
-            tracing::warn!(reason = %why, "sock_ops not attached: RTOs are not counted, retransmissions are");
+            tracing::warn!(reason = %why, "sock_ops not attached: RTOs and ACKs are not counted (one-way faults go unseen), retransmissions are");
         }
     }
     let urgent = probe.take_urgent_events().transpose()?;

@@ -199,6 +199,8 @@ impl Dc {
         LinkDelta {
             counters: LinkCounters {
                 progress_segs: progress,
+                // Connected both ways: our data is acknowledged as the peer's arrives.
+                acked_segs: progress,
                 retrans_segs: retrans,
                 ..LinkCounters::default()
             },

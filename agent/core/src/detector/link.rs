@@ -1,10 +1,27 @@
 //! Health of one link (observer's address → peer address) from its per-tick counters.
 //!
 //! FAILED: losing and not progressing — an RTO, SYN retry or failed connect with no
-//! segment from the peer since (or plain retransmissions with no progress for
-//! `stall_timeout`). DEGRADED: still delivering, but retransmitting a lot or with an
-//! RTT far above the link's own slow baseline. HEALTHY: delivering. UNKNOWN: no
-//! evidence for `stale_after`.
+//! progress since (or plain retransmissions with no progress for `stall_timeout`).
+//! DEGRADED: still delivering, but retransmitting a lot or with an RTT far above the
+//! link's own slow baseline. HEALTHY: delivering. UNKNOWN: no evidence for `stale_after`.
+//!
+//! Progress is a segment received from the peer, or an ACK of our data
+//! (`acked_segs`). Segments received alone miss a one-way fault: with the path towards
+//! the peer dropping, the peer's own data still arrives while ours is never
+//! acknowledged. So on a link whose ACKs are counted (it has reported `acked_segs`
+//! before: the kernel's sock_ops program saw its sockets open), segments received do
+//! not count while our own data goes unacknowledged — on a tick where we retransmitted
+//! or timed out, and during a stall an RTO or SYN retry has hardened (between backed-off
+//! RTOs, the peer's retransmissions still arrive) — only an ACK or a reset does. On
+//! links that never reported ACKs (an agent without sock_ops, an older peer agent,
+//! sockets opened before the probe attached), segments received are progress as before.
+//!
+//! The kernel counts an ACK only if it yields an RTT sample. With TCP timestamps (Linux's
+//! default) it always does; without them (Karn's rule) an ACK of only retransmitted data
+//! does not. A retransmission without an RTO therefore does not harden a stall; after
+//! an RTO, such a link stays FAILED until an ACK of new data, so a host that sends
+//! nothing new while the peer keeps sending is a false FAILED on a link without
+//! timestamps.
 use std::time::Duration;
 
 use serde::Serialize;
@@ -109,6 +126,7 @@ impl DecayWeights {
 #[derive(Debug, Clone, Copy, Default)]
 struct LastTick {
     progress: u32,
+    acked: u32,
     retrans: u32,
     rto: u16,
     syn_retrans: u16,
@@ -128,6 +146,8 @@ fn narrow16(v: u64) -> u16 {
 /// tick's pass over them stays in cache as much as it can.
 #[derive(Debug, Clone, Default)]
 pub struct LinkHealth {
+    /// The latest tick with evidence; also the time the decayed `retrans` and
+    /// `progress` sums are as of.
     last_evidence: Stamp,
     last_progress: Stamp,
     /// Since when the link has been losing with no progress.
@@ -136,15 +156,18 @@ pub struct LinkHealth {
     stall_hard: u32,
     /// Retransmissions since `stall_since`.
     stall_retrans: u32,
-    /// Retransmissions and segments received, decayed with `loss_window`, as of `loss_at`.
+    /// Retransmissions and segments received, decayed with `loss_window`, as of
+    /// `last_evidence`.
     retrans: f32,
     progress: f32,
-    loss_at: Stamp,
     /// Recent and baseline RTT in µs (0 = no sample yet), as of `rtt_at`.
     rtt_recent_us: f32,
     rtt_baseline_us: f32,
     rtt_at: Stamp,
     last: LastTick,
+    /// The link has reported ACKs of our data (`acked_segs`) at least once, so their
+    /// absence means something (see the module doc).
+    acks_counted: bool,
 }
 
 impl LinkHealth {
@@ -166,17 +189,25 @@ impl LinkHealth {
             return;
         }
         let stamp = Stamp::at(now);
+        let previous = self.last_evidence;
         self.last_evidence = stamp;
         self.last = LastTick {
             progress: narrow32(c.progress_segs),
+            acked: narrow32(c.acked_segs),
             retrans: narrow32(c.retrans_segs),
             rto: narrow16(c.rto_timeouts),
             syn_retrans: narrow16(c.syn_retrans),
             failed_connects: narrow16(c.failed_connects),
             resets: narrow16(c.resets_rx),
         };
+        self.acks_counted |= c.acked_segs > 0;
+        // Our data goes unacknowledged: we lost some this tick, or a hardened stall
+        // is still waiting for its ACK. Segments from the peer then only show that its
+        // own direction works (see the module doc).
+        let ours_lost = c.retrans_segs + c.rto_timeouts + c.syn_retrans > 0;
+        let unacked = self.acks_counted && c.acked_segs == 0 && (ours_lost || self.stall_hard > 0);
         // A reset means the peer's stack answered: it is reachable.
-        let reached = c.progress_segs > 0 || c.resets_rx > 0;
+        let reached = c.acked_segs > 0 || c.resets_rx > 0 || (c.progress_segs > 0 && !unacked);
         let hard = c.rto_timeouts + c.syn_retrans + c.failed_connects;
         if reached {
             self.last_progress = stamp;
@@ -190,26 +221,23 @@ impl LinkHealth {
             self.stall_hard = self.stall_hard.saturating_add(narrow32(hard));
             self.stall_retrans = self.stall_retrans.saturating_add(narrow32(c.retrans_segs));
         }
-        let w = if self.loss_at == Stamp::NEVER {
+        let w = if previous == Stamp::NEVER {
             0.0
         } else {
-            weights
-                .for_dt(stamp.0.saturating_sub(self.loss_at.0), cfg)
-                .loss
+            weights.for_dt(stamp.0.saturating_sub(previous.0), cfg).loss
         };
         #[expect(clippy::cast_precision_loss)]
         {
             self.retrans = self.retrans * w + (c.retrans_segs + c.rto_timeouts) as f32;
             self.progress = self.progress * w + c.progress_segs as f32;
         }
-        self.loss_at = stamp;
         if let Some(rtt) = delta.rtt_p50_us {
             self.observe_rtt(rtt, stamp, cfg, weights);
         }
     }
 
     fn loss_weight(&self, at: Stamp, cfg: &DetectorConfig) -> f32 {
-        match self.loss_at.get() {
+        match self.last_evidence.get() {
             Some(t) => decay(at.0.saturating_sub(Stamp::at(t).0), cfg.loss_window),
             None => 0.0,
         }
@@ -334,6 +362,7 @@ impl LinkHealth {
         let l = &self.last;
         LinkCounters {
             progress_segs: u64::from(l.progress),
+            acked_segs: u64::from(l.acked),
             retrans_segs: u64::from(l.retrans),
             rto_timeouts: u64::from(l.rto),
             syn_retrans: u64::from(l.syn_retrans),
@@ -413,6 +442,79 @@ mod tests {
         assert_eq!(l.status(ms(12_900), &cfg), LinkStatus::Degraded);
         let (recent, baseline) = l.rtt_us();
         assert!(baseline < 1000 && recent > 20_000, "{recent} {baseline}");
+    }
+
+    /// `delta` with `acked` of our segments acknowledged.
+    fn acked(acked: u64, d: LinkDelta) -> LinkDelta {
+        let mut d = d;
+        d.counters.acked_segs = acked;
+        d
+    }
+
+    #[test]
+    fn a_one_way_fault_fails_though_the_peers_segments_arrive() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        // Both directions carry data; ours is acknowledged.
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        assert_eq!(l.status(ms(0), &cfg), LinkStatus::Healthy);
+        // Everything towards the peer is dropped: we retransmit and time out, the peer's
+        // data still arrives, nothing of ours is acknowledged.
+        l.observe(&delta(20, 3, 1), ms(300), &cfg);
+        assert_eq!(l.status(ms(300), &cfg), LinkStatus::Failed);
+        // Between our backed-off RTOs, the peer's own retransmissions keep arriving.
+        l.observe(&delta(2, 0, 0), ms(400), &cfg);
+        assert_eq!(l.status(ms(400), &cfg), LinkStatus::Failed);
+        l.observe(&delta(1, 1, 1), ms(700), &cfg);
+        l.observe(&delta(1, 0, 0), ms(900), &cfg);
+        assert_eq!(l.status(ms(900), &cfg), LinkStatus::Failed);
+        assert_eq!(l.stall_onset(), Some(ms(300)));
+        assert_eq!(l.last_progress_at(), Some(ms(0)));
+        assert_eq!(l.last_counters().acked_segs, 0);
+        // The path heals: our data is acknowledged again.
+        l.observe(&acked(20, delta(30, 0, 0)), ms(1000), &cfg);
+        assert_eq!(l.status(ms(1000), &cfg), LinkStatus::Healthy);
+        assert_eq!(l.last_counters().acked_segs, 20);
+    }
+
+    #[test]
+    fn loss_with_our_data_acknowledged_is_not_failed() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        l.observe(&acked(5, delta(20, 3, 1)), ms(300), &cfg);
+        assert_ne!(l.status(ms(300), &cfg), LinkStatus::Failed);
+        for t in 4..24 {
+            let d = delta(100, 10, u64::from(t % 5 == 0));
+            l.observe(&acked(40, d), ms(t * 100), &cfg);
+        }
+        assert_eq!(l.status(ms(2300), &cfg), LinkStatus::Degraded);
+    }
+
+    #[test]
+    fn without_ack_counts_segments_received_stay_progress() {
+        // A host without sock_ops (or an older peer agent) never reports acked_segs.
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&delta(100, 0, 0), ms(0), &cfg);
+        l.observe(&delta(20, 3, 1), ms(300), &cfg);
+        assert_ne!(l.status(ms(300), &cfg), LinkStatus::Failed);
+        assert_eq!(l.last_progress_at(), Some(ms(300)));
+    }
+
+    #[test]
+    fn a_retransmission_acked_without_an_rtt_sample_ends_its_stall() {
+        // Without TCP timestamps an ACK of retransmitted data gives no RTT sample (Karn),
+        // so acked_segs misses it: a retransmission without an RTO does not harden the
+        // stall, and the peer's segments on the next loss-free tick end it.
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        l.observe(&delta(20, 1, 0), ms(100), &cfg);
+        assert_eq!(l.stall_onset(), Some(ms(100)));
+        l.observe(&delta(20, 0, 0), ms(200), &cfg);
+        assert_eq!(l.stall_onset(), None);
+        assert_eq!(l.status(ms(1500), &cfg), LinkStatus::Healthy);
     }
 
     #[test]

@@ -132,8 +132,10 @@ impl Sim {
     fn delta(&mut self, observer: usize, peer: IpAddr) -> LinkDelta {
         let fault = self.faults.get(&(observer, peer)).copied();
         let progress = 80 + self.rng.below(40);
+        // Data flows both ways on a connected link: our data is acknowledged too.
         let mut c = LinkCounters {
             progress_segs: progress,
+            acked_segs: progress,
             ..LinkCounters::default()
         };
         let mut rtt = 150 + self.rng.below(100);
