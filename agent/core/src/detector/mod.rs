@@ -69,6 +69,24 @@ struct LinkSlot {
     health: LinkHealth,
 }
 
+/// The published verdict's state, cause and local flag (Unknown, none: nothing yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shown {
+    state: State,
+    cause: Option<EntityId>,
+    local: bool,
+}
+
+impl Default for Shown {
+    fn default() -> Self {
+        Self {
+            state: State::Unknown,
+            cause: None,
+            local: false,
+        }
+    }
+}
+
 /// A link's place in the slot arena.
 type SlotId = u32;
 
@@ -101,6 +119,8 @@ struct Node {
     pending: bool,
     /// Boxed: a verdict is hundreds of bytes, and a tick walks every node.
     published: Option<Box<Verdict>>,
+    /// What `published` shows, kept inline so a tick compares without chasing the box.
+    shown: Shown,
     /// The top failed ancestor (or self) as published this tick, for children.
     failed_root: Option<EntityId>,
 }
@@ -499,15 +519,12 @@ impl Detector {
                 let (state, cause) = self.shown_state(id, now);
                 let node = &self.nodes[id.index()];
                 let local = node.named_from_inside && state == State::Failed && cause.is_none();
-                let unchanged = match &node.published {
-                    Some(p) => {
-                        p.state == state
-                            && p.local_fault == local
-                            && p.cause.as_ref().map(|c| &c.path)
-                                == cause.map(|c| &self.topology.entity(c).path)
-                    }
-                    None => state == State::Unknown,
+                let now_shown = Shown {
+                    state,
+                    cause,
+                    local,
                 };
+                let unchanged = node.shown == now_shown;
                 if unchanged
                     && state == State::Failed
                     && cause.is_none()
@@ -536,7 +553,9 @@ impl Detector {
                     };
                     let verdict = evidence::build(self, id, state, cause, since, now);
                     changes.push(verdict.clone());
-                    self.nodes[id.index()].published = Some(Box::new(verdict));
+                    let node = &mut self.nodes[id.index()];
+                    node.published = Some(Box::new(verdict));
+                    node.shown = now_shown;
                 }
             }
         }
@@ -551,7 +570,7 @@ impl Detector {
             (n.failed_root, n.pending)
         });
         let node = &mut self.nodes[id.index()];
-        let previous = node.published.as_ref().map(|p| p.state);
+        let previous = node.published.is_some().then_some(node.shown.state);
         node.pending = false;
         node.failed_root = None;
         if node.cut_off && node.hold.held {
