@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigError, Peers};
 pub struct ChosenPeer {
     /// Its host path, `dc-a/c1/r1/web-1`.
     pub path: String,
-    /// `http://ADDR:PORT` on its first address.
+    /// `http://ADDR:PORT` on its first address of a family this host has.
     pub endpoint: String,
 }
 
@@ -35,13 +35,24 @@ pub(crate) fn endpoint(addr: IpAddr, port: u16) -> String {
     format!("http://{}", SocketAddr::new(addr, port))
 }
 
-/// The peers `me` follows, with endpoints on their first address at `port`.
+/// The peers `me` follows, with endpoints at `port` on their first address of the
+/// family of `me`'s first address, or else of another family `me` has: an IPv6-only
+/// host cannot follow a dual-stack peer on its IPv4 address. A peer sharing no family
+/// with `me` is left out.
 pub fn choose(topology: &Topology, me: EntityId, fanout: usize, port: u16) -> Vec<ChosenPeer> {
+    let mine = topology.addresses(me);
+    let reachable = |addrs: &[IpAddr]| {
+        let same = |a: &IpAddr, b: &IpAddr| a.is_ipv4() == b.is_ipv4();
+        mine.first()
+            .and_then(|first| addrs.iter().find(|a| same(a, first)))
+            .or_else(|| addrs.iter().find(|a| mine.iter().any(|m| same(a, m))))
+            .copied()
+    };
     PeerIndex::new(topology)
         .peers_of(me, fanout)
         .into_iter()
         .filter_map(|id| {
-            let addr = topology.addresses(id).first()?;
+            let addr = &reachable(topology.addresses(id))?;
             Some(ChosenPeer {
                 path: topology.entity(id).path.to_string(),
                 endpoint: endpoint(*addr, port),
@@ -259,5 +270,43 @@ mod tests {
         assert!(err.contains("no host lists this address"), "{err}");
         let err = find_host(&t, "web-9").unwrap_err().to_string();
         assert!(err.contains("neither an address nor a path"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn an_ipv6_only_host_follows_dual_stack_peers_on_ipv6() {
+        let text = "[[site]]\nname = \"s\"\n[[cabinet]]\nname = \"c\"\nsite = \"s\"\n\
+                    [[rack]]\nname = \"r1\"\ncabinet = \"s/c\"\n[[rack]]\nname = \"r2\"\ncabinet = \"s/c\"\n\
+                    [[host]]\nname = \"v6\"\nrack = \"s/c/r1\"\naddresses = [\"fd00::1\"]\n\
+                    [[host]]\nname = \"dual\"\nrack = \"s/c/r2\"\naddresses = [\"10.0.0.2\", \"fd00::2\"]\n\
+                    [[host]]\nname = \"v4\"\nrack = \"s/c/r2\"\naddresses = [\"10.0.0.3\"]\n";
+        let t = Topology::parse(Path::new("t.toml"), text).unwrap();
+        let me = t.find("s/c/r1/v6").unwrap();
+        let chosen = choose(&t, me, 16, 7431);
+        let endpoints: Vec<&str> = chosen.iter().map(|p| p.endpoint.as_str()).collect();
+        assert_eq!(
+            endpoints,
+            ["http://[fd00::2]:7431"],
+            "the IPv4-only host is left out"
+        );
+        let dual = t.find("s/c/r2/dual").unwrap();
+        let from_dual: Vec<String> = choose(&t, dual, 16, 7431)
+            .into_iter()
+            .map(|p| p.endpoint)
+            .collect();
+        assert!(
+            from_dual.contains(&"http://10.0.0.3:7431".to_owned()),
+            "{from_dual:?}"
+        );
+        assert!(
+            from_dual.contains(&"http://[fd00::1]:7431".to_owned()),
+            "{from_dual:?}"
+        );
     }
 }
