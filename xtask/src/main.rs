@@ -60,7 +60,8 @@ enum Cmd {
     /// Fuzz the topology parser (cargo-fuzz on nightly) for --seconds (default 60).
     Fuzz(fuzz::Options),
     /// Build a data center of network namespaces (agents, traffic, inter-site delay),
-    /// inject faults and time what gRPC health subscribers see (as root).
+    /// inject faults and time what gRPC health subscribers see (as root); `--check`
+    /// judges every run and fails on a failed check.
     Lab(lab::Options),
     /// The lab's inter-site delay stage (started by `lab` inside the core namespace).
     #[command(hide = true)]
@@ -77,7 +78,13 @@ fn main() -> ExitCode {
         Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
         Cmd::Fuzz(options) => fuzz::run(&options),
         Cmd::Lint => lint::run().map(|()| ExitCode::SUCCESS),
-        Cmd::Lab(options) => lab::run(&options).map(|()| ExitCode::SUCCESS),
+        Cmd::Lab(options) => lab::run(&options).map(|o| {
+            if o.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }),
         Cmd::LabDelay(args) => lab::serve_delay(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
