@@ -45,8 +45,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Set up and run every test of the workspace, one at a time (as root).
+    /// Set up and run every test of the workspace, one at a time, then the namespace
+    /// lab once with its checks (as root).
     Test {
+        /// Leave out the lab (its ~10 minutes).
+        #[arg(long)]
+        no_lab: bool,
         /// Arguments for the test binaries, after `--` (e.g. `-- --nocapture`).
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -74,7 +78,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Cmd::Build { release } => build::run(release).map(|()| ExitCode::SUCCESS),
         Cmd::Run { args } => run::run(&args),
-        Cmd::Test { args } => test::run(&args),
+        Cmd::Test { args, no_lab } => test::run(&args, !no_lab),
         Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
         Cmd::Fuzz(options) => fuzz::run(&options),
         Cmd::Lint => lint::run().map(|()| ExitCode::SUCCESS),

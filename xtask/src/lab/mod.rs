@@ -71,6 +71,19 @@ pub(crate) struct Options {
 
 impl Options {}
 
+impl Options {
+    /// Every scenario once, checked: what `cargo xtask test` runs.
+    pub(crate) fn check_all() -> Self {
+        Self {
+            topology: None,
+            scenario: "all".to_owned(),
+            runs: 1,
+            keep: false,
+            check: true,
+        }
+    }
+}
+
 /// Which client a subscriber is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SubscriberKind {
