@@ -48,7 +48,7 @@ enum Cmd {
     /// Set up and run every test of the workspace, one at a time, then the namespace
     /// lab once with its checks (as root).
     Test {
-        /// Leave out the lab (its ~10 minutes).
+        /// Leave out the lab (about 6 minutes).
         #[arg(long)]
         no_lab: bool,
         /// Arguments for the test binaries, after `--` (e.g. `-- --nocapture`).
@@ -56,7 +56,8 @@ enum Cmd {
         args: Vec<OsString>,
     },
     /// Measure throughput with and without the agent, the kernel cost per program, and
-    /// the detector engine's cost per tick at 10k and 100k links.
+    /// the detector engine's cost per tick at 10k and 100k links; `bench lab`: detection,
+    /// recovery and cost in the namespace lab, and a soak (as root).
     Bench(bench::Options),
     /// rustfmt check, clippy with warnings denied (host crates and the kernel programs
     /// for their own target), and a check that the pure core stays free of I/O crates.

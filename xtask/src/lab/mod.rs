@@ -12,6 +12,7 @@
 //! `fll-<pid>-…`; guards remove it on return, error, panic and Ctrl-C/SIGTERM, and a lab
 //! killed outright is cleaned by the next one.
 mod agents;
+mod bench;
 mod cgroup;
 mod checks;
 mod delay;
@@ -33,10 +34,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use faultline_proto::health::health_check_response::ServingStatus;
 
-pub(crate) use self::delay::{DelayArgs, serve as serve_delay};
 use self::{
     agents::Agents, delay::DelayStage, net::Network, python::PythonSubscriber, scenario::Kind,
     subscribe::Subscribers, topology::Topology, traffic::Traffic,
+};
+pub(crate) use self::{
+    bench::{Options as BenchOptions, run as bench},
+    delay::{DelayArgs, serve as serve_delay},
 };
 use crate::{
     bench::{check_interrupted, install_signal_handlers},

@@ -100,6 +100,15 @@ impl Kind {
         Self::RackOnewayOut,
     ];
 
+    /// The hard failures `cargo xtask bench lab` times, in round-robin order.
+    pub(super) const HARD: [Self; 5] = [
+        Self::HostUnreachable,
+        Self::RackBlackhole,
+        Self::SitePartition,
+        Self::ObserverNic,
+        Self::CabinetBlackhole,
+    ];
+
     /// How long one run holds the fault.
     pub(super) fn hold(self) -> Duration {
         match self {
@@ -555,6 +564,8 @@ pub(super) struct Run {
     pub(super) rtt: Vec<(String, Duration)>,
     /// The run judged against [`Expect`].
     pub(super) checks: Vec<Check>,
+    pub(super) injected: Instant,
+    pub(super) end: Instant,
 }
 
 /// Everything a run recorded, for [`super::checks::judge`].
@@ -654,6 +665,8 @@ impl Scenario {
             cpu,
             rtt,
             checks,
+            injected,
+            end,
         })
     }
 
