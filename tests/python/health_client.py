@@ -23,10 +23,25 @@ Run by agent/tests/python_client.rs with the venv that `cargo xtask setup` makes
 
   .venv/bin/python tests/python/health_client.py --target 127.0.0.1:7431 \\
       --failed rack/dc-a/c1/r1 --serving rack/dc-a/c1/r2 --serving site/dc-a
+
+Watch mode (the namespace lab's independent subscriber, `cargo xtask lab`) checks
+nothing: it keeps one Watch stream per (target, service), each on its own thread, and
+prints every status it receives as one JSON line with the time it arrived:
+
+  {"mono": 1234.5678, "wall": 1760000000.123, "target": "a11-1",
+   "service": "rack/dc-a/c1/r1", "status": "NOT_SERVING"}
+
+`mono` is time.monotonic() (CLOCK_MONOTONIC, the clock the lab's own timestamps use).
+A broken stream is reopened after 0.2 s; the process ends after --watch-seconds.
+
+  .venv/bin/python tests/python/health_client.py --watch-target a11-1=unix:/tmp/a.sock \\
+      --watch-service site/dc-a --watch-service rack/dc-a/c1/r1 --watch-seconds 600
 """
 
 import argparse
+import json
 import sys
+import threading
 import time
 
 import grpc
@@ -271,12 +286,88 @@ def run(args):
         reflection(channel)
 
 
+# --- watch mode -------------------------------------------------------------------------
+
+# Pause before a broken Watch stream is reopened, seconds.
+WATCH_RETRY = 0.2
+
+_print_lock = threading.Lock()
+
+
+def emit(target, service, status):
+    line = json.dumps(
+        {
+            "mono": time.monotonic(),
+            "wall": time.time(),
+            "target": target,
+            "service": service,
+            "status": status_name(status),
+        }
+    )
+    with _print_lock:
+        print(line, flush=True)
+
+
+def watch_forever(channel, target, service, deadline):
+    """One Watch stream, reopened whenever it breaks, until `deadline`."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    while time.monotonic() < deadline:
+        stream = stub.Watch(
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=max(1.0, deadline - time.monotonic()),
+        )
+        try:
+            for response in stream:
+                emit(target, service, response.status)
+        except grpc.RpcError:
+            pass
+        finally:
+            stream.cancel()
+        time.sleep(WATCH_RETRY)
+
+
+def watch(args):
+    services = list(args.watch_service)
+    if args.watch_services_file:
+        with open(args.watch_services_file, encoding="utf-8") as f:
+            services += [line.strip() for line in f if line.strip()]
+    if not services:
+        print("FAIL: --watch-target needs --watch-service or --watch-services-file", flush=True)
+        return 2
+    deadline = time.monotonic() + args.watch_seconds
+    options = [("grpc.enable_http_proxy", 0)]
+    channels, threads = [], []
+    for spec in args.watch_target:
+        label, _, address = spec.partition("=")
+        if not address:
+            print(f"FAIL: --watch-target {spec!r} is not LABEL=TARGET", flush=True)
+            return 2
+        # One channel (one HTTP/2 connection) per target, one thread per stream. Over
+        # a unix: socket grpcio's default :authority is the socket path, which an
+        # HTTP/2 server rightly refuses (RST_STREAM PROTOCOL_ERROR): name a host.
+        channel_options = list(options)
+        if address.startswith("unix:"):
+            channel_options.append(("grpc.default_authority", "localhost"))
+        channel = grpc.insecure_channel(address, options=channel_options)
+        channels.append(channel)
+        for service in services:
+            t = threading.Thread(
+                target=watch_forever, args=(channel, label, service, deadline), daemon=True
+            )
+            t.start()
+            threads.append(t)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    for c in channels:
+        c.close()
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", required=True, help="HOST:PORT of the gRPC server")
+    parser.add_argument("--target", help="HOST:PORT of the gRPC server")
     parser.add_argument(
         "--failed",
-        required=True,
         help="an entity that is SERVING at first and that the caller fails once it "
         'reads "watching"',
     )
@@ -301,7 +392,26 @@ def main():
         default=1.0,
         help="seconds (e) requires the unknown name's Watch to stay open",
     )
+    parser.add_argument(
+        "--watch-target",
+        action="append",
+        default=[],
+        help="watch mode: LABEL=TARGET (grpc target, e.g. unix:/path or HOST:PORT); repeatable",
+    )
+    parser.add_argument(
+        "--watch-service", action="append", default=[], help="watch mode: a service name"
+    )
+    parser.add_argument(
+        "--watch-services-file", help="watch mode: a file of service names, one a line"
+    )
+    parser.add_argument(
+        "--watch-seconds", type=float, default=600.0, help="watch mode: how long to run"
+    )
     args = parser.parse_args()
+    if args.watch_target:
+        return watch(args)
+    if not args.target or not args.failed:
+        parser.error("--target and --failed are required (or --watch-target for watch mode)")
     try:
         run(args)
     except CheckFailed as e:

@@ -47,7 +47,10 @@ use self::{
 use crate::{build, is_root, setup, target_dir, workspace_root};
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Options {
+    #[command(subcommand)]
+    what: Option<What>,
     /// Interleaved pairs of iperf3 runs (one without, one with the agent).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: u32,
@@ -68,7 +71,19 @@ pub(crate) struct Options {
     detector_filter: Option<String>,
 }
 
+/// Benchmarks with their own options.
+#[derive(clap::Subcommand)]
+enum What {
+    /// The namespace lab: per hard-failure scenario p50/p99/max detection at outside
+    /// subscribers, recovery, user impact, each agent's CPU and RSS; then a soak of
+    /// core-noise plus cpu-contention counting false verdicts (as root).
+    Lab(crate::lab::BenchOptions),
+}
+
 pub(crate) fn run(opts: &Options) -> Result<()> {
+    if let Some(What::Lab(lab)) = &opts.what {
+        return crate::lab::bench(lab);
+    }
     if !opts.detector_only && !is_root() {
         bail!(
             "the benchmark creates network namespaces and loads eBPF programs; run as root \

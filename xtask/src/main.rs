@@ -45,14 +45,19 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Set up and run every test of the workspace, one at a time (as root).
+    /// Set up and run every test of the workspace, one at a time, then the namespace
+    /// lab once with its checks (as root).
     Test {
+        /// Leave out the lab (about 6 minutes).
+        #[arg(long)]
+        no_lab: bool,
         /// Arguments for the test binaries, after `--` (e.g. `-- --nocapture`).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
     /// Measure throughput with and without the agent, the kernel cost per program, and
-    /// the detector engine's cost per tick at 10k and 100k links.
+    /// the detector engine's cost per tick at 10k and 100k links; `bench lab`: detection,
+    /// recovery and cost in the namespace lab, and a soak (as root).
     Bench(bench::Options),
     /// rustfmt check, clippy with warnings denied (host crates and the kernel programs
     /// for their own target), and a check that the pure core stays free of I/O crates.
@@ -60,7 +65,8 @@ enum Cmd {
     /// Fuzz the topology parser (cargo-fuzz on nightly) for --seconds (default 60).
     Fuzz(fuzz::Options),
     /// Build a data center of network namespaces (agents, traffic, inter-site delay),
-    /// inject faults and time what gRPC health subscribers see (as root).
+    /// inject faults and time what gRPC health subscribers see (as root); `--check`
+    /// judges every run and fails on a failed check.
     Lab(lab::Options),
     /// The lab's inter-site delay stage (started by `lab` inside the core namespace).
     #[command(hide = true)]
@@ -73,11 +79,17 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Cmd::Build { release } => build::run(release).map(|()| ExitCode::SUCCESS),
         Cmd::Run { args } => run::run(&args),
-        Cmd::Test { args } => test::run(&args),
+        Cmd::Test { args, no_lab } => test::run(&args, !no_lab),
         Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
         Cmd::Fuzz(options) => fuzz::run(&options),
         Cmd::Lint => lint::run().map(|()| ExitCode::SUCCESS),
-        Cmd::Lab(options) => lab::run(&options).map(|()| ExitCode::SUCCESS),
+        Cmd::Lab(options) => lab::run(&options).map(|o| {
+            if o.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }),
         Cmd::LabDelay(args) => lab::serve_delay(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -1,5 +1,7 @@
 //! `cargo xtask test [-- ARGS]`: the whole suite, unit and privileged integration
-//! tests, one test at a time: they share one kernel (tracepoints are global).
+//! tests, one test at a time: they share one kernel (tracepoints are global). Then the
+//! namespace lab, every scenario once with its checks (`cargo xtask lab --scenario all
+//! --check`), whose checks count in the suite's total (`--no-lab` leaves it out).
 use std::{
     ffi::OsString,
     io::{BufRead as _, BufReader},
@@ -11,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, describe, is_root, setup};
 
-pub(crate) fn run(args: &[OsString]) -> Result<ExitCode> {
+pub(crate) fn run(args: &[OsString], lab: bool) -> Result<ExitCode> {
     if !is_root() {
         bail!(
             "the integration tests create network namespaces and load eBPF programs; run as root"
@@ -43,16 +45,46 @@ pub(crate) fn run(args: &[OsString]) -> Result<ExitCode> {
         }
     }
     let status = child.wait().context("wait for cargo test")?;
-    let verdict = if status.success() { "passed" } else { "FAILED" };
+    let tests_took = start.elapsed();
+    let mut lab_failed = false;
+    if lab {
+        let lab_start = Instant::now();
+        println!("xtask test: the namespace lab, every scenario once, checked");
+        match crate::lab::run(&crate::lab::Options::check_all()) {
+            Ok(o) => {
+                total.passed += o.passed;
+                total.failed += o.failed;
+                lab_failed = o.failed > 0;
+            }
+            Err(e) => {
+                // The lab could not run at all: one failure, with the reason.
+                println!("lab: could not run: {e:#}");
+                total.failed += 1;
+                lab_failed = true;
+            }
+        }
+        println!(
+            "xtask test: the lab took {}",
+            format_duration(lab_start.elapsed())
+        );
+    }
+    let verdict = if status.success() && !lab_failed {
+        "passed"
+    } else {
+        "FAILED"
+    };
     println!(
-        "xtask test: {verdict}; total wall time {} (setup, build and tests)",
-        format_duration(start.elapsed())
+        "xtask test: {verdict}; total wall time {} (setup, build and tests {}{})",
+        format_duration(start.elapsed()),
+        format_duration(tests_took),
+        if lab { ", then the lab" } else { "" }
     );
     println!(
         "total: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.ignored
     );
     Ok(match status.code() {
+        Some(0) if lab_failed => ExitCode::FAILURE,
         Some(0) => ExitCode::SUCCESS,
         // cargo test exits 101 on failures; a code that does not fit u8 cannot happen.
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -4,14 +4,20 @@
 //!
 //! Build order (and, reversed, teardown order, by the fields of [`Lab`]): namespaces and
 //! routes ([`net`]), the inter-site delay stage in the core ([`delay`]), one agent per
-//! host ([`agents`]), traffic ([`traffic`]), subscribers ([`subscribe`]). Then each
-//! scenario runs `--runs` times ([`scenario`]) and is reported ([`report`]) as a table
-//! and `target/lab/<scenario>.json`. Everything lives inside namespaces named
+//! host ([`agents`]), traffic ([`traffic`]), subscribers: tonic ones ([`subscribe`]) and
+//! one independent Python grpcio process ([`python`]). Then each scenario runs `--runs`
+//! times ([`scenario`]), is judged against its expectations ([`checks`]) and reported
+//! ([`report`]) as a table and `target/lab/<scenario>.json`. `--check` makes a failed
+//! check fail the command; [`bench`] repeats the hard failures and soaks the noise. Everything lives inside namespaces named
 //! `fll-<pid>-…`; guards remove it on return, error, panic and Ctrl-C/SIGTERM, and a lab
 //! killed outright is cleaned by the next one.
 mod agents;
+mod bench;
+mod cgroup;
+mod checks;
 mod delay;
 mod net;
+mod python;
 mod report;
 mod scenario;
 mod subscribe;
@@ -28,10 +34,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use faultline_proto::health::health_check_response::ServingStatus;
 
-pub(crate) use self::delay::{DelayArgs, serve as serve_delay};
 use self::{
-    agents::Agents, delay::DelayStage, net::Network, scenario::Kind, subscribe::Subscribers,
-    topology::Topology, traffic::Traffic,
+    agents::Agents, delay::DelayStage, net::Network, python::PythonSubscriber, scenario::Kind,
+    subscribe::Subscribers, topology::Topology, traffic::Traffic,
+};
+pub(crate) use self::{
+    bench::{Options as BenchOptions, run as bench},
+    delay::{DelayArgs, serve as serve_delay},
 };
 use crate::{
     bench::{check_interrupted, install_signal_handlers},
@@ -58,11 +67,56 @@ pub(crate) struct Options {
     /// Keep the lab running after the scenarios (until Ctrl-C, at most an hour).
     #[arg(long)]
     keep: bool,
+    /// Judge every run against its scenario's expectations (one line per check, then
+    /// `lab: N passed, N failed`); exit non-zero when a check fails.
+    #[arg(long)]
+    check: bool,
+}
+
+impl Options {}
+
+impl Options {
+    /// Every scenario once, checked: what `cargo xtask test` runs.
+    pub(crate) fn check_all() -> Self {
+        Self {
+            topology: None,
+            scenario: "all".to_owned(),
+            runs: 1,
+            keep: false,
+            check: true,
+        }
+    }
+}
+
+/// Which client a subscriber is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SubscriberKind {
+    /// The lab's own tonic client (health, plus faultline.v1.Verdicts).
+    Tonic,
+    /// The independent Python grpcio client (health only).
+    Grpcio,
+}
+
+impl SubscriberKind {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Tonic => "tonic",
+            Self::Grpcio => "grpcio",
+        }
+    }
+}
+
+/// Checks passed and failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
 }
 
 /// The running lab. Fields drop in order: subscribers and traffic first, the
 /// namespaces last.
 pub(super) struct Lab {
+    python: Option<PythonSubscriber>,
     subscribers: Subscribers,
     traffic: Traffic,
     agents: Agents,
@@ -71,22 +125,86 @@ pub(super) struct Lab {
     topology: Topology,
     /// Every entity's health service name.
     services: Vec<String>,
-    /// Host index of each subscriber.
-    subscriber_hosts: Vec<usize>,
+    /// Every subscriber, (host index, client), at its index in the status log: the
+    /// tonic ones first, then the grpcio ones.
+    subscriber_at: Vec<(usize, SubscriberKind)>,
+    /// Faults injected so far on an entity that should fail: (when, entity path).
+    faults: Vec<(Instant, String)>,
     /// When everything was up.
     up_since: Instant,
     /// Configs and logs of this lab.
     run_dir: PathBuf,
 }
 
-pub(crate) fn run(opts: &Options) -> Result<()> {
+pub(crate) fn run(opts: &Options) -> Result<Outcome> {
+    let kinds = parse_scenarios(&opts.scenario)?;
+    let mut lab = open(opts.topology.as_ref(), &kinds)?;
+    let scenarios = kinds
+        .iter()
+        .map(|k| scenario::Scenario::resolve(*k, &lab.net, &lab.topology))
+        .collect::<Result<Vec<_>>>()?;
+    let out = target_dir().join("lab");
+    let mut outcome = Outcome::default();
+    let mut lines = Vec::new();
+    for s in &scenarios {
+        let mut runs = Vec::new();
+        for n in 1..=opts.runs {
+            println!(
+                "scenario {} run {n}/{}: {}",
+                s.kind.name(),
+                opts.runs,
+                s.expected.as_deref().unwrap_or("(nothing should fail)")
+            );
+            let run = s.run(&mut lab, s.kind.hold())?;
+            for c in &run.checks {
+                let line = c.line(&s.kind.name());
+                println!("  {line}");
+                if c.pass {
+                    outcome.passed += 1;
+                } else {
+                    outcome.failed += 1;
+                }
+                lines.push(line);
+            }
+            runs.push(run);
+        }
+        let report = report::Report::new(s, &runs, &lab);
+        print!("{}", report.table());
+        let path = out.join(format!("{}.json", s.kind.name()));
+        std::fs::write(&path, serde_json::to_string_pretty(&report.json())? + "\n")
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if opts.keep {
+        lab.keep()?;
+    }
+    let dead = lab.agents.dead();
+    if !dead.is_empty() {
+        println!("agents that exited during the lab: {}", dead.join(", "));
+    }
+    drop(lab);
+    println!(
+        "lab removed; {} scenario report(s) in {}",
+        scenarios.len(),
+        out.display()
+    );
+    if opts.check {
+        println!("\nlab checks:");
+        for l in &lines {
+            println!("{l}");
+        }
+        println!("lab: {} passed, {} failed", outcome.passed, outcome.failed);
+    }
+    Ok(outcome)
+}
+
+/// Checks the machine, builds the agent and brings the lab up for these scenarios.
+fn open(topology: Option<&PathBuf>, kinds: &[Kind]) -> Result<Lab> {
     if !is_root() {
         bail!("the lab creates network namespaces and loads eBPF programs; run as root");
     }
-    let kinds = parse_scenarios(&opts.scenario)?;
-    let topology_path = opts
-        .topology
-        .clone()
+    let topology_path = topology
+        .cloned()
         .unwrap_or_else(|| workspace_root().join("examples/lab/topology.toml"));
     let topology_path = std::fs::canonicalize(&topology_path)
         .with_context(|| format!("find {}", topology_path.display()))?;
@@ -102,6 +220,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let topology = Topology::load(&topology_path)?;
     install_signal_handlers();
     net::remove_stale()?;
+    cgroup::remove_stale();
     let out = target_dir().join("lab");
     let run_dir = out.join("run");
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -116,54 +235,13 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         run_dir.display()
     );
 
-    let scenarios: Vec<_> = {
-        // Resolve against the names the network will get, before building anything.
-        let mut lab = Lab::build(topology, &bin, &topology_path, &run_dir, &kinds)?;
-        let scenarios = kinds
-            .iter()
-            .map(|k| scenario::Scenario::resolve(*k, &lab.net, &lab.topology))
-            .collect::<Result<Vec<_>>>()?;
-        let mut reports = Vec::new();
-        for s in &scenarios {
-            let mut runs = Vec::new();
-            for n in 1..=opts.runs {
-                println!(
-                    "scenario {} run {n}/{}: {}",
-                    s.kind.name(),
-                    opts.runs,
-                    s.expected.as_deref().unwrap_or("(nothing should fail)")
-                );
-                runs.push(s.run(&mut lab)?);
-            }
-            let report = report::Report::new(s, &runs, &lab);
-            print!("{}", report.table());
-            let path = out.join(format!("{}.json", s.kind.name()));
-            std::fs::write(&path, serde_json::to_string_pretty(&report.json())? + "\n")
-                .with_context(|| format!("write {}", path.display()))?;
-            println!("wrote {}", path.display());
-            reports.push(report);
-        }
-        if opts.keep {
-            lab.keep()?;
-        }
-        let dead = lab.agents.dead();
-        if !dead.is_empty() {
-            println!("agents that exited during the lab: {}", dead.join(", "));
-        }
-        reports
-    };
-    println!(
-        "lab removed; {} scenario report(s) in {}",
-        scenarios.len(),
-        out.display()
-    );
-    Ok(())
+    Lab::build(topology, &bin, &topology_path, &run_dir, kinds)
 }
 
 fn parse_scenarios(text: &str) -> Result<Vec<Kind>> {
     use clap::ValueEnum as _;
     if text == "all" {
-        return Ok(Kind::value_variants().to_vec());
+        return Ok(Kind::ALL.to_vec());
     }
     text.split(',')
         .map(|name| {
@@ -197,13 +275,15 @@ impl Lab {
         let services = topology.service_names();
         // Every scenario's subscribers, once each.
         let mut subscriber_hosts = Vec::new();
+        let mut resolved = Vec::new();
         for k in kinds {
             let s = scenario::Scenario::resolve(*k, &net, &topology)?;
-            for (h, _) in s.subscribers {
-                if !subscriber_hosts.contains(&h) {
-                    subscriber_hosts.push(h);
+            for (h, _) in &s.subscribers {
+                if !subscriber_hosts.contains(h) {
+                    subscriber_hosts.push(*h);
                 }
             }
+            resolved.push(s);
         }
         let endpoints: Vec<(String, String)> = subscriber_hosts
             .iter()
@@ -220,12 +300,46 @@ impl Lab {
             services.len()
         );
         let subscribers = Subscribers::start(&endpoints, &services);
+        let mut subscriber_at: Vec<(usize, SubscriberKind)> = subscriber_hosts
+            .iter()
+            .map(|&h| (h, SubscriberKind::Tonic))
+            .collect();
+        let python_hosts = python_hosts(&topology, &resolved);
+        let targets: Vec<(String, String, std::net::SocketAddr)> = python_hosts
+            .iter()
+            .map(|&h| {
+                (
+                    topology.hosts[h].name.clone(),
+                    net.hosts[h].clone(),
+                    std::net::SocketAddr::new(topology.hosts[h].primary(), agents::GRPC_PORT),
+                )
+            })
+            .collect();
+        println!(
+            "subscribing: one Python grpcio process at {} × {} services (log {})",
+            python_hosts
+                .iter()
+                .map(|&h| topology.hosts[h].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            services.len(),
+            run_dir.join("python-subscriber.log").display()
+        );
+        let python = PythonSubscriber::start(
+            &targets,
+            &services,
+            run_dir,
+            subscribers.log.clone(),
+            subscriber_at.len(),
+        )?;
+        subscriber_at.extend(python_hosts.iter().map(|&h| (h, SubscriberKind::Grpcio)));
         println!(
             "lab up in {:.1} s: {} flows",
             started.elapsed().as_secs_f64(),
             traffic.flows.len()
         );
         Ok(Self {
+            python: Some(python),
             subscribers,
             traffic,
             agents,
@@ -233,14 +347,32 @@ impl Lab {
             net,
             topology,
             services,
-            subscriber_hosts,
+            subscriber_at,
+            faults: Vec::new(),
             up_since: Instant::now(),
             run_dir: run_dir.to_owned(),
         })
     }
 
-    fn subscriber_index(&self, host: usize) -> Option<usize> {
-        self.subscriber_hosts.iter().position(|&h| h == host)
+    /// The log index of the subscriber of this kind at `host`.
+    fn subscriber_ix(&self, host: usize, kind: SubscriberKind) -> Option<usize> {
+        self.subscriber_at
+            .iter()
+            .position(|&(h, k)| h == host && k == kind)
+    }
+
+    /// `a11-1/tonic`.
+    fn subscriber_label(&self, ix: usize) -> String {
+        let (h, k) = self.subscriber_at[ix];
+        format!("{}/{}", self.topology.hosts[h].name, k.label())
+    }
+
+    /// None while the delay stage runs; else how it ended.
+    fn delay_dead(&mut self) -> Option<String> {
+        self.delay
+            .check_alive(&self.run_dir.join("delay.log"))
+            .err()
+            .map(|e| format!("{e:#}"))
     }
 
     /// Waits until [`scenario::settled_now`]; Ok(Err(why)) when it did not within `timeout`.
@@ -287,12 +419,7 @@ impl Lab {
         state
             .into_iter()
             .filter(|(_, st)| *st == ServingStatus::NotServing)
-            .map(|((sub, svc), _)| {
-                format!(
-                    "{}@{}",
-                    self.services[svc], self.topology.hosts[self.subscriber_hosts[sub]].name
-                )
-            })
+            .map(|((sub, svc), _)| format!("{}@{}", self.services[svc], self.subscriber_label(sub)))
             .collect()
     }
 
@@ -300,9 +427,24 @@ impl Lab {
     /// the delay stage at work (intra-site pairs should be well under a millisecond).
     fn rtt_by_site_pair(&self, window: Duration) -> Vec<(String, Duration)> {
         let now = Instant::now();
+        self.rtt_pairs(now - window, now)
+            .into_iter()
+            .map(|((a, b), rtt, _)| {
+                let name = format!(
+                    "{}>{}",
+                    self.topology.sites[a].name, self.topology.sites[b].name
+                );
+                (name, rtt)
+            })
+            .collect()
+    }
+
+    /// Median request round trip and number of answered requests per (from site, to
+    /// site) in `[from, to)`.
+    fn rtt_pairs(&self, from: Instant, to: Instant) -> Vec<((usize, usize), Duration, usize)> {
         let mut by_pair: std::collections::BTreeMap<(usize, usize), Vec<Duration>> =
             std::collections::BTreeMap::new();
-        for r in self.traffic.log.between(now - window, now) {
+        for r in self.traffic.log.between(from, to) {
             if let Some(rtt) = r.rtt {
                 let f = &self.traffic.flows[r.flow as usize];
                 let key = (
@@ -314,19 +456,19 @@ impl Lab {
         }
         by_pair
             .into_iter()
-            .map(|((a, b), mut v)| {
+            .map(|(pair, mut v)| {
                 v.sort_unstable();
-                let name = format!(
-                    "{}>{}",
-                    self.topology.sites[a].name, self.topology.sites[b].name
-                );
-                (name, v[v.len() / 2])
+                (pair, v[v.len() / 2], v.len())
             })
             .collect()
     }
 
     fn cpu_snapshot(&self) -> report::CpuSnapshot {
-        report::CpuSnapshot::take(&self.agents.pids(), self.delay.pid())
+        report::CpuSnapshot::take(
+            &self.agents.pids(),
+            self.delay.pid(),
+            self.python.as_ref().map(PythonSubscriber::pid),
+        )
     }
 
     fn cpu_since(&self, start: &report::CpuSnapshot) -> report::Cpu {
@@ -352,4 +494,21 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// Hosts of the Python subscriber: in every site, the first host inside no scenario's
+/// fault (or the site's first host when every one is inside some fault).
+fn python_hosts(t: &Topology, scenarios: &[scenario::Scenario]) -> Vec<usize> {
+    (0..t.sites.len())
+        .filter_map(|s| {
+            let in_site = || (0..t.hosts.len()).filter(move |&h| t.hosts[h].site == s);
+            in_site()
+                .find(|h| {
+                    !scenarios
+                        .iter()
+                        .any(|sc| sc.expected.is_some() && sc.inside.contains(h))
+                })
+                .or_else(|| in_site().next())
+        })
+        .collect()
 }

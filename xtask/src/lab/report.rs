@@ -8,35 +8,46 @@ use serde_json::{Value, json};
 
 use super::{
     Lab,
-    scenario::{HOLD, Run, Scenario, Vantage},
+    scenario::{Run, Scenario, Vantage},
 };
 
 /// CPU time of the lab's processes at one instant (clock ticks).
+#[derive(Clone)]
 pub(super) struct CpuSnapshot {
     at: std::time::Instant,
+    pids: Vec<u32>,
     agents: Vec<u64>,
     delay: u64,
     xtask: u64,
+    python: u64,
 }
 
-/// CPU used between two snapshots, in % of one core.
-#[derive(Clone, Copy, Debug, Default)]
+/// CPU used between two snapshots, in % of one core, and the agents' memory.
+#[derive(Clone, Debug, Default)]
 pub(super) struct Cpu {
     pub(super) agents_total: f64,
     pub(super) agent_max: f64,
+    /// Each agent's CPU, in host order.
+    pub(super) per_agent: Vec<f64>,
+    /// Each agent's resident set at the end, KiB (from /proc/PID/status VmRSS).
+    pub(super) rss_kib: Vec<u64>,
     pub(super) delay: f64,
     /// This process: traffic and subscribers.
     pub(super) xtask: f64,
+    /// The Python grpcio subscriber process.
+    pub(super) python: f64,
     pub(super) load1: f64,
 }
 
 impl CpuSnapshot {
-    pub(super) fn take(agents: &[u32], delay: u32) -> Self {
+    pub(super) fn take(agents: &[u32], delay: u32, python: Option<u32>) -> Self {
         Self {
             at: std::time::Instant::now(),
+            pids: agents.to_vec(),
             agents: agents.iter().map(|&p| ticks(p)).collect(),
             delay: ticks(delay),
             xtask: ticks(std::process::id()),
+            python: python.map_or(0, ticks),
         }
     }
 
@@ -60,14 +71,29 @@ impl CpuSnapshot {
         Cpu {
             agents_total: agents.iter().sum(),
             agent_max: agents.iter().copied().fold(0.0, f64::max),
+            rss_kib: self.pids.iter().map(|&p| rss_kib(p)).collect(),
+            per_agent: agents,
             delay: pct(self.delay, start.delay),
             xtask: pct(self.xtask, start.xtask),
+            python: pct(self.python, start.python),
             load1: std::fs::read_to_string("/proc/loadavg")
                 .ok()
                 .and_then(|l| l.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0.0),
         }
     }
+}
+
+/// VmRSS of a process, KiB (0 if it is gone).
+pub(super) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// utime + stime of a process, in clock ticks (0 if it is gone).
@@ -92,6 +118,7 @@ struct Row {
     vantage: Vantage,
     detected: usize,
     detect: Histogram<u64>,
+    degraded: Histogram<u64>,
     recover: Histogram<u64>,
     not_recovered: usize,
     flaps: u32,
@@ -101,6 +128,7 @@ struct Row {
 
 pub(super) struct Report {
     scenario: String,
+    hold: Duration,
     expected: Option<String>,
     router: String,
     runs: usize,
@@ -110,6 +138,13 @@ pub(super) struct Report {
     cpu: Vec<super::report::Cpu>,
     rtt: Vec<Vec<(String, Duration)>>,
     unsettled: usize,
+    checks: Vec<String>,
+    agent_names: Vec<String>,
+}
+
+/// KiB → MiB for display (RSS sizes fit an f64 exactly).
+pub(super) fn kib_to_mib(kib: u64) -> f64 {
+    f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0
 }
 
 fn histogram() -> Histogram<u64> {
@@ -123,14 +158,15 @@ fn ms(d: Duration) -> u64 {
 impl Report {
     pub(super) fn new(s: &Scenario, runs: &[Run], lab: &Lab) -> Self {
         let name = |h: usize| lab.topology.hosts[h].name.clone();
-        let mut rows: Vec<Row> = s
-            .subscribers
+        let layout = runs.first().map(|r| r.seen.clone()).unwrap_or_default();
+        let mut rows: Vec<Row> = layout
             .iter()
-            .map(|&(h, v)| Row {
-                subscriber: name(h),
-                vantage: v,
+            .map(|seen| Row {
+                subscriber: format!("{}/{}", name(seen.host), seen.kind.label()),
+                vantage: seen.vantage,
                 detected: 0,
                 detect: histogram(),
+                degraded: histogram(),
                 recover: histogram(),
                 not_recovered: 0,
                 flaps: 0,
@@ -145,6 +181,9 @@ impl Report {
                 if let Some(d) = seen.detect {
                     row.detected += 1;
                     let _ = row.detect.record(ms(d));
+                }
+                if let Some(d) = seen.degraded {
+                    let _ = row.degraded.record(ms(d));
                 }
                 if let Some(r) = seen.recover {
                     let _ = row.recover.record(ms(r));
@@ -181,10 +220,13 @@ impl Report {
                 "run": n + 1,
                 "settled": match &run.settled { Ok(d) => json!({"after_ms": d.as_millis()}), Err(why) => json!({"not_settled": why}) },
                 "dropped_packets": run.dropped_packets,
+                "checks": run.checks.iter().map(|c| json!({"check": c.name, "pass": c.pass, "detail": c.detail})).collect::<Vec<_>>(),
                 "subscribers": run.seen.iter().map(|seen| json!({
                     "host": name(seen.host),
+                    "client": seen.kind.label(),
                     "vantage": seen.vantage.label(),
                     "detect_ms": seen.detect.map(|d| d.as_millis()),
+                    "degraded_ms": seen.degraded.map(|d| d.as_millis()),
                     "first_not_serving": seen.first.as_ref().map(|(d, svc)| json!({"service": svc, "after_ms": d.as_millis()})),
                     "recover_ms": seen.recover.map(|d| d.as_millis()),
                     "recovered": seen.recovered,
@@ -204,23 +246,37 @@ impl Report {
                 "cpu_percent_of_one_core": {
                     "agents_total": run.cpu.agents_total,
                     "busiest_agent": run.cpu.agent_max,
+                    "per_agent": run.cpu.per_agent.iter().zip(lab.topology.hosts.iter()).map(|(c, h)| (h.name.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
                     "delay_stage": run.cpu.delay,
                     "xtask_traffic_and_subscribers": run.cpu.xtask,
+                    "python_subscriber": run.cpu.python,
                     "load_average_1m": run.cpu.load1,
                 },
+                "agent_rss_kib": run.cpu.rss_kib.iter().zip(lab.topology.hosts.iter()).map(|(r, h)| (h.name.clone(), json!(r))).collect::<serde_json::Map<_, _>>(),
             }));
         }
         Self {
             scenario: s.kind.name(),
+            hold: s.kind.hold(),
             expected: s.expected.clone(),
             router: s.router_role.clone(),
             runs: runs.len(),
             rows,
             json_runs,
             impact_lines,
-            cpu: runs.iter().map(|r| r.cpu).collect(),
+            cpu: runs.iter().map(|r| r.cpu.clone()).collect(),
             rtt: runs.iter().map(|r| r.rtt.clone()).collect(),
             unsettled: runs.iter().filter(|r| r.settled.is_err()).count(),
+            checks: runs
+                .iter()
+                .enumerate()
+                .flat_map(|(n, r)| {
+                    r.checks
+                        .iter()
+                        .map(move |c| format!("run {}: {}", n + 1, c.line(&s.kind.name())))
+                })
+                .collect(),
+            agent_names: lab.topology.hosts.iter().map(|h| h.name.clone()).collect(),
         }
     }
 
@@ -232,7 +288,7 @@ impl Report {
             self.scenario,
             self.expected.as_deref().unwrap_or("nothing should fail"),
             self.router,
-            HOLD.as_secs(),
+            self.hold.as_secs(),
             self.runs,
             if self.unsettled > 0 {
                 format!(
@@ -245,8 +301,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<8} {:<10} {:>8} {:>22} {:>22} {:>6}  FIRST NOT_SERVING / OTHERS NOT_SERVING (runs)",
-            "SUBSCR",
+            "{:<14} {:<10} {:>8} {:>22} {:>22} {:>6}  FIRST NOT_SERVING / OTHERS NOT_SERVING (runs)",
+            "SUBSCRIBER",
             "WHERE",
             "DETECTED",
             "DETECT p50/p99/max ms",
@@ -273,7 +329,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<8} {:<10} {:>8} {:>22} {:>22} {:>6}  first: {}",
+                "{:<14} {:<10} {:>8} {:>22} {:>22} {:>6}  first: {}",
                 r.subscriber,
                 r.vantage.label(),
                 format!("{}/{}", r.detected, self.runs),
@@ -292,7 +348,15 @@ impl Report {
                     .iter()
                     .map(|(s, rel, n)| format!("{s} [{rel}] ({n})"))
                     .collect();
-                let _ = writeln!(out, "{:>82}  others: {}", "", others.join(", "));
+                let _ = writeln!(out, "{:>88}  others: {}", "", others.join(", "));
+            }
+            if !r.degraded.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{:>88}  DEGRADED (Verdicts) p50/p99/max ms: {}",
+                    "",
+                    pct(&r.degraded)
+                );
             }
         }
         for l in &self.impact_lines {
@@ -308,13 +372,28 @@ impl Report {
         for (n, c) in self.cpu.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "cpu run {}: agents {:.0}% of a core in total (busiest {:.1}%), delay stage {:.1}%, xtask (traffic + subscribers) {:.1}%, load {:.1}",
+                "cpu run {}: agents {:.0}% of a core in total (busiest {:.1}%), delay stage {:.1}%, xtask (traffic + subscribers) {:.1}%, python subscriber {:.1}%, load {:.1}",
                 n + 1,
                 c.agents_total,
                 c.agent_max,
                 c.delay,
                 c.xtask,
+                c.python,
                 c.load1
+            );
+            let rss_max = c.rss_kib.iter().copied().max().unwrap_or(0);
+            let busiest = c
+                .per_agent
+                .iter()
+                .zip(&self.agent_names)
+                .max_by(|a, b| a.0.total_cmp(b.0))
+                .map_or("-".to_owned(), |(c, n)| format!("{n} {c:.1}%"));
+            let _ = writeln!(
+                out,
+                "agents run {}: busiest {busiest}; RSS max {:.1} MiB, total {:.1} MiB",
+                n + 1,
+                kib_to_mib(rss_max),
+                kib_to_mib(c.rss_kib.iter().sum())
             );
         }
         out
@@ -332,7 +411,7 @@ impl Report {
             "scenario": self.scenario,
             "expected_not_serving": self.expected,
             "fault_at": self.router,
-            "hold_ms": HOLD.as_millis(),
+            "hold_ms": self.hold.as_millis(),
             "runs": self.runs,
             "summary": self.rows.iter().map(|r| json!({
                 "subscriber": r.subscriber,
@@ -344,6 +423,7 @@ impl Report {
                 "flaps_during_fault": r.flaps,
                 "other_not_serving": r.others.iter().map(|(s, rel, n)| json!({"service": s, "relation": rel, "runs": n})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "checks": self.checks,
             "per_run": self.json_runs,
         })
     }

@@ -1,25 +1,37 @@
-//! Scenarios: which fault, where it is injected, and what one run of it measured.
+//! Scenarios: which fault, where it is injected, what is expected of the agents, and
+//! what one run of it measured.
 //!
-//! A run waits for the lab to settle (agents up, every flow answering, every
-//! subscriber connected and nothing NOT_SERVING for a while), injects the fault as an
-//! nft table in one router's forward chain, holds it [`HOLD`], deletes the table, and
+//! A run waits until no earlier fault on an overlapping entity is within the detector's
+//! flap window (so every run sees the undamped recovery hold), waits for the lab to
+//! settle (agents up, every flow answering, every subscriber connected and nothing
+//! NOT_SERVING for a while), injects the fault — an nft table in one router's forward
+//! chain, or a CPU quota on some hosts ([`super::cgroup`]) — holds it, removes it, and
 //! keeps watching until everything is SERVING again (at least [`WATCH_AFTER_CLEAR`],
 //! so late verdicts are seen too, at most [`RECOVERY_TIMEOUT`]). Then it reads what
-//! each subscriber received and what the traffic suffered. It measures; it never
-//! decides whether the detector was right.
+//! each subscriber received and what the traffic suffered, and judges the run against
+//! the scenario's [`Expect`] ([`super::checks`]).
 use std::{
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
-use faultline_proto::health::health_check_response::ServingStatus;
+use faultline_proto::{health::health_check_response::ServingStatus, v1::State};
 
-use super::{Lab, net::Network, net::core_port, subscribe::Status};
+use super::{
+    Lab, SubscriberKind,
+    cgroup::Starved,
+    checks::Check,
+    net::{Network, core_port, progress},
+    subscribe::{Status, VerdictSeen},
+};
 use crate::bench::check_interrupted;
 
 /// How long a fault stays in.
 pub(super) const HOLD: Duration = Duration::from_secs(5);
+/// How long noise stays in (core-noise, cpu-contention): long enough for the
+/// detector's windows (loss 2 s, RTT 1 s, degraded confirm 1 s) to fill several times.
+pub(super) const NOISE_HOLD: Duration = Duration::from_secs(20);
 /// Watch at least this long after clearing (the detector's recovery hold is 5 s).
 const WATCH_AFTER_CLEAR: Duration = Duration::from_secs(8);
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(45);
@@ -31,6 +43,10 @@ const QUIET_VERDICTS: Duration = Duration::from_secs(10);
 pub(super) const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The nft table a fault lives in; deleting it clears the fault.
 const TABLE: &str = "lab_fault";
+/// Two faults on overlapping entities are at least this far apart: the detector doubles
+/// the recovery hold of an entity that re-enters FAILED within its flap window (60 s by
+/// default), and a run should measure the plain hold, not the damped one.
+const FLAP_SPACING: Duration = Duration::from_secs(65);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Kind {
@@ -52,6 +68,12 @@ pub(super) enum Kind {
     GrayLoss,
     /// 1% of every packet crossing the core is dropped (noise: nothing should fail).
     CoreNoise,
+    /// An observer's own NIC fails: one host's traffic is dropped at its ToR, and its
+    /// own agent must name itself cut off while the others name it.
+    ObserverNic,
+    /// Half the hosts' agents and their traffic get 5% of one core (a CPU quota):
+    /// nothing should fail, nothing above host level should be DEGRADED.
+    CpuContention,
 }
 
 impl Kind {
@@ -60,6 +82,71 @@ impl Kind {
             .map(|v| v.get_name().to_owned())
             .unwrap_or_default()
     }
+
+    /// Every scenario, in the order `all` runs them: faults on overlapping entities
+    /// (the dc-a/c1 rack and cabinet, the dc-c site) interleaved with others, so the
+    /// flap spacing between them costs little waiting.
+    pub(super) const ALL: [Self; 11] = [
+        Self::HostUnreachable,
+        Self::RackBlackhole,
+        Self::SitePartition,
+        Self::ObserverNic,
+        Self::CoreNoise,
+        Self::CabinetBlackhole,
+        Self::SiteOnewayIn,
+        Self::CpuContention,
+        Self::RackOnewayIn,
+        Self::GrayLoss,
+        Self::RackOnewayOut,
+    ];
+
+    /// The hard failures `cargo xtask bench lab` times, in round-robin order.
+    pub(super) const HARD: [Self; 5] = [
+        Self::HostUnreachable,
+        Self::RackBlackhole,
+        Self::SitePartition,
+        Self::ObserverNic,
+        Self::CabinetBlackhole,
+    ];
+
+    /// How long one run holds the fault.
+    pub(super) fn hold(self) -> Duration {
+        match self {
+            Self::CoreNoise | Self::CpuContention => NOISE_HOLD,
+            _ => HOLD,
+        }
+    }
+}
+
+/// What inside subscribers must name (besides what they must not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum InsideNames {
+    /// Nothing is required (one-way faults: the inside may or may not find itself cut off).
+    Nothing,
+    /// Exactly its own host, FAILED with `local_fault` (a host that lost its network).
+    OwnHost,
+    /// An entity that encloses its own host and lies within the failed one (its host,
+    /// rack, … up to the failed entity itself), FAILED with `local_fault`: the smallest
+    /// one it can still tell apart, e.g. its host when the rack's own links are cut too.
+    OwnEnclosing,
+}
+
+/// What the agents are expected to say, per scenario (see [`Scenario::resolve`]).
+#[derive(Clone, Debug)]
+pub(super) struct Expect {
+    /// The entity's path whose health service (`Scenario::expected`) must go NOT_SERVING
+    /// within [`super::checks::DETECT_BOUND`] at every outside subscriber. It and the
+    /// entities inside it may go NOT_SERVING anywhere; nothing else may, except an
+    /// inside subscriber's own enclosing entity flagged `local_fault`.
+    pub(super) failed_path: Option<String>,
+    pub(super) inside_names: InsideNames,
+    /// A gray failure: this entity should turn DEGRADED (seen over Verdicts; measured and
+    /// reported against the 3 s goal, not a pass/fail check).
+    pub(super) degraded: Option<String>,
+    /// Nothing at all may go NOT_SERVING.
+    pub(super) no_not_serving: bool,
+    /// Nothing above host level may turn DEGRADED or FAILED (over Verdicts).
+    pub(super) calm_above_host: bool,
 }
 
 /// Where a subscriber sits relative to the fault.
@@ -81,11 +168,15 @@ impl Vantage {
 }
 
 /// One scenario, resolved against the lab's topology.
+#[derive(Clone)]
 pub(super) struct Scenario {
     pub(super) kind: Kind,
     /// The entity the fault takes out, as a health service name (`rack/dc-a/c1/r1`);
     /// None when nothing should fail.
     pub(super) expected: Option<String>,
+    pub(super) expect: Expect,
+    /// Hosts whose agents (and traffic threads) the fault starves of CPU.
+    pub(super) starve: Vec<usize>,
     /// Router namespace the nft table goes into, and a description of it.
     pub(super) router: String,
     pub(super) router_role: String,
@@ -123,6 +214,12 @@ impl Scenario {
                 })
                 .collect()
         };
+        let unreachable_host = t
+            .hosts
+            .iter()
+            .position(|h| h.site == 1.min(t.sites.len() - 1))
+            .unwrap_or(0);
+        let mut starve = Vec::new();
         let (expected, router, role, rules, inside): (
             Option<String>,
             String,
@@ -130,12 +227,23 @@ impl Scenario {
             Vec<String>,
             Vec<usize>,
         ) = match kind {
-            Kind::HostUnreachable => {
-                let h = t
-                    .hosts
-                    .iter()
-                    .position(|h| h.site == 1.min(t.sites.len() - 1))
-                    .unwrap_or(0);
+            Kind::HostUnreachable | Kind::ObserverNic => {
+                let h = if kind == Kind::HostUnreachable {
+                    unreachable_host
+                } else {
+                    // A host in a rack of two or more, away from every other scenario's
+                    // target (so runs need not wait out each other's flap window).
+                    (0..t.hosts.len())
+                        .find(|&h| {
+                            let r = t.hosts[h].rack;
+                            t.racks[r].hosts.len() >= 2
+                                && t.hosts[h].site != site
+                                && Some(r) != rack
+                                && Some(t.racks[r].cabinet) != cabinet
+                                && h != unreachable_host
+                        })
+                        .unwrap_or((unreachable_host + 1) % t.hosts.len())
+                };
                 let host = &t.hosts[h];
                 let rules = host
                     .addresses
@@ -239,6 +347,44 @@ impl Scenario {
                 vec!["numgen random mod 100 < 1 counter drop".to_owned()],
                 Vec::new(),
             ),
+            Kind::CpuContention => {
+                // Every other host, so every rack with two hosts and every site has
+                // starved and unstarved agents side by side.
+                starve = (0..t.hosts.len()).filter(|h| h % 2 == 1).collect();
+                (
+                    None,
+                    String::new(),
+                    format!("CPU quota of {} hosts", starve.len()),
+                    Vec::new(),
+                    starve.clone(),
+                )
+            }
+        };
+        let failed_path = expected
+            .as_ref()
+            .filter(|_| kind != Kind::GrayLoss)
+            .and_then(|e: &String| e.split_once('/'))
+            .map(|(_, p)| p.to_owned());
+        let expect = Expect {
+            failed_path,
+            inside_names: match kind {
+                Kind::HostUnreachable | Kind::ObserverNic => InsideNames::OwnHost,
+                Kind::RackBlackhole | Kind::CabinetBlackhole | Kind::SitePartition => {
+                    InsideNames::OwnEnclosing
+                }
+                _ => InsideNames::Nothing,
+            },
+            degraded: (kind == Kind::GrayLoss)
+                .then(|| rack.map(|r| format!("rack/{}", t.racks[r].path)))
+                .flatten(),
+            no_not_serving: matches!(kind, Kind::GrayLoss | Kind::CoreNoise | Kind::CpuContention),
+            calm_above_host: matches!(kind, Kind::CoreNoise | Kind::CpuContention),
+        };
+        // Gray loss: nothing should fail; the rack should turn DEGRADED.
+        let expected = if kind == Kind::GrayLoss {
+            None
+        } else {
+            expected
         };
         // Subscribers: the first host inside the fault, then in every site the first
         // host outside it.
@@ -262,6 +408,8 @@ impl Scenario {
         Ok(Self {
             kind,
             expected,
+            expect,
+            starve,
             router,
             router_role: role,
             rules,
@@ -270,7 +418,64 @@ impl Scenario {
         })
     }
 
-    fn inject(&self) -> Result<()> {
+    /// Where `host` sits relative to this fault.
+    pub(super) fn vantage(&self, host: usize, t: &super::topology::Topology) -> Vantage {
+        if self.inside.contains(&host) {
+            Vantage::Inside
+        } else if self
+            .inside
+            .first()
+            .is_some_and(|&h| t.hosts[h].site == t.hosts[host].site)
+        {
+            Vantage::SameSite
+        } else {
+            Vantage::OtherSite
+        }
+    }
+
+    /// Whether this fault and `other` (an entity path) overlap: one contains the other.
+    fn overlaps(&self, other: &str) -> bool {
+        self.expect
+            .failed_path
+            .as_deref()
+            .is_some_and(|p| within(p, other) || within(other, p))
+    }
+
+    fn inject(&self, lab: &Lab) -> Result<Option<Starved>> {
+        let starved = if self.starve.is_empty() {
+            None
+        } else {
+            let pids = lab.agents.pids();
+            let hosts: Vec<(String, Vec<u32>, Vec<i32>)> = self
+                .starve
+                .iter()
+                .map(|&h| {
+                    (
+                        lab.topology.hosts[h].name.clone(),
+                        pids.get(h).copied().into_iter().collect(),
+                        lab.traffic.threads_of.of(&[h]),
+                    )
+                })
+                .collect();
+            let s = Starved::start(&hosts)?;
+            println!(
+                "  starved {} hosts' agents{}, each in its own cgroup ({} / {} µs of CPU); {} tasks moved",
+                hosts.len(),
+                match s.reach {
+                    super::cgroup::Reach::AgentsAndTraffic => " and traffic threads",
+                    super::cgroup::Reach::AgentsOnly => {
+                        " (not their traffic: cgroup v2 moves whole processes)"
+                    }
+                },
+                super::cgroup::QUOTA_US,
+                super::cgroup::PERIOD_US,
+                s.moved
+            );
+            Some(s)
+        };
+        if self.rules.is_empty() {
+            return Ok(starved);
+        }
         let body: String = self.rules.iter().map(|r| format!("    {r}\n")).collect();
         Network::nft(
             &self.router,
@@ -278,11 +483,14 @@ impl Scenario {
                 "table inet {TABLE} {{\n  chain path {{\n    type filter hook forward priority 0; policy accept;\n{body}  }}\n}}\n"
             ),
         )?;
-        Ok(())
+        Ok(starved)
     }
 
     /// Deletes the fault's table; returns the packets its rules dropped.
     fn clear(&self) -> Result<u64> {
+        if self.rules.is_empty() {
+            return Ok(0);
+        }
         let listing = Network::nft(&self.router, &format!("list table inet {TABLE}\n"))?;
         let dropped = listing
             .split("counter packets ")
@@ -294,13 +502,27 @@ impl Scenario {
     }
 }
 
+/// One subscriber as a scenario sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Watcher {
+    /// Its index in the lab's status log.
+    pub(super) ix: usize,
+    pub(super) host: usize,
+    pub(super) vantage: Vantage,
+    pub(super) kind: SubscriberKind,
+}
+
 /// What one subscriber saw in one run.
 #[derive(Clone, Debug)]
 pub(super) struct Seen {
     pub(super) host: usize,
     pub(super) vantage: Vantage,
+    pub(super) kind: SubscriberKind,
     /// Injection → first NOT_SERVING of the expected entity.
     pub(super) detect: Option<Duration>,
+    /// Injection → first DEGRADED (or worse) verdict of the gray failure's entity
+    /// (tonic subscribers only: health has no DEGRADED).
+    pub(super) degraded: Option<Duration>,
     /// The first NOT_SERVING of anything after injection: (delay, service).
     pub(super) first: Option<(Duration, String)>,
     /// Clearing → the expected entity SERVING again for good (None: not recovered, or
@@ -340,10 +562,29 @@ pub(super) struct Run {
     pub(super) cpu: super::report::Cpu,
     /// Median request RTT per site pair just before injection.
     pub(super) rtt: Vec<(String, Duration)>,
+    /// The run judged against [`Expect`].
+    pub(super) checks: Vec<Check>,
+    pub(super) injected: Instant,
+    pub(super) end: Instant,
+}
+
+/// Everything a run recorded, for [`super::checks::judge`].
+pub(super) struct Record<'a> {
+    pub(super) watchers: &'a [Watcher],
+    pub(super) statuses: &'a [Status],
+    pub(super) verdicts: &'a [VerdictSeen],
+    pub(super) injected: Instant,
+    pub(super) cleared: Instant,
+    pub(super) end: Instant,
+    pub(super) settled: &'a Result<Duration, String>,
+    /// None when the delay stage lived through the run; else how it ended.
+    pub(super) delay_dead: Option<String>,
 }
 
 impl Scenario {
-    pub(super) fn run(&self, lab: &mut Lab) -> Result<Run> {
+    /// Runs the scenario once, holding the fault for `hold`.
+    pub(super) fn run(&self, lab: &mut Lab, hold: Duration) -> Result<Run> {
+        self.wait_flap_spacing(lab)?;
         let settled = lab.settle(SETTLE_TIMEOUT)?;
         match &settled {
             Ok(d) => println!("  settled after {:.1} s", d.as_secs_f64()),
@@ -354,20 +595,35 @@ impl Scenario {
         let rtt = lab.rtt_by_site_pair(QUIET);
         let cpu_start = lab.cpu_snapshot();
         let injected = Instant::now();
-        self.inject()?;
+        let starved = self.inject(lab)?;
+        if let Some(p) = &self.expect.failed_path {
+            lab.faults.push((injected, p.clone()));
+        }
         println!(
-            "  injected at the {} ({} rule(s)); holding {HOLD:?}",
+            "  injected at the {} ({} rule(s)); holding {hold:?}",
             self.router_role,
             self.rules.len()
         );
-        let hold_end = injected + HOLD;
+        let hold_end = injected + hold;
+        let mut shown = Instant::now();
         while Instant::now() < hold_end {
             check_interrupted()?;
             sleep(Duration::from_millis(50));
+            if hold > QUIET_VERDICTS && shown.elapsed() >= Duration::from_secs(10) {
+                shown = Instant::now();
+                progress(&format!(
+                    "  holding: {:.0} of {:.0} s",
+                    injected.elapsed().as_secs_f64(),
+                    hold.as_secs_f64()
+                ));
+            }
         }
         let cleared = Instant::now();
         let dropped_packets = self.clear()?;
+        drop(starved);
         println!("  cleared ({dropped_packets} packets dropped); watching recovery");
+        let watchers = self.watchers(lab);
+        let ixs: Vec<usize> = watchers.iter().map(|w| w.ix).collect();
         loop {
             check_interrupted()?;
             sleep(Duration::from_millis(200));
@@ -376,22 +632,30 @@ impl Scenario {
                 println!("  not everything SERVING {RECOVERY_TIMEOUT:?} after clearing");
                 break;
             }
-            if waited >= WATCH_AFTER_CLEAR
-                && lab.not_serving_now(&self.subscriber_ixs(lab)).is_empty()
-            {
+            if waited >= WATCH_AFTER_CLEAR && lab.not_serving_now(&ixs).is_empty() {
                 break;
             }
         }
         let end = Instant::now();
         let cpu = lab.cpu_since(&cpu_start);
+        let delay_dead = lab.delay_dead();
         let statuses = lab.subscribers.log.all();
-        let seen = self
-            .subscribers
+        let verdicts = lab.subscribers.verdicts.all();
+        let seen = watchers
             .iter()
-            .map(|&(host, vantage)| {
-                self.seen(lab, &statuses, host, vantage, injected, cleared, end)
-            })
+            .map(|w| self.seen(lab, &statuses, &verdicts, *w, injected, cleared, end))
             .collect();
+        let record = Record {
+            watchers: &watchers,
+            statuses: &statuses,
+            verdicts: &verdicts,
+            injected,
+            cleared,
+            end,
+            settled: &settled,
+            delay_dead,
+        };
+        let checks = super::checks::judge(self, lab, &record);
         let impact = impact(lab, &self.inside, injected, cleared, end);
         Ok(Run {
             settled,
@@ -400,14 +664,79 @@ impl Scenario {
             dropped_packets,
             cpu,
             rtt,
+            checks,
+            injected,
+            end,
         })
     }
 
-    fn subscriber_ixs(&self, lab: &Lab) -> Vec<usize> {
-        self.subscribers
+    /// Waits until every earlier fault on an overlapping entity, and every NOT_SERVING
+    /// of an overlapping entity at any subscriber (a wrong verdict also starts the
+    /// detector's flap window), is [`FLAP_SPACING`] old.
+    fn wait_flap_spacing(&self, lab: &Lab) -> Result<()> {
+        let faults = lab
+            .faults
             .iter()
-            .filter_map(|(h, _)| lab.subscriber_index(*h))
-            .collect()
+            .filter(|(_, p)| self.overlaps(p))
+            .map(|(at, _)| *at);
+        let statuses = lab.subscribers.log.all();
+        let verdicts = statuses
+            .iter()
+            .filter(|st| {
+                st.status == ServingStatus::NotServing
+                    && lab.services[st.service]
+                        .split_once('/')
+                        .is_some_and(|(_, p)| self.overlaps(p))
+            })
+            .map(|st| st.at);
+        let Some(last) = faults.chain(verdicts).max() else {
+            return Ok(());
+        };
+        let until = last + FLAP_SPACING;
+        let mut waited = false;
+        while Instant::now() < until {
+            check_interrupted()?;
+            waited = true;
+            progress(&format!(
+                "  waiting {:.0} s more: an overlapping fault or verdict was {:.0} s ago (flap window)",
+                until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64(),
+                last.elapsed().as_secs_f64()
+            ));
+            sleep(Duration::from_millis(500));
+        }
+        if waited {
+            println!();
+        }
+        Ok(())
+    }
+
+    /// This scenario's subscribers: its own tonic ones, then every grpcio one.
+    pub(super) fn watchers(&self, lab: &Lab) -> Vec<Watcher> {
+        let mut out: Vec<Watcher> = self
+            .subscribers
+            .iter()
+            .filter_map(|&(host, vantage)| {
+                Some(Watcher {
+                    ix: lab.subscriber_ix(host, SubscriberKind::Tonic)?,
+                    host,
+                    vantage,
+                    kind: SubscriberKind::Tonic,
+                })
+            })
+            .collect();
+        for (ix, &(host, kind)) in lab.subscriber_at.iter().enumerate() {
+            if kind == SubscriberKind::Grpcio {
+                out.push(Watcher {
+                    ix,
+                    host,
+                    vantage: self.vantage(host, &lab.topology),
+                    kind,
+                });
+            }
+        }
+        out
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -415,35 +744,44 @@ impl Scenario {
         &self,
         lab: &Lab,
         statuses: &[Status],
-        host: usize,
-        vantage: Vantage,
+        verdicts: &[VerdictSeen],
+        w: Watcher,
         injected: Instant,
         cleared: Instant,
         end: Instant,
     ) -> Seen {
         let mut seen = Seen {
-            host,
-            vantage,
+            host: w.host,
+            vantage: w.vantage,
+            kind: w.kind,
             detect: None,
+            degraded: None,
             first: None,
             recover: None,
             recovered: true,
             flaps: 0,
             others: Vec::new(),
         };
-        let Some(sub) = lab.subscriber_index(host) else {
-            return seen;
-        };
-        let mine: Vec<&Status> = statuses.iter().filter(|s| s.subscriber == sub).collect();
+        if let Some(entity) = &self.expect.degraded {
+            let path = entity.split_once('/').map_or(entity.as_str(), |(_, p)| p);
+            seen.degraded = verdicts
+                .iter()
+                .filter(|v| v.subscriber == w.ix && v.at >= injected && v.at <= end)
+                .find(|v| v.path == path && matches!(v.state, State::Degraded | State::Failed))
+                .map(|v| v.at - injected);
+        }
+        let mine: Vec<&Status> = statuses.iter().filter(|s| s.subscriber == w.ix).collect();
         let expected = self
             .expected
             .as_ref()
             .and_then(|e| lab.services.iter().position(|s| s == e));
-        let target_path = self
-            .expected
-            .as_ref()
-            .and_then(|e| e.split_once('/'))
-            .map(|(_, p)| p.to_owned());
+        let target_path = self.expect.failed_path.clone().or_else(|| {
+            self.expect
+                .degraded
+                .as_ref()
+                .and_then(|e| e.split_once('/'))
+                .map(|(_, p)| p.to_owned())
+        });
         // Status of each service just before injection.
         let mut state: Vec<ServingStatus> = vec![ServingStatus::Unknown; lab.services.len()];
         for s in mine.iter().filter(|s| s.at < injected) {
@@ -489,12 +827,20 @@ impl Scenario {
     }
 }
 
+/// `path` is `outer` or lies below it (`dc-a/c1/r1` within `dc-a/c1`, not `dc-a/c10`).
+pub(super) fn within(path: &str, outer: &str) -> bool {
+    path == outer
+        || path
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// How a service that went NOT_SERVING relates to the fault's entity.
 fn relation(service: &str, target: Option<&str>) -> &'static str {
     let path = service.split_once('/').map_or(service, |(_, p)| p);
     match target {
-        Some(t) if path.starts_with(&format!("{t}/")) => "inside",
-        Some(t) if t.starts_with(&format!("{path}/")) => "enclosing",
+        Some(t) if path != t && within(path, t) => "inside",
+        Some(t) if path != t && within(t, path) => "enclosing",
         _ => "elsewhere",
     }
 }
@@ -548,7 +894,7 @@ pub(super) fn settled_now(lab: &Lab) -> Result<(), String> {
     if silent > 0 {
         return Err(format!("{silent} flow(s) without an answer in {QUIET:?}"));
     }
-    let all: Vec<usize> = (0..lab.subscriber_hosts.len()).collect();
+    let all: Vec<usize> = (0..lab.subscriber_at.len()).collect();
     let statuses = lab.subscribers.log.all();
     for sub in &all {
         let known = statuses
@@ -558,8 +904,8 @@ pub(super) fn settled_now(lab: &Lab) -> Result<(), String> {
             .collect::<std::collections::BTreeSet<_>>();
         if known.len() < lab.services.len() {
             return Err(format!(
-                "subscriber at {} has {} of {} services",
-                lab.topology.hosts[lab.subscriber_hosts[*sub]].name,
+                "subscriber {} has {} of {} services",
+                lab.subscriber_label(*sub),
                 known.len(),
                 lab.services.len()
             ));
@@ -582,4 +928,28 @@ pub(super) fn settled_now(lab: &Lab) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_runs_every_scenario_once() {
+        use clap::ValueEnum as _;
+        let mut all = Kind::ALL.to_vec();
+        all.dedup();
+        assert_eq!(all.len(), Kind::value_variants().len());
+        for k in Kind::value_variants() {
+            assert!(Kind::ALL.contains(k), "{k:?} missing from Kind::ALL");
+        }
+    }
+
+    #[test]
+    fn within_respects_path_boundaries() {
+        assert!(within("dc-a/c1/r1", "dc-a/c1"));
+        assert!(within("dc-a/c1", "dc-a/c1"));
+        assert!(!within("dc-a/c10", "dc-a/c1"));
+        assert!(!within("dc-a", "dc-a/c1"));
+    }
 }

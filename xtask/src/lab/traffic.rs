@@ -43,6 +43,8 @@ const IDLE_GAP: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 64;
 /// A server connection silent this long is closed (its client is gone).
 const SERVER_IDLE: Duration = Duration::from_secs(10);
+/// Registered traffic threads kept before the ended ones are pruned.
+const MAX_REGISTERED_THREADS: usize = 4096;
 /// Traffic stops by itself after this long, whatever the lab does.
 const MAX_DURATION: Duration = Duration::from_secs(4 * 3600);
 
@@ -93,10 +95,41 @@ impl RequestLog {
     }
 }
 
+/// Which threads work for which host: (host index, thread id), registered by each
+/// thread as it starts, so `cpu-contention` can starve a host's traffic with its agent.
+#[derive(Default)]
+pub(super) struct HostThreads {
+    tids: Mutex<Vec<(usize, i32)>>,
+}
+
+impl HostThreads {
+    fn register(&self, host: usize) {
+        let tid = super::cgroup::gettid();
+        let mut tids = self.tids.lock().expect("no panics under the lock");
+        // Connection threads come and go: forget the ended ones now and then.
+        if tids.len() >= MAX_REGISTERED_THREADS {
+            tids.retain(|(_, t)| std::path::Path::new(&format!("/proc/self/task/{t}")).exists());
+        }
+        tids.push((host, tid));
+    }
+
+    /// The threads registered for these hosts (some may have ended since).
+    pub(super) fn of(&self, hosts: &[usize]) -> Vec<i32> {
+        self.tids
+            .lock()
+            .expect("no panics under the lock")
+            .iter()
+            .filter(|(h, _)| hosts.contains(h))
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
 /// The traffic threads; stopped and joined on drop.
 pub(super) struct Traffic {
     pub(super) flows: Arc<Vec<Flow>>,
     pub(super) log: Arc<RequestLog>,
+    pub(super) threads_of: Arc<HostThreads>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -107,32 +140,38 @@ impl Traffic {
         let mut traffic = Self {
             flows: flows.clone(),
             log: Arc::default(),
+            threads_of: Arc::default(),
             stop: Arc::default(),
             threads: Vec::new(),
         };
-        for ns in namespaces {
+        for (host, ns) in namespaces.iter().enumerate() {
             for (port, echo) in [(ECHO_PORT, true), (SINK_PORT, false)] {
-                let (ns, stop) = (ns.clone(), traffic.stop.clone());
+                let (ns, stop, reg) =
+                    (ns.clone(), traffic.stop.clone(), traffic.threads_of.clone());
                 let listener = in_namespace(&ns, move || {
                     TcpListener::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
                 })?
                 .with_context(|| format!("listen on [::]:{port} in {ns}"))?;
-                traffic
-                    .threads
-                    .push(std::thread::spawn(move || serve(&listener, echo, &stop)));
+                traffic.threads.push(std::thread::spawn(move || {
+                    reg.register(host);
+                    serve(&listener, echo, &stop, host, &reg);
+                }));
             }
         }
         for (i, f) in flows.iter().enumerate() {
-            let (ns, stop, log) = (
+            let (ns, stop, log, reg, from) = (
                 namespaces[f.from].clone(),
                 traffic.stop.clone(),
                 traffic.log.clone(),
+                traffic.threads_of.clone(),
+                f.from,
             );
             let to = SocketAddr::new(f.remote, ECHO_PORT);
             let flow = u32::try_from(i).unwrap_or(u32::MAX);
             // Stagger the flows so they do not all fire together.
             let offset = REQUEST_GAP / 10 * u32::try_from(i % 10).unwrap_or(0);
             traffic.threads.push(std::thread::spawn(move || {
+                reg.register(from);
                 if enter(&ns).is_ok() {
                     sleep(offset);
                     request_flow(flow, to, &log, &stop);
@@ -140,11 +179,16 @@ impl Traffic {
             }));
         }
         for (from, to) in choose_bulk(t) {
-            let (ns, stop) = (namespaces[from].clone(), traffic.stop.clone());
+            let (ns, stop, reg) = (
+                namespaces[from].clone(),
+                traffic.stop.clone(),
+                traffic.threads_of.clone(),
+            );
             let Some((_, remote)) = t.hosts[to].address_for(&t.hosts[from]) else {
                 continue;
             };
             traffic.threads.push(std::thread::spawn(move || {
+                reg.register(from);
                 if enter(&ns).is_ok() {
                     bulk_flow(SocketAddr::new(remote, SINK_PORT), &stop);
                 }
@@ -297,7 +341,13 @@ fn bulk_flow(to: SocketAddr, stop: &AtomicBool) {
 }
 
 /// Accepts until stopped; each connection echoes (or discards) on its own thread.
-fn serve(listener: &TcpListener, echo: bool, stop: &Arc<AtomicBool>) {
+fn serve(
+    listener: &TcpListener,
+    echo: bool,
+    stop: &Arc<AtomicBool>,
+    host: usize,
+    reg: &Arc<HostThreads>,
+) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
@@ -306,8 +356,11 @@ fn serve(listener: &TcpListener, echo: bool, stop: &Arc<AtomicBool>) {
         conns.retain(|c| !c.is_finished());
         match listener.accept() {
             Ok((s, _)) if conns.len() < MAX_CONNECTIONS => {
-                let stop = stop.clone();
-                conns.push(std::thread::spawn(move || handle(s, echo, &stop)));
+                let (stop, reg) = (stop.clone(), reg.clone());
+                conns.push(std::thread::spawn(move || {
+                    reg.register(host);
+                    handle(s, echo, &stop);
+                }));
             }
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => sleep(Duration::from_millis(20)),
