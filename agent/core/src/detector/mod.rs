@@ -207,7 +207,7 @@ impl Detector {
                 _ => (self.observer(&o.observer, o.link.local), 0),
             };
             current = Some((&o.observer, observer, position + 1));
-            self.observers[usize::from(observer)].last_heard = Some(now);
+            self.observers[usize::from(observer)].heard(now, &self.cfg);
             let slot = self.slot_for(observer, position, o.link);
             self.slots[slot as usize].health.observe_with(
                 &o.delta,
@@ -260,7 +260,7 @@ impl Detector {
     /// come every tick; an observer silent for `observer_timeout` is set aside.
     pub fn heard_from(&mut self, name: &str, now: Duration) {
         if let Some(&id) = self.observer_ids.get(name) {
-            self.observers[usize::from(id)].last_heard = Some(now);
+            self.observers[usize::from(id)].heard(now, &self.cfg);
         }
     }
 
@@ -279,6 +279,7 @@ impl Detector {
         o.cut = Hold::default();
         o.cut_level = None;
         o.last_heard = None;
+        o.heard_since = None;
     }
 
     fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
@@ -388,7 +389,13 @@ impl Detector {
                         slots[slot as usize].health.stamps_ms(),
                     )
                 });
-                let view = views::view_of(observer, outside, links, now_ms, fresh_ms);
+                let mut view = views::view_of(observer, outside, links, now_ms, fresh_ms);
+                // A stall that began before the observer was (again) heard without a gap
+                // is old news: it keeps a failure, it never raises one.
+                let joined = o
+                    .heard_since
+                    .map_or(NEVER_MS, |t| views::ms(t + cfg.observer_timeout));
+                view.discount_if_older(joined);
                 o.count(view.status);
                 self.views.push(view);
             }
@@ -497,8 +504,17 @@ impl Detector {
         for level in [Level::Rack, Level::Cabinet, Level::Site] {
             for i in 0..self.by_level[level].len() {
                 let id = self.by_level[level][i];
+                let mut outcome =
+                    rollup::judge(&self.nodes[id.index()].vote, &self.totals, &self.cfg);
+                if outcome == Outcome::Failed {
+                    // Count again, only with observers that still reach elsewhere.
+                    let vote = self.vote_of_reaching_observers(id, level, now);
+                    outcome = rollup::judge(&vote, &self.totals, &self.cfg);
+                    if outcome == Outcome::Failed {
+                        self.nodes[id.index()].vote = vote;
+                    }
+                }
                 let node = &mut self.nodes[id.index()];
-                let outcome = rollup::judge(&node.vote, &self.totals, &self.cfg);
                 let failing = node.cut_off || outcome == Outcome::Failed;
                 let raise = node.cut_off || node.vote.fresh || node.hold.held;
                 node.observed = node.cut_off || outcome != Outcome::Unobserved;
@@ -508,6 +524,62 @@ impl Detector {
                     .update(node.raw_failing, node.raw_degraded, now, &self.cfg);
             }
         }
+    }
+
+    /// The vote of `e` (at `level`) counting only failing views from observers that,
+    /// since the failure began, still saw progress from some host outside `e` and
+    /// outside their own entity at that level. An observer cut off with others (a
+    /// whole site, say) sees everything outside fail, the nearest first: until it
+    /// finds itself cut off, its failing views would vote down the first site whose
+    /// RTOs fire. Its own batches carry both stamps, so no slack is needed. Runs only
+    /// for an entity whose plain vote fails.
+    fn vote_of_reaching_observers(&self, e: EntityId, level: Level, now: Duration) -> Vote {
+        let hosts = &self.by_level[Level::Host];
+        let inside = |h: EntityId| self.nodes[h.index()].around[level] == Some(e);
+        let onset = hosts
+            .iter()
+            .filter(|&&h| inside(h))
+            .map(|&h| self.nodes[h.index()].outside[level].onset_ms)
+            .min()
+            .unwrap_or(NEVER_MS);
+        // Per observer: progress after the onset from a host outside `e` and outside
+        // the observer's own entity at this level.
+        let mut reaches = vec![false; self.observers.len()];
+        for &h in hosts.iter().filter(|&&h| !inside(h)) {
+            let around = &self.nodes[h.index()].around;
+            for v in self.views_of(h) {
+                let o = &self.observers[usize::from(v.observer)];
+                if v.progress_ms() != NEVER_MS
+                    && v.progress_ms() > onset
+                    && around[level].is_some()
+                    && around[level] != o.around[level]
+                {
+                    reaches[usize::from(v.observer)] = true;
+                }
+            }
+        }
+        let mut vote = self.nodes[e.index()].vote;
+        vote.failed = 0;
+        vote.failing_observers = TwoObservers::default();
+        for &h in hosts.iter().filter(|&&h| inside(h)) {
+            let node = &self.nodes[h.index()];
+            let mut counted = false;
+            for v in self.views_of(h) {
+                let o = &self.observers[usize::from(v.observer)];
+                if v.status == LinkStatus::Failed
+                    && usize::from(v.outside) > level.index()
+                    && o.may_judge(&node.around)
+                    && reaches[usize::from(v.observer)]
+                {
+                    vote.failing_observers.add(v.observer);
+                    counted = true;
+                }
+            }
+            if counted && node.outside[level].status(now, &self.cfg) == LinkStatus::Failed {
+                vote.failed += 1;
+            }
+        }
+        vote
     }
 
     /// Step 6: top-down, decide what each entity shows and collect the changes.
@@ -601,6 +673,8 @@ impl Detector {
             node.pending = true;
             return (previous.unwrap_or(State::Unknown), None);
         }
+        // A level too small to vote (a one-host rack) passes its parent's wait down.
+        node.pending = parent_pending;
         if let Some(root) = parent_root {
             // Inside a failed entity: what it is failed for shows through to what lies
             // below, even across a level too small to vote (a one-host rack).
@@ -620,6 +694,8 @@ impl Detector {
         (state, None)
     }
 }
+
+const NEVER_MS: u64 = u64::MAX;
 
 /// A node's views as an index range of `Detector::views`.
 fn range(r: &std::ops::Range<u32>) -> std::ops::Range<usize> {

@@ -53,6 +53,9 @@ pub(super) struct Observer {
     pub(super) host: Option<EntityId>,
     pub(super) around: PerLevel<Option<EntityId>>,
     pub(super) last_heard: Option<Duration>,
+    /// Heard without a gap since: a stall that began before this (while it was away,
+    /// or before it came) is old news and never raises a new FAILED.
+    pub(super) heard_since: Option<Duration>,
     /// Held while cut off, with the level of the entity it names: its views outside
     /// that entity stay set aside until it has been healthy for the recovery hold,
     /// since its connections come back one backed-off RTO at a time.
@@ -80,6 +83,7 @@ impl Observer {
             host: None,
             around: PerLevel::default(),
             last_heard: None,
+            heard_since: None,
             cut: Hold::default(),
             cut_level: None,
             cut_now: None,
@@ -91,6 +95,14 @@ impl Observer {
             discount_degraded: false,
             judges_only_inside: None,
         }
+    }
+
+    /// Notes a batch from it at `now`.
+    pub(super) fn heard(&mut self, now: Duration, cfg: &DetectorConfig) {
+        if !self.alive(now, cfg) {
+            self.heard_since = Some(now);
+        }
+        self.last_heard = Some(now);
     }
 
     /// Heard from within `observer_timeout`.

@@ -41,6 +41,25 @@ pub(super) fn ms(t: Duration) -> u64 {
     u64::try_from(t.as_millis()).unwrap_or(NEVER - 1)
 }
 
+impl View {
+    /// Not fresh if its stall began before `ms` (the observer's rejoin, say).
+    pub(super) fn discount_if_older(&mut self, ms: u64) {
+        if self.onset_ms < ms {
+            self.fresh = false;
+        }
+    }
+
+    /// The latest progress on its links to the host, ms (`u64::MAX`: never).
+    pub(super) fn progress_ms(&self) -> u64 {
+        self.progress_ms
+    }
+
+    /// The stall's start when failing, ms (`u64::MAX`: not failing).
+    pub(super) fn onset_ms(&self) -> u64 {
+        self.onset_ms
+    }
+}
+
 /// One link's status, then its stall onset, last progress and last evidence in ms
 /// (`u64::MAX`: never).
 pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64));
@@ -132,7 +151,7 @@ pub(super) struct Outside {
     pub(super) reached: u32,
     pub(super) degraded: u32,
     /// The earliest onset among the failing views, ms (`u64::MAX`: none).
-    onset_ms: u64,
+    pub(super) onset_ms: u64,
     pub(super) fresh: bool,
     pub(super) failing_observers: TwoObservers,
 }
