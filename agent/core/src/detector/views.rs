@@ -53,11 +53,6 @@ impl View {
     pub(super) fn progress_ms(&self) -> u64 {
         self.progress_ms
     }
-
-    /// The stall's start when failing, ms (`u64::MAX`: not failing).
-    pub(super) fn onset_ms(&self) -> u64 {
-        self.onset_ms
-    }
 }
 
 /// One link's status, then its stall onset, last progress and last evidence in ms
