@@ -396,7 +396,7 @@ impl Detector {
                     .heard_since
                     .map_or(NEVER_MS, |t| views::ms(t + cfg.observer_timeout));
                 view.discount_if_older(joined);
-                o.count(view.status);
+                o.count(&view);
                 self.views.push(view);
             }
             node.views = start..u32::try_from(self.views.len()).expect("fewer than 2^32 views");

@@ -70,6 +70,8 @@ pub(super) struct Observer {
     /// enough failing views can be cut off, so only those are tallied by level.
     pub(super) known_views: u32,
     pub(super) failed_views: u32,
+    /// The earliest onset among its failing views this tick, ms (`u64::MAX`: none).
+    first_onset_ms: u64,
     pub(super) degraded_views: u32,
     pub(super) discount_degraded: bool,
     /// Where its views count this tick: everywhere, or only inside this entity.
@@ -91,6 +93,7 @@ impl Observer {
             outside: PerLevel::default(),
             known_views: 0,
             failed_views: 0,
+            first_onset_ms: u64::MAX,
             degraded_views: 0,
             discount_degraded: false,
             judges_only_inside: None,
@@ -116,14 +119,18 @@ impl Observer {
         self.outside = PerLevel::default();
         self.known_views = 0;
         self.failed_views = 0;
+        self.first_onset_ms = u64::MAX;
         self.degraded_views = 0;
     }
 
     /// Counts one view, whatever its host.
-    pub(super) fn count(&mut self, status: LinkStatus) {
-        match status {
+    pub(super) fn count(&mut self, v: &View) {
+        match v.status {
             LinkStatus::Unknown => return,
-            LinkStatus::Failed => self.failed_views += 1,
+            LinkStatus::Failed => {
+                self.failed_views += 1;
+                self.first_onset_ms = self.first_onset_ms.min(v.onset_ms);
+            }
             LinkStatus::Degraded => self.degraded_views += 1,
             LinkStatus::Healthy => {}
         }
@@ -143,14 +150,25 @@ impl Observer {
         host_around: &PerLevel<Option<EntityId>>,
         group: EntityId,
     ) {
+        // A host it still reaches only counts as reached if it progressed after this
+        // observer's failures began: an idle link's old progress says nothing about
+        // whether its NIC, rack or site still reaches that host.
+        let status = match v.status {
+            LinkStatus::Healthy | LinkStatus::Degraded
+                if v.progress_ms() == u64::MAX || v.progress_ms() <= self.first_onset_ms =>
+            {
+                return;
+            }
+            s => s,
+        };
         for level in Level::ALL {
             let Some(mine) = self.around[level] else {
                 break;
             };
             if host_around[level] == Some(mine) {
-                self.inside[level].add(v.status, group);
+                self.inside[level].add(status, group);
             } else {
-                self.outside[level].add(v.status, group);
+                self.outside[level].add(status, group);
             }
         }
     }

@@ -21,7 +21,7 @@ use super::{DetectorConfig, link::LinkStatus};
 #[derive(Debug, Clone, Copy)]
 pub(super) struct View {
     /// Failing: when the earliest of its failing links stopped progressing, ms.
-    onset_ms: u64,
+    pub(super) onset_ms: u64,
     /// The latest progress seen on any of its links to the host, ms.
     progress_ms: u64,
     pub(super) observer: u16,
