@@ -137,6 +137,9 @@ pub struct Detector {
     slots: Vec<LinkSlot>,
     /// Each slot's status this tick, computed once.
     status: Vec<LinkStatus>,
+    /// Per observer and level, this tick: the latest progress from outside its own
+    /// entity at that level (`compute_reach`), when something fails.
+    reach_ms: Vec<PerLevel<u64>>,
     /// Every (observer, host) view of this tick, host after host: one sequential
     /// buffer rather than a vector per host, which at 100k views missed the cache.
     views: Vec<View>,
@@ -163,6 +166,7 @@ impl Detector {
             slots: Vec::new(),
             status: Vec::new(),
             views: Vec::new(),
+            reach_ms: Vec::new(),
             link_index: FxHashMap::default(),
             hints: Vec::new(),
             weights: link::DecayWeights::default(),
@@ -438,6 +442,7 @@ impl Detector {
     fn judge_hosts(&mut self, now: Duration) {
         let cfg = &self.cfg;
         self.totals = Totals::default();
+        let mut something_fails = false;
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
             node.outside = outside_of(
@@ -446,7 +451,35 @@ impl Detector {
                 &self.observers,
                 cfg,
             );
-            let from_outside = node.outside[Level::Host].status(now, cfg);
+            something_fails |= node.outside[Level::Host].failing > 0;
+        }
+        if something_fails {
+            self.compute_reach();
+        } else {
+            self.reach_ms.clear();
+        }
+        for i in 0..self.by_level[Level::Host].len() {
+            let host = self.by_level[Level::Host][i];
+            let node = &self.nodes[host.index()];
+            let mut from_outside = node.outside[Level::Host].status(now, &self.cfg);
+            if from_outside == LinkStatus::Failed && !node.hold.held && !node.cut_off {
+                // Raised only by observers that still reach elsewhere (see
+                // `vote_of_reaching_observers`): a partitioned observer's first failing
+                // views are of its nearest neighbours outside, not of dead hosts.
+                let onset = node.outside[Level::Host].onset_ms;
+                let around = node.around;
+                let reaching = self.views_of(host).iter().any(|v| {
+                    v.status == LinkStatus::Failed
+                        && v.outside > 0
+                        && self.observers[usize::from(v.observer)].may_judge(&around)
+                        && self.reaches_after(v, onset)
+                });
+                if !reaching {
+                    from_outside = LinkStatus::Unknown;
+                }
+            }
+            let cfg = &self.cfg;
+            let node = &mut self.nodes[host.index()];
             let cut_off = node.cut_off;
             let failing = cut_off || from_outside == LinkStatus::Failed;
             // Only fresh evidence raises a new FAILED; old evidence only keeps one.
@@ -528,49 +561,35 @@ impl Detector {
 
     /// The vote of `e` (at `level`) counting only failing views from observers that,
     /// since the failure began, still saw progress from some host outside `e` and
-    /// outside their own entity at that level. An observer cut off with others (a
-    /// whole site, say) sees everything outside fail, the nearest first: until it
-    /// finds itself cut off, its failing views would vote down the first site whose
-    /// RTOs fire. Its own batches carry both stamps, so no slack is needed. Runs only
-    /// for an entity whose plain vote fails.
+    /// outside their own entity at the highest level where they and `e` differ (their
+    /// site, for an entity in another site). An observer cut off with others (a whole
+    /// site, say) sees everything outside fail, the nearest first: until it finds
+    /// itself cut off, its failing views would vote down the first site whose RTOs
+    /// fire, while its neighbours inside still answer. Its own batches carry both
+    /// stamps, so no slack is needed. Runs only for an entity whose plain vote fails.
     fn vote_of_reaching_observers(&self, e: EntityId, level: Level, now: Duration) -> Vote {
         let hosts = &self.by_level[Level::Host];
         let inside = |h: EntityId| self.nodes[h.index()].around[level] == Some(e);
+        let counts = |v: &View, around: &PerLevel<Option<EntityId>>| {
+            v.status == LinkStatus::Failed
+                && usize::from(v.outside) > level.index()
+                && self.observers[usize::from(v.observer)].may_judge(around)
+        };
         let onset = hosts
             .iter()
             .filter(|&&h| inside(h))
             .map(|&h| self.nodes[h.index()].outside[level].onset_ms)
             .min()
             .unwrap_or(NEVER_MS);
-        // Per observer: progress after the onset from a host outside `e` and outside
-        // the observer's own entity at this level.
-        let mut reaches = vec![false; self.observers.len()];
-        for &h in hosts.iter().filter(|&&h| !inside(h)) {
-            let around = &self.nodes[h.index()].around;
-            for v in self.views_of(h) {
-                let o = &self.observers[usize::from(v.observer)];
-                if v.progress_ms() != NEVER_MS
-                    && v.progress_ms() > onset
-                    && around[level].is_some()
-                    && around[level] != o.around[level]
-                {
-                    reaches[usize::from(v.observer)] = true;
-                }
-            }
-        }
+        let reaches = |v: &View| self.reaches_after(v, onset);
         let mut vote = self.nodes[e.index()].vote;
         vote.failed = 0;
         vote.failing_observers = TwoObservers::default();
         for &h in hosts.iter().filter(|&&h| inside(h)) {
             let node = &self.nodes[h.index()];
             let mut counted = false;
-            for v in self.views_of(h) {
-                let o = &self.observers[usize::from(v.observer)];
-                if v.status == LinkStatus::Failed
-                    && usize::from(v.outside) > level.index()
-                    && o.may_judge(&node.around)
-                    && reaches[usize::from(v.observer)]
-                {
+            for v in self.views_of(h).iter().filter(|v| counts(v, &node.around)) {
+                if reaches(v) {
                     vote.failing_observers.add(v.observer);
                     counted = true;
                 }
@@ -580,6 +599,36 @@ impl Detector {
             }
         }
         vote
+    }
+
+    /// Whether the observer behind failing view `v` saw progress since `onset` from
+    /// some host outside its own entity at the highest level where it and the failing
+    /// host differ: it still reaches elsewhere, so it is not the one cut off.
+    fn reaches_after(&self, v: &View, onset: u64) -> bool {
+        let l = Level::ALL[usize::from(v.outside).clamp(1, 4) - 1];
+        self.reach_ms
+            .get(usize::from(v.observer))
+            .is_some_and(|r| r[l] != NEVER_MS && r[l] >= onset)
+    }
+
+    /// Per observer and level, the latest progress it saw from a host outside its own
+    /// entity at that level. Computed only in ticks where something fails.
+    fn compute_reach(&mut self) {
+        self.reach_ms.clear();
+        self.reach_ms
+            .resize(self.observers.len(), PerLevel([NEVER_MS; 4]));
+        for v in &self.views {
+            let p = v.progress_ms();
+            if p == NEVER_MS {
+                continue;
+            }
+            let r = &mut self.reach_ms[usize::from(v.observer)];
+            for l in Level::ALL.into_iter().take(usize::from(v.outside)) {
+                if r[l] == NEVER_MS || p > r[l] {
+                    r[l] = p;
+                }
+            }
+        }
     }
 
     /// Step 6: top-down, decide what each entity shows and collect the changes.
