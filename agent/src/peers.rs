@@ -206,10 +206,11 @@ mod tests {
             15,
             "16 hosts, fan-out 16: all others"
         );
+        // An IPv6-only host follows dual-stack peers on their IPv6 address.
         assert!(
             resolved
                 .endpoints
-                .contains(&"http://10.71.11.11:9000".to_owned()),
+                .contains(&"http://[fd00:71:11::11]:9000".to_owned()),
             "{:?}",
             resolved.endpoints
         );

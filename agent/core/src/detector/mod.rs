@@ -211,7 +211,7 @@ impl Detector {
                 _ => (self.observer(&o.observer, o.link.local), 0),
             };
             current = Some((&o.observer, observer, position + 1));
-            self.observers[usize::from(observer)].heard(now, &self.cfg);
+            self.observers[usize::from(observer)].heard(now);
             let slot = self.slot_for(observer, position, o.link);
             self.slots[slot as usize].health.observe_with(
                 &o.delta,
@@ -264,7 +264,7 @@ impl Detector {
     /// come every tick; an observer silent for `observer_timeout` is set aside.
     pub fn heard_from(&mut self, name: &str, now: Duration) {
         if let Some(&id) = self.observer_ids.get(name) {
-            self.observers[usize::from(id)].heard(now, &self.cfg);
+            self.observers[usize::from(id)].heard(now);
         }
     }
 
@@ -283,7 +283,7 @@ impl Detector {
         o.cut = Hold::default();
         o.cut_level = None;
         o.last_heard = None;
-        o.heard_since = None;
+        o.forgotten = true;
     }
 
     fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
@@ -394,11 +394,11 @@ impl Detector {
                     )
                 });
                 let mut view = views::view_of(observer, outside, links, now_ms, fresh_ms);
-                // A stall that began before the observer was (again) heard without a gap
-                // is old news: it keeps a failure, it never raises one.
+                // A stall that began before a lost peer came back is old news: it keeps
+                // a failure, it never raises one.
                 let joined = o
-                    .heard_since
-                    .map_or(NEVER_MS, |t| views::ms(t + cfg.observer_timeout));
+                    .rejoined_at
+                    .map_or(0, |t| views::ms(t + cfg.observer_timeout));
                 view.discount_if_older(joined);
                 o.count(&view);
                 self.views.push(view);

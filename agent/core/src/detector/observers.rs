@@ -53,9 +53,11 @@ pub(super) struct Observer {
     pub(super) host: Option<EntityId>,
     pub(super) around: PerLevel<Option<EntityId>>,
     pub(super) last_heard: Option<Duration>,
-    /// Heard without a gap since: a stall that began before this (while it was away,
-    /// or before it came) is old news and never raises a new FAILED.
-    pub(super) heard_since: Option<Duration>,
+    /// Heard again at, after it was forgotten as a lost peer: a stall that began
+    /// before this (while it was away) is old news and never raises a new FAILED.
+    pub(super) rejoined_at: Option<Duration>,
+    /// Forgotten as a lost peer and not heard since.
+    pub(super) forgotten: bool,
     /// Held while cut off, with the level of the entity it names: its views outside
     /// that entity stay set aside until it has been healthy for the recovery hold,
     /// since its connections come back one backed-off RTO at a time.
@@ -85,7 +87,8 @@ impl Observer {
             host: None,
             around: PerLevel::default(),
             last_heard: None,
-            heard_since: None,
+            rejoined_at: None,
+            forgotten: false,
             cut: Hold::default(),
             cut_level: None,
             cut_now: None,
@@ -101,9 +104,10 @@ impl Observer {
     }
 
     /// Notes a batch from it at `now`.
-    pub(super) fn heard(&mut self, now: Duration, cfg: &DetectorConfig) {
-        if !self.alive(now, cfg) {
-            self.heard_since = Some(now);
+    pub(super) fn heard(&mut self, now: Duration) {
+        if self.forgotten {
+            self.forgotten = false;
+            self.rejoined_at = Some(now);
         }
         self.last_heard = Some(now);
     }
