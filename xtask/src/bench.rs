@@ -23,7 +23,7 @@
 //! and agents are removed by guards even on error, panic or Ctrl-C.
 mod agent;
 mod detector;
-mod lab;
+pub(crate) mod lab;
 mod topology;
 
 use std::{

@@ -140,12 +140,22 @@ impl Drop for Lab {
 /// Deletes `flb-<pid>-*` namespaces left by a bench that was killed (SIGKILL skips
 /// the guards) whose process no longer exists.
 pub(super) fn remove_stale() {
+    let removed = remove_stale_namespaces(NS_PREFIX);
+    if removed > 0 {
+        println!("removed {removed} namespace(s) left by an interrupted bench");
+    }
+}
+
+/// Deletes the namespaces named `<prefix><pid>-…` whose process is gone; returns how
+/// many. The bench (`flb-`) and the lab (`fll-`) both name theirs this way.
+pub(crate) fn remove_stale_namespaces(prefix: &str) -> usize {
     let Ok(list) = run_output(Command::new("ip").args(["netns", "list"])) else {
-        return;
+        return 0;
     };
+    let mut removed = 0;
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
         let Some(pid) = name
-            .strip_prefix(NS_PREFIX)
+            .strip_prefix(prefix)
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
@@ -157,9 +167,10 @@ pub(super) fn remove_stale() {
                 .output()
                 .is_ok_and(|o| o.status.success())
         {
-            println!("removed namespace {name}, left by an interrupted bench");
+            removed += 1;
         }
     }
+    removed
 }
 
 fn ip(args: &[&str]) -> Result<()> {

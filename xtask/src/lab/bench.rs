@@ -115,27 +115,6 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
     let _ = h.record(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
 }
 
-fn pct(h: &Histogram<u64>) -> String {
-    if h.is_empty() {
-        "-".to_owned()
-    } else {
-        format!(
-            "{}/{}/{}",
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.max()
-        )
-    }
-}
-
-fn pct_json(h: &Histogram<u64>) -> Value {
-    if h.is_empty() {
-        Value::Null
-    } else {
-        json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max(), "count": h.len()})
-    }
-}
-
 /// One scenario's figures: a table block and its JSON.
 fn summarize(s: &Scenario, runs: &[Run], lab: &Lab) -> (String, Value) {
     let mut out = String::new();
@@ -191,21 +170,21 @@ fn summarize(s: &Scenario, runs: &[Run], lab: &Lab) -> (String, Value) {
             label,
             seen0.vantage.label(),
             format!("{detected}/{}", runs.len()),
-            pct(&det),
-            pct(&rec),
+            super::report::p50_p99_max(&det),
+            super::report::p50_p99_max(&rec),
             if deg.is_empty() {
                 String::new()
             } else {
-                format!("  DEGRADED {}", pct(&deg))
+                format!("  DEGRADED {}", super::report::p50_p99_max(&deg))
             }
         );
         per_sub.push(json!({
             "subscriber": label,
             "vantage": seen0.vantage.label(),
             "detected_runs": detected,
-            "detect_ms": pct_json(&det),
-            "recover_ms": pct_json(&rec),
-            "degraded_ms": pct_json(&deg),
+            "detect_ms": super::report::p50_p99_max_json(&det),
+            "recover_ms": super::report::p50_p99_max_json(&rec),
+            "degraded_ms": super::report::p50_p99_max_json(&deg),
         }));
     }
     let (mut first_failed, mut last_failed) = (histogram(), histogram());
@@ -248,18 +227,21 @@ fn summarize(s: &Scenario, runs: &[Run], lab: &Lab) -> (String, Value) {
     let _ = writeln!(
         out,
         "   outside, all subscribers: detect p50/p99/max {} ms{}",
-        pct(&all_outside),
+        super::report::p50_p99_max(&all_outside),
         if all_degraded.is_empty() {
             String::new()
         } else {
-            format!("; DEGRADED {} ms", pct(&all_degraded))
+            format!(
+                "; DEGRADED {} ms",
+                super::report::p50_p99_max(&all_degraded)
+            )
         }
     );
     let _ = writeln!(
         out,
         "   impact: first failed request {} ms after injection, last {} ms after clearing (p50/p99/max; {} run(s) with none after clearing)",
-        pct(&first_failed),
-        pct(&last_failed),
+        super::report::p50_p99_max(&first_failed),
+        super::report::p50_p99_max(&last_failed),
         last_before_clear
     );
     let _ = writeln!(
@@ -302,12 +284,12 @@ fn summarize(s: &Scenario, runs: &[Run], lab: &Lab) -> (String, Value) {
         "expected_not_serving": s.expected,
         "expected_degraded": s.expect.degraded,
         "runs": runs.len(),
-        "outside_detect_ms": pct_json(&all_outside),
-        "outside_degraded_ms": pct_json(&all_degraded),
+        "outside_detect_ms": super::report::p50_p99_max_json(&all_outside),
+        "outside_degraded_ms": super::report::p50_p99_max_json(&all_degraded),
         "subscribers": per_sub,
         "impact": {
-            "first_failed_after_injection_ms": pct_json(&first_failed),
-            "last_failed_after_clearing_ms": pct_json(&last_failed),
+            "first_failed_after_injection_ms": super::report::p50_p99_max_json(&first_failed),
+            "last_failed_after_clearing_ms": super::report::p50_p99_max_json(&last_failed),
             "runs_with_no_failure_after_clearing": last_before_clear,
         },
         "agents": {

@@ -354,21 +354,7 @@ pub(super) fn progress(line: &str) {
 /// Deletes `fll-<pid>-*` namespaces whose process is gone (a lab killed by SIGKILL
 /// runs no guard). Their agents died with the lab (PR_SET_PDEATHSIG).
 pub(super) fn remove_stale() -> Result<()> {
-    let list = run_output(Command::new("ip").args(["netns", "list"]))?;
-    let mut removed = 0;
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name
-            .strip_prefix(NS_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-            removed += 1;
-        }
-    }
+    let removed = crate::bench::lab::remove_stale_namespaces(NS_PREFIX);
     if removed > 0 {
         println!("lab: deleted {removed} namespaces left by a killed lab");
     }

@@ -310,22 +310,10 @@ impl Report {
             "FLAPS"
         );
         for r in &self.rows {
-            let pct = |h: &Histogram<u64>| {
-                if h.is_empty() {
-                    "-".to_owned()
-                } else {
-                    format!(
-                        "{}/{}/{}",
-                        h.value_at_quantile(0.5),
-                        h.value_at_quantile(0.99),
-                        h.max()
-                    )
-                }
-            };
             let recover = if r.not_recovered > 0 {
-                format!("{} ({} stuck)", pct(&r.recover), r.not_recovered)
+                format!("{} ({} stuck)", p50_p99_max(&r.recover), r.not_recovered)
             } else {
-                pct(&r.recover)
+                p50_p99_max(&r.recover)
             };
             let _ = writeln!(
                 out,
@@ -333,7 +321,7 @@ impl Report {
                 r.subscriber,
                 r.vantage.label(),
                 format!("{}/{}", r.detected, self.runs),
-                pct(&r.detect),
+                p50_p99_max(&r.detect),
                 recover,
                 r.flaps,
                 if r.first.is_empty() {
@@ -355,7 +343,7 @@ impl Report {
                     out,
                     "{:>88}  DEGRADED (Verdicts) p50/p99/max ms: {}",
                     "",
-                    pct(&r.degraded)
+                    p50_p99_max(&r.degraded)
                 );
             }
         }
@@ -400,13 +388,7 @@ impl Report {
     }
 
     pub(super) fn json(&self) -> Value {
-        let pct = |h: &Histogram<u64>| {
-            if h.is_empty() {
-                Value::Null
-            } else {
-                json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max(), "count": h.len()})
-            }
-        };
+        let pct = p50_p99_max_json;
         json!({
             "scenario": self.scenario,
             "expected_not_serving": self.expected,
@@ -426,5 +408,28 @@ impl Report {
             "checks": self.checks,
             "per_run": self.json_runs,
         })
+    }
+}
+
+/// `p50/p99/max` of a histogram, or `-` when it is empty.
+pub(super) fn p50_p99_max(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        "-".to_owned()
+    } else {
+        format!(
+            "{}/{}/{}",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.max()
+        )
+    }
+}
+
+/// The same as JSON (`null` when empty), with the sample count.
+pub(super) fn p50_p99_max_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        Value::Null
+    } else {
+        json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max(), "count": h.len()})
     }
 }

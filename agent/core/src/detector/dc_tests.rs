@@ -325,12 +325,11 @@ fn partition_is_named_from_both_sides(level: Level, entity: &'static str, cut: C
             dc.hosts[v].path,
             named.0 - injected
         );
-        for (_, l, p, _, because) in &failed {
+        for (_, l, p, _, _) in &failed {
             // Entities inside the failed one may be named (usually "because of" it;
             // one whose own vote settles a tick before its parent's, on its own).
-            let _ = because;
             assert!(
-                (*l == level && p == entity) || within(p, entity),
+                within(p, entity),
                 "{} blamed {l} {p} too: {failed:?}",
                 dc.hosts[v].path
             );
