@@ -73,6 +73,11 @@ pub struct LinkStats {
     /// every field `tcp_probe` writes keeps the offset (and cache line) it had before
     /// this counter existed: that program's per-segment cost is measured against it.
     pub acked_segs: u64,
+    /// RTOs and SYN retries of a connection that had already timed out and heard
+    /// nothing since (the kernel's `icsk_retransmits` ≥ 1): its data has waited since
+    /// an earlier timeout, so this one says nothing new about the path. A subset of
+    /// `rto_timeouts + syn_retrans`; written by the RTO callback only.
+    pub repeat_timeouts: u64,
 }
 
 impl LinkStats {
@@ -88,6 +93,7 @@ impl LinkStats {
         last_progress_ns: 0,
         last_loss_ns: 0,
         acked_segs: 0,
+        repeat_timeouts: 0,
     };
 }
 
@@ -277,10 +283,11 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<LinkKey>(), 36);
-        // 6 counters, the histogram, 3 latest values, acked_segs: all u64, no padding.
+        // 6 counters, the histogram, 3 latest values, acked_segs, repeat_timeouts: all
+        // u64, no padding.
         assert_eq!(
             core::mem::size_of::<LinkStats>(),
-            8 * (6 + RTT_BUCKETS + 3 + 1)
+            8 * (6 + RTT_BUCKETS + 3 + 2)
         );
         assert_eq!(
             core::mem::offset_of!(LinkStats, last_progress_ns),

@@ -215,6 +215,7 @@ struct Field(usize);
 impl Field {
     const PROGRESS_SEGS: Self = Self(offset_of!(LinkStats, progress_segs));
     const ACKED_SEGS: Self = Self(offset_of!(LinkStats, acked_segs));
+    const REPEAT_TIMEOUTS: Self = Self(offset_of!(LinkStats, repeat_timeouts));
     const RETRANS_SEGS: Self = Self(offset_of!(LinkStats, retrans_segs));
     const RTO_TIMEOUTS: Self = Self(offset_of!(LinkStats, rto_timeouts));
     const SYN_RETRANS: Self = Self(offset_of!(LinkStats, syn_retrans));
@@ -503,14 +504,26 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
             ctx.set_cb_flags(flags.cast_signed()).map_err(i64::from)?;
         }
         BPF_SOCK_OPS_RTO_CB => {
+            // Arg 1 is `icsk_retransmits`: the timeouts this connection already had
+            // with nothing acknowledged since. After a fault clears, a connection deep
+            // in backoff still times out once more before its retransmission gets
+            // through; that timeout is old news, and userspace must be able to tell.
+            let repeat = ctx.arg(0) > 0;
             // SAFETY: ctx.ops is the kernel's bpf_sock_ops for this call.
             let state = unsafe { (*ctx.ops).state };
-            if state.cast_signed() == TCP_SYN_SENT {
+            let syn_sent = state.cast_signed() == TCP_SYN_SENT;
+            if syn_sent && !repeat {
                 // Counted as a SYN retransmission by the tracepoint.
                 return Ok(());
             }
             let key = sock_ops_key(ctx)?;
             let s = stats(ctx, &key).ok_or(0i64)?;
+            if repeat {
+                s.count(Field::REPEAT_TIMEOUTS);
+            }
+            if syn_sent {
+                return Ok(());
+            }
             // SAFETY: helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
             s.count(Field::RTO_TIMEOUTS);

@@ -202,11 +202,16 @@ fn blackhole_counts_rtos_and_progress_stops(v6: bool) {
 
     lab.drop_to(ip(&lab.b, v6), 100);
     // The first RTO: from then on nothing the peer sends can arrive.
-    until(
+    let [onset] = until(
         &mut probe,
         [(&lab.a, &lab.b, v6)],
         "an RTO after the blackhole",
         |[onset]| onset.rto_timeouts >= 1,
+    );
+    // Polls come every 200 ms, the second (backed-off) RTO 400 ms after the first.
+    assert_eq!(
+        onset.repeat_timeouts, 0,
+        "a connection's first timeout is not a repeat: {onset:?}"
     );
     // RTOs keep firing (backed off), each retransmitting (counted just after the RTO
     // itself), and nothing progresses.
@@ -221,6 +226,10 @@ fn blackhole_counts_rtos_and_progress_stops(v6: bool) {
     assert_eq!(
         dark.progress_segs, 0,
         "no progress in a blackhole: {dark:?}"
+    );
+    assert_eq!(
+        dark.repeat_timeouts, dark.rto_timeouts,
+        "every later timeout of the connection is a repeat: {dark:?}"
     );
     let events = urgent.drain();
     assert!(
@@ -312,11 +321,20 @@ fn connect_to_blackhole_retries_syn_then_fails(v6: bool) {
     } = attach_watching();
     lab.drop_to(ip(&lab.b, v6), 100);
 
-    // The first SYN retry fires after the initial 1 s RTO; give up after 2.5 s.
-    let result = connect(&lab.a.ns, lab.b.addr(v6, PORT), Duration::from_millis(2500));
+    // SYN retries fire from 1 s after the SYN (the initial RTO), then 1 s apart
+    // (`tcp_syn_linear_timeouts`, since Linux 6.5) or backed off (1 s, 3 s, 7 s).
+    let result = connect(&lab.a.ns, lab.b.addr(v6, PORT), Duration::from_millis(3500));
     assert!(result.is_err(), "connect into a blackhole must fail");
     let (c, _) = link(&sample(&mut probe), &lab.a, &lab.b, v6);
-    assert!(c.syn_retrans >= 1, "SYN retransmitted: {c:?}");
+    assert!(
+        c.syn_retrans >= 2,
+        "SYN retransmitted at least twice: {c:?}"
+    );
+    assert_eq!(
+        c.repeat_timeouts,
+        c.syn_retrans - 1,
+        "every SYN retry but the first is a repeat: {c:?}"
+    );
     assert_eq!(c.failed_connects, 1, "one failed connect: {c:?}");
     assert_eq!(c.progress_segs, 0, "{c:?}");
     let events = urgent.drain();

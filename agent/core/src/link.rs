@@ -39,6 +39,10 @@ pub struct LinkCounters {
     pub failed_connects: u64,
     /// Resets received.
     pub resets_rx: u64,
+    /// Of `rto_timeouts + syn_retrans`, those of a connection that had already timed
+    /// out with nothing acknowledged since: its data waited since before. 0 from a host
+    /// without sock_ops or an older agent, so every timeout then counts as news.
+    pub repeat_timeouts: u64,
 }
 
 impl LinkCounters {
@@ -50,6 +54,7 @@ impl LinkCounters {
         self.syn_retrans += other.syn_retrans;
         self.failed_connects += other.failed_connects;
         self.resets_rx += other.resets_rx;
+        self.repeat_timeouts += other.repeat_timeouts;
     }
 
     /// `self - earlier`; a counter that went down means the link was evicted and
@@ -64,6 +69,7 @@ impl LinkCounters {
             syn_retrans: d(self.syn_retrans, earlier.syn_retrans),
             failed_connects: d(self.failed_connects, earlier.failed_connects),
             resets_rx: d(self.resets_rx, earlier.resets_rx),
+            repeat_timeouts: d(self.repeat_timeouts, earlier.repeat_timeouts),
         }
     }
 

@@ -161,6 +161,7 @@ mod tests {
                         syn_retrans: 4,
                         failed_connects: 5,
                         resets_rx: 6,
+                        repeat_timeouts: 0,
                     },
                     stall_hard: 7,
                     stall_retrans: 8,

@@ -68,6 +68,7 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
         syn_retrans: c.syn_retrans,
         failed_connects: c.failed_connects,
         resets_rx: c.resets_rx,
+        repeat_timeouts: c.repeat_timeouts,
         rtt_p50_us: o.delta.rtt_p50_us,
     }
 }
@@ -98,6 +99,7 @@ pub(crate) fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>
                         syn_retrans: l.syn_retrans,
                         failed_connects: l.failed_connects,
                         resets_rx: l.resets_rx,
+                        repeat_timeouts: l.repeat_timeouts,
                     },
                     rtt_p50_us: l.rtt_p50_us,
                 },
@@ -280,6 +282,7 @@ mod tests {
                     syn_retrans: 5,
                     failed_connects: 6,
                     resets_rx: 7,
+                    repeat_timeouts: 3,
                 },
                 rtt_p50_us: Some(8),
             },
@@ -290,6 +293,7 @@ mod tests {
             links: vec![to_wire(&sent)],
         };
         assert_eq!(batch.links[0].acked_segs, 2);
+        assert_eq!(batch.links[0].repeat_timeouts, 3);
         let received = from_wire(&batch).expect("a well-formed batch");
         assert_eq!(received.len(), 1);
         assert_eq!(received[0].link, sent.link);

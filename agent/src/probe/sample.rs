@@ -39,6 +39,7 @@ fn counters_of(stats: &LinkStats) -> LinkCounters {
         syn_retrans: stats.syn_retrans,
         failed_connects: stats.failed_connects,
         resets_rx: stats.resets_rx,
+        repeat_timeouts: stats.repeat_timeouts,
     }
 }
 

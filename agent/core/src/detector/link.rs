@@ -16,6 +16,11 @@
 //! links that never reported ACKs (an agent without sock_ops, an older peer agent,
 //! sockets opened before the probe attached), segments received are progress as before.
 //!
+//! A stall hardens at once on a timeout, unless every timeout is a repeat (the
+//! connection had timed out before with nothing acknowledged since) while the link
+//! had progressed since: a connection left deep in backoff by a fault that has
+//! cleared, timing out once more before its retransmission gets through.
+//!
 //! The kernel counts an ACK only if it yields an RTT sample. With TCP timestamps (Linux's
 //! default) it always does; without them (Karn's rule) an ACK of only retransmitted data
 //! does not. A retransmission without an RTO therefore does not harden a stall; after
@@ -208,7 +213,16 @@ impl LinkHealth {
         let unacked = self.acks_counted && c.acked_segs == 0 && (ours_lost || self.stall_hard > 0);
         // A reset means the peer's stack answered: it is reachable.
         let reached = c.acked_segs > 0 || c.resets_rx > 0 || (c.progress_segs > 0 && !unacked);
-        let hard = c.rto_timeouts + c.syn_retrans + c.failed_connects;
+        let mut hard = c.rto_timeouts + c.syn_retrans + c.failed_connects;
+        if self.stall_since == Stamp::NEVER {
+            // The link progressed since these connections last timed out (another
+            // connection got through): their repeated timeouts are backoff left over
+            // from an earlier stall, not a new one. After a fault clears, every
+            // connection that sat in it times out once more, all at once on every
+            // host, before its retransmission is acknowledged. They start a stall like
+            // any retransmission does, which fails only after `stall_timeout`.
+            hard -= c.repeat_timeouts.min(c.rto_timeouts + c.syn_retrans);
+        }
         if reached {
             self.last_progress = stamp;
             self.stall_since = Stamp::NEVER;
@@ -368,6 +382,7 @@ impl LinkHealth {
             syn_retrans: u64::from(l.syn_retrans),
             failed_connects: u64::from(l.failed_connects),
             resets_rx: u64::from(l.resets),
+            repeat_timeouts: 0,
         }
     }
 }
@@ -475,6 +490,59 @@ mod tests {
         l.observe(&acked(20, delta(30, 0, 0)), ms(1000), &cfg);
         assert_eq!(l.status(ms(1000), &cfg), LinkStatus::Healthy);
         assert_eq!(l.last_counters().acked_segs, 20);
+    }
+
+    /// `delta` with `repeats` of its timeouts repeated ones (see `repeat_timeouts`).
+    fn repeated(repeats: u64, d: LinkDelta) -> LinkDelta {
+        let mut d = d;
+        d.counters.repeat_timeouts = repeats;
+        d
+    }
+
+    #[test]
+    fn a_connection_left_in_backoff_times_out_once_more_without_failing_the_link() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        // The fault: timeouts, the first of each connection, then repeats.
+        l.observe(&delta(0, 2, 2), ms(300), &cfg);
+        l.observe(&repeated(2, delta(0, 2, 2)), ms(900), &cfg);
+        assert_eq!(l.status(ms(900), &cfg), LinkStatus::Failed);
+        assert_eq!(
+            l.stall_hard(),
+            4,
+            "repeats extend a stall that never healed"
+        );
+        // It clears; a new connection gets through at once.
+        l.observe(&acked(10, delta(10, 0, 0)), ms(5000), &cfg);
+        assert_eq!(l.status(ms(5000), &cfg), LinkStatus::Healthy);
+        // An old connection's backed-off timer fires: old news, not a failed link.
+        l.observe(&repeated(1, delta(0, 1, 1)), ms(7000), &cfg);
+        assert_ne!(l.status(ms(7000), &cfg), LinkStatus::Failed);
+        assert_eq!(l.stall_onset(), Some(ms(7000)));
+        assert_eq!(l.stall_hard(), 0);
+        // Its retransmission is acknowledged a round trip later.
+        l.observe(&acked(1, delta(1, 0, 0)), ms(7100), &cfg);
+        assert_eq!(l.status(ms(7100), &cfg), LinkStatus::Healthy);
+
+        // Were nothing acknowledged, the stall would still fail, after the timeout.
+        l.observe(&repeated(1, delta(0, 1, 1)), ms(9000), &cfg);
+        assert_ne!(l.status(ms(9000), &cfg), LinkStatus::Failed);
+        assert_eq!(
+            l.status(ms(9000) + cfg.stall_timeout, &cfg),
+            LinkStatus::Failed
+        );
+    }
+
+    #[test]
+    fn a_first_timeout_beside_a_repeat_fails_the_link_at_once() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        // One connection times out for the first time, another repeats: a new stall.
+        l.observe(&repeated(1, delta(0, 2, 2)), ms(300), &cfg);
+        assert_eq!(l.status(ms(300), &cfg), LinkStatus::Failed);
+        assert_eq!(l.stall_hard(), 1);
     }
 
     #[test]
