@@ -157,8 +157,9 @@ impl Agent {
                 _ = ticker.tick() => {}
                 () = pacing.deferred(), if pacing.is_deferred() => {}
                 Some(message) = self.peers.recv() => {
-                    self.take_peer_message(message);
-                    continue;
+                    if !self.take_peer_message(message) || !pacing.may_evaluate_now() {
+                        continue;
+                    }
                 }
                 batch = next_urgent(self.urgent.as_mut()) => {
                     if !self.take_urgent(batch) || !pacing.may_evaluate_now() {
@@ -170,11 +171,16 @@ impl Agent {
             if let Err(e) = self.evaluate_catching_panics() {
                 return Stop::Failed(e);
             }
+            if let Some(due) = self.detector.confirm_due() {
+                pacing.defer_until(tokio::time::Instant::from_std(self.epoch + due));
+            }
         }
     }
 
-    /// A peer's tick is folded in now and judged at the next evaluation.
-    fn take_peer_message(&mut self, message: PeerMessage) {
+    /// Folds in a peer's tick; true if it is news to judge now rather than at the next
+    /// tick: a timeout or failed connect (a peer's first sight of an outage, which
+    /// corroborates ours), or a peer lost.
+    fn take_peer_message(&mut self, message: PeerMessage) -> bool {
         match message {
             PeerMessage::Batch {
                 observer,
@@ -184,10 +190,15 @@ impl Agent {
                 let now = self.epoch.elapsed();
                 self.detector.observe(&observations, now);
                 self.detector.heard_from(&observer, now);
+                observations.iter().any(|o| {
+                    let c = &o.delta.counters;
+                    c.rto_timeouts + c.syn_retrans + c.failed_connects > 0
+                })
             }
             PeerMessage::Lost(name) => {
                 tracing::warn!(peer = %name, "peer observer gone; its evidence is dropped");
                 self.detector.forget_observer(&name);
+                true
             }
         }
     }
@@ -367,9 +378,10 @@ async fn next_urgent(urgent: Option<&mut UrgentEvents>) -> std::io::Result<Vec<U
     }
 }
 
-/// At most one evaluation per [`URGENT_MIN_GAP`] for urgent events: a storm (a whole
-/// rack timing out at once) must not turn into a map walk per event. An event inside
-/// the gap is not lost: it defers an evaluation to the end of the gap.
+/// At most one evaluation per [`URGENT_MIN_GAP`] for urgent events, peers' news and
+/// confirms falling due: a storm (a whole rack timing out at once) must not turn into
+/// a map walk per event. An event inside the gap is not lost: it defers an evaluation
+/// to the end of the gap.
 struct UrgentPacing {
     last: tokio::time::Instant,
     deferred: Option<tokio::time::Instant>,
@@ -400,8 +412,64 @@ impl UrgentPacing {
         false
     }
 
+    /// Asks for an evaluation at `at` (a pending failure's confirm), or sooner if one
+    /// is already deferred; never sooner than the gap allows.
+    fn defer_until(&mut self, at: tokio::time::Instant) {
+        let at = at.max(self.last + URGENT_MIN_GAP);
+        self.deferred = Some(self.deferred.map_or(at, |d| d.min(at)));
+    }
+
     fn evaluated(&mut self) {
         self.last = tokio::time::Instant::now();
         self.deferred = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::{Instant, advance};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_confirm_falling_due_is_judged_then_not_a_tick_later() {
+        let mut pacing = UrgentPacing::new();
+        pacing.evaluated();
+        let start = Instant::now();
+        pacing.defer_until(start + Duration::from_millis(50));
+        assert!(pacing.is_deferred());
+        pacing.deferred().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferring_keeps_the_sooner_time_and_the_gap() {
+        let mut pacing = UrgentPacing::new();
+        pacing.evaluated();
+        let start = Instant::now();
+        pacing.defer_until(start + Duration::from_millis(80));
+        pacing.defer_until(start + Duration::from_millis(60));
+        pacing.defer_until(start + Duration::from_millis(90));
+        pacing.deferred().await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(60));
+
+        // Due at once, right after an evaluation: still one gap later.
+        pacing.evaluated();
+        let evaluated = Instant::now();
+        pacing.defer_until(evaluated);
+        pacing.deferred().await;
+        assert_eq!(Instant::now() - evaluated, URGENT_MIN_GAP);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn urgent_events_inside_the_gap_defer_to_its_end() {
+        let mut pacing = UrgentPacing::new();
+        pacing.evaluated();
+        let evaluated = Instant::now();
+        advance(Duration::from_millis(5)).await;
+        assert!(!pacing.may_evaluate_now());
+        pacing.deferred().await;
+        assert_eq!(Instant::now() - evaluated, URGENT_MIN_GAP);
+        assert!(pacing.may_evaluate_now());
     }
 }

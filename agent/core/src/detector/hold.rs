@@ -63,6 +63,13 @@ impl Hold {
         !self.held && self.failing_since.is_some()
     }
 
+    /// When a pending failure will have held for `confirm`: the moment to judge again.
+    pub(super) fn confirm_due(&self, cfg: &DetectorConfig) -> Option<Duration> {
+        self.failing_since
+            .filter(|_| !self.held)
+            .map(|since| since + cfg.confirm)
+    }
+
     fn enter(&mut self, now: Duration, cfg: &DetectorConfig) {
         self.flaps = match self.last_entry {
             Some(last) if now.saturating_sub(last) <= cfg.flap_window => self.flaps + 1,
@@ -125,5 +132,18 @@ mod tests {
         h.update(true, false, ms(2000), &cfg);
         h.update(false, false, ms(2000) + cfg.confirm - ms(1), &cfg);
         assert!(!h.held && !h.pending());
+    }
+
+    #[test]
+    fn a_confirm_is_due_only_while_pending() {
+        let cfg = DetectorConfig::default();
+        let mut h = Hold::default();
+        let ms = Duration::from_millis;
+        assert_eq!(h.confirm_due(&cfg), None);
+        h.update(true, false, ms(1000), &cfg);
+        assert_eq!(h.confirm_due(&cfg), Some(ms(1000) + cfg.confirm));
+        h.update(true, false, ms(1000) + cfg.confirm, &cfg);
+        assert!(h.held);
+        assert_eq!(h.confirm_due(&cfg), None, "held: nothing left to confirm");
     }
 }

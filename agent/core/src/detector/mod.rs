@@ -348,6 +348,16 @@ impl Detector {
         self.publish(now)
     }
 
+    /// When a failure pending now is confirmed if it still holds, None if none is
+    /// pending. Judging again then, not at the next tick, makes confirming cost
+    /// `confirm` and not up to a tick more.
+    pub fn confirm_due(&self) -> Option<Duration> {
+        let cfg = &self.cfg;
+        let entities = self.nodes.iter().filter_map(|n| n.hold.confirm_due(cfg));
+        let cuts = self.observers.iter().filter_map(|o| o.cut.confirm_due(cfg));
+        entities.chain(cuts).min()
+    }
+
     /// Every entity's current verdict, except those never observed.
     pub fn verdicts(&self) -> Vec<Verdict> {
         self.nodes

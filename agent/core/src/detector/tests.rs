@@ -401,6 +401,43 @@ fn a_blackholed_rack_fails_as_the_rack_within_two_ticks() {
 }
 
 #[test]
+fn a_pending_failure_is_confirmed_when_due_not_a_tick_later() {
+    let mut sim = two_observers(v4);
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.det.confirm_due(), None, "nothing pending while healthy");
+    let start = sim.now;
+    sim.blackhole(0, &rack_hosts(2, 1, 1, v4), Duration::ZERO);
+    sim.blackhole(1, &rack_hosts(2, 1, 1, v4), Duration::ZERO);
+    let due = loop {
+        sim.step();
+        if let Some(due) = sim.det.confirm_due() {
+            break due;
+        }
+        assert!(
+            sim.now < start + Duration::from_secs(1),
+            "nothing ever pending"
+        );
+    };
+    let confirm = DetectorConfig::default().confirm;
+    assert_eq!(
+        due,
+        sim.now + confirm,
+        "due `confirm` after the failure was first seen"
+    );
+    assert!(confirm < TICK);
+    assert_eq!(sim.state(Level::Rack, "dc-2/c1/r1"), State::Healthy);
+    // Judged again when due, with nothing new observed: confirmed then.
+    let changes = sim.det.tick(due);
+    assert!(
+        changes
+            .iter()
+            .any(|v| v.entity.path.as_ref() == "dc-2/c1/r1" && v.state == State::Failed),
+        "{changes:?}"
+    );
+    assert!(sim.det.confirm_due().is_none_or(|next| next > due));
+}
+
+#[test]
 fn ipv6_peers_roll_up_the_same_way() {
     rack_blackhole_reported_as_the_rack(v6);
 }
