@@ -101,6 +101,9 @@ impl Agents {
             children: Vec::new(),
             logs: Vec::new(),
         };
+        // The agents' log filter; `FAULTLINE_LAB_LOG` overrides it when a run needs the
+        // detail (`info,faultline::run=debug` logs every urgent kernel event).
+        let filter = std::env::var("FAULTLINE_LAB_LOG").unwrap_or_else(|_| "info".to_owned());
         for (i, (ns, config)) in namespaces.iter().zip(configs).enumerate() {
             check_interrupted()?;
             progress(&format!("starting agents {}/{}", i + 1, namespaces.len()));
@@ -110,7 +113,7 @@ impl Agents {
             let mut cmd = Command::new(bin);
             cmd.args(["run", "--config"])
                 .arg(config)
-                .env("RUST_LOG", "info")
+                .env("RUST_LOG", &filter)
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -238,6 +238,7 @@ fn inside(s: &Scenario, lab: &Lab, r: &Record) -> Check {
 
 fn only_expected(s: &Scenario, lab: &Lab, r: &Record) -> Check {
     let mut wrong = Vec::new();
+    let mut why: Vec<String> = Vec::new();
     let mut allowed_n = 0;
     for w in r.watchers {
         for (i, d) in went_not_serving(lab, r, w) {
@@ -262,6 +263,11 @@ fn only_expected(s: &Scenario, lab: &Lab, r: &Record) -> Check {
                 allowed_n += 1;
             } else {
                 wrong.push(format!("{name}@{} +{} ms", who(lab, w), ms(d)));
+                if let Some(line) = agent_said(lab, w.host, name)
+                    && !why.contains(&line)
+                {
+                    why.push(line);
+                }
             }
         }
     }
@@ -279,9 +285,23 @@ fn only_expected(s: &Scenario, lab: &Lab, r: &Record) -> Check {
             r.watchers.len()
         )
     } else {
-        format!("{what}, but: {}", wrong.join(", "))
+        format!("{what}, but: {}{}", wrong.join(", "), why.concat())
     };
     Check::new("only-expected", wrong.is_empty(), detail)
+}
+
+/// The agent's own log line for the FAILED verdict a subscriber of its saw, so a
+/// failed check says who voted and why: the latest such line (runs share one log,
+/// and the check runs as its run ends).
+fn agent_said(lab: &Lab, host: usize, service: &str) -> Option<String> {
+    let (level, path) = service.split_once('/')?;
+    let name = &lab.topology.hosts[host].name;
+    let log = std::fs::read_to_string(lab.run_dir.join(format!("{name}.log"))).ok()?;
+    let needle = format!("verdict level={level} path={path} state=\"FAILED\"");
+    let line = log.lines().rev().find(|l| l.contains(&needle))?;
+    let (at, _) = line.split_once(' ')?;
+    let (_, said) = line.split_once("verdict ")?;
+    Some(format!("\n    {name} logged at {at}: {said}"))
 }
 
 fn recovery(lab: &Lab, r: &Record) -> Check {

@@ -595,12 +595,13 @@ impl Scenario {
         let rtt = lab.rtt_by_site_pair(QUIET);
         let cpu_start = lab.cpu_snapshot();
         let injected = Instant::now();
+        let wall = utc_time_of_day();
         let starved = self.inject(lab)?;
         if let Some(p) = &self.expect.failed_path {
             lab.faults.push((injected, p.clone()));
         }
         println!(
-            "  injected at the {} ({} rule(s)); holding {hold:?}",
+            "  injected at {wall} UTC at the {} ({} rule(s)); holding {hold:?}",
             self.router_role,
             self.rules.len()
         );
@@ -928,6 +929,22 @@ pub(super) fn settled_now(lab: &Lab) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Now as `HH:MM:SS.mmm` UTC, the agents' log timestamps' time of day: to find an
+/// injection in their logs.
+fn utc_time_of_day() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = since_epoch.as_millis() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]
