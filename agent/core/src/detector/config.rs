@@ -39,6 +39,15 @@ pub struct DetectorConfig {
     /// … and at least this many retransmissions in the window, so two lost packets on
     /// an idle link are not a gray failure.
     pub degraded_min_retrans: f64,
+    /// A host is DEGRADED from outside an entity when the retransmissions of every
+    /// observer outside it, pooled over their links to the host, exceed this share of
+    /// the segments those links received (and `degraded_min_retrans`). 1.5 %: one link
+    /// rarely carries enough traffic to tell 3 % loss from noise in a few seconds; all
+    /// of a host's observers together do. The sums decay over `loss_window` (2 s), so
+    /// 3 % loss crosses 1.5 % within 1.4 s, then `degraded_confirm`. 1 % loss on every
+    /// long-haul path stays below it, since only some of a host's observers are across
+    /// one; and DEGRADED above a host must stand out from its siblings too.
+    pub pooled_loss_ratio: f64,
     /// Time constant of the loss window. 2 s.
     #[serde(with = "crate::duration")]
     pub loss_window: Duration,
@@ -108,6 +117,7 @@ impl Default for DetectorConfig {
             max_recovery_hold: Duration::from_secs(80),
             degraded_loss_ratio: 0.05,
             degraded_min_retrans: 5.0,
+            pooled_loss_ratio: 0.015,
             loss_window: Duration::from_secs(2),
             rtt_factor: 4.0,
             rtt_min_increase: Duration::from_millis(5),
@@ -144,6 +154,9 @@ impl DetectorConfig {
         }
         if !(self.degraded_loss_ratio > 0.0 && self.degraded_loss_ratio <= 1.0) {
             return Some(("detector.degraded_loss_ratio", "must be in (0, 1]"));
+        }
+        if !(self.pooled_loss_ratio > 0.0 && self.pooled_loss_ratio <= 1.0) {
+            return Some(("detector.pooled_loss_ratio", "must be in (0, 1]"));
         }
         if self.rtt_factor < 1.0 {
             return Some(("detector.rtt_factor", "must be at least 1"));

@@ -503,3 +503,42 @@ fn a_silent_peer_is_set_aside_at_once() {
         "its views still count"
     );
 }
+
+#[test]
+fn three_percent_loss_into_a_rack_degrades_the_rack_within_three_seconds() {
+    let mut dc = Dc::new();
+    dc.run(Duration::from_secs(30));
+    let injected = dc.now;
+    dc.cut(Cut::Loss("east/e1/r1", 3.0));
+    dc.run(Duration::from_secs(3));
+    for v in dc.agents_outside("east/e1/r1") {
+        assert_eq!(
+            dc.state_at(v, Level::Rack, "east/e1/r1"),
+            State::Degraded,
+            "at {}: {:?}",
+            dc.hosts[v].path,
+            dc.agents[v].verdict(Level::Rack, "east/e1/r1")
+        );
+    }
+    for v in 0..dc.hosts.len() {
+        for (at, change) in dc.log[v].iter().filter(|(t, _)| *t >= injected) {
+            assert_ne!(
+                change.state,
+                State::Failed,
+                "at {}: {change:?}",
+                dc.hosts[v].path
+            );
+            assert!(
+                change.state != State::Degraded
+                    || change.entity.level == Level::Host
+                    || change.entity.path.as_ref() == "east/e1/r1",
+                "at {} after {:?}: {} {} DEGRADED: {}",
+                dc.hosts[v].path,
+                *at - injected,
+                change.entity.level,
+                change.entity.path,
+                change.reason
+            );
+        }
+    }
+}

@@ -188,6 +188,14 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
             "{} observer(s) cannot reach it while {} still do: a path problem",
             outside.failing, outside.witnesses
         ),
+        State::Degraded if outside.lossy => {
+            let loss = &node.loss[Level::Host];
+            format!(
+                "losing {:.1}% of segments, pooled over the links of every observer (median host {:.1}%)",
+                100.0 * f64::from(loss.ratio()),
+                100.0 * d.loss_median[Level::Host]
+            )
+        }
         State::Degraded => format!(
             "{} of {} link(s) degraded or failing (loss or RTT above baseline)",
             peers

@@ -173,6 +173,12 @@ pub struct LinkHealth {
     /// The link has reported ACKs of our data (`acked_segs`) at least once, so their
     /// absence means something (see the module doc).
     acks_counted: bool,
+    /// How long before `last_progress` our own data was last acknowledged, ms
+    /// (`u16::MAX`: at least that long, or never). Progress that only came in (the
+    /// peer's segments, while we sent nothing) shows the peer alive, not that our
+    /// path out works: an observer that only receives must not pass for one that
+    /// reaches, nor witness for a host it cannot send to. 0 where ACKs are not counted.
+    two_way_lag_ms: u16,
 }
 
 impl LinkHealth {
@@ -224,6 +230,17 @@ impl LinkHealth {
             hard -= c.repeat_timeouts.min(c.rto_timeouts + c.syn_retrans);
         }
         if reached {
+            let two_way = !self.acks_counted || c.acked_segs > 0 || c.resets_rx > 0;
+            self.two_way_lag_ms = if two_way {
+                0
+            } else if self.last_progress == Stamp::NEVER {
+                u16::MAX
+            } else {
+                let since = stamp.0.saturating_sub(self.last_progress.0);
+                u16::try_from(since)
+                    .unwrap_or(u16::MAX)
+                    .saturating_add(self.two_way_lag_ms)
+            };
             self.last_progress = stamp;
             self.stall_since = Stamp::NEVER;
             self.stall_hard = 0;
@@ -326,14 +343,34 @@ impl LinkHealth {
         }
     }
 
-    /// The stall's start, the last progress and the last evidence, in ms on the
+    /// Retransmissions and segments received over the loss window, as of the latest
+    /// evidence; none once that is older than the window. Not decayed to now: pooled
+    /// over many links every tick, where one `exp` per link would be most of the cost.
+    pub(super) fn loss_sums(&self, now_ms: u64, window_ms: u64) -> Option<(f32, f32)> {
+        (self.last_evidence != Stamp::NEVER
+            && now_ms.saturating_sub(self.last_evidence.0) <= window_ms)
+            .then_some((self.retrans, self.progress))
+    }
+
+    /// The stall's start, the last two-way progress and the last evidence, in ms on the
     /// detector's clock (`u64::MAX`: never): the views' hot loop takes them raw.
     pub(super) fn stamps_ms(&self) -> (u64, u64, u64) {
         (
             self.stall_since.0,
-            self.last_progress.0,
+            self.two_way_progress_ms(),
             self.last_evidence.0,
         )
+    }
+
+    /// When our data was last acknowledged (or, where ACKs are not counted, the peer
+    /// last delivered), ms; `u64::MAX`: never.
+    fn two_way_progress_ms(&self) -> u64 {
+        if self.last_progress == Stamp::NEVER {
+            return u64::MAX;
+        }
+        self.last_progress
+            .0
+            .saturating_sub(u64::from(self.two_way_lag_ms))
     }
 
     /// When the current stall began (losing with no progress since), if stalled.
@@ -543,6 +580,30 @@ mod tests {
         l.observe(&repeated(1, delta(0, 2, 2)), ms(300), &cfg);
         assert_eq!(l.status(ms(300), &cfg), LinkStatus::Failed);
         assert_eq!(l.stall_hard(), 1);
+    }
+
+    #[test]
+    fn progress_that_only_comes_in_is_not_two_way() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(1000), &cfg);
+        assert_eq!(l.stamps_ms().1, 1000);
+        // The peer keeps sending; we send nothing (so nothing of ours to acknowledge).
+        l.observe(&delta(50, 0, 0), ms(1100), &cfg);
+        l.observe(&delta(50, 0, 0), ms(1200), &cfg);
+        assert_eq!(
+            l.status(ms(1200), &cfg),
+            LinkStatus::Healthy,
+            "the peer is alive"
+        );
+        assert_eq!(l.last_progress_at(), Some(ms(1200)));
+        assert_eq!(l.stamps_ms().1, 1000, "our path out was last shown at 1000");
+        l.observe(&acked(1, delta(1, 0, 0)), ms(1300), &cfg);
+        assert_eq!(l.stamps_ms().1, 1300);
+        // Where ACKs are not counted, segments received are all we have.
+        let mut old = LinkHealth::default();
+        old.observe(&delta(50, 0, 0), ms(500), &cfg);
+        assert_eq!(old.stamps_ms().1, 500);
     }
 
     #[test]

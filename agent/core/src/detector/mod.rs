@@ -28,7 +28,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use observers::Observer;
 use rollup::{Outcome, Totals, Vote};
-use views::{Outside, TwoObservers, View};
+use views::{Outside, PooledLoss, TwoObservers, View};
 
 use rustc_hash::FxHashMap;
 
@@ -92,7 +92,7 @@ type SlotId = u32;
 
 /// One host's vote for one enclosing entity: (entity, the host's ancestor just below
 /// it, its state from outside the entity, fresh, who saw it fail).
-type HostVote = (EntityId, EntityId, LinkStatus, bool, TwoObservers);
+type HostVote = (EntityId, EntityId, LinkStatus, (bool, bool), TwoObservers);
 
 #[derive(Default)]
 struct Node {
@@ -104,6 +104,9 @@ struct Node {
     /// and the host as seen from outside each of its enclosing entities.
     views: std::ops::Range<u32>,
     outside: PerLevel<Outside>,
+    /// This tick, hosts only: retransmissions and progress on the links of observers
+    /// outside each enclosing entity, pooled.
+    loss: PerLevel<PooledLoss>,
     /// This tick, racks and above: the vote of its hosts.
     vote: Vote,
     /// This tick: the entity's own state before hysteresis.
@@ -151,6 +154,11 @@ pub struct Detector {
     weights: link::DecayWeights,
     /// Every host at host level this tick (for "others are fine" and stand-out).
     totals: Totals,
+    /// Per level, this tick: the median pooled loss ratio of the hosts, each seen from
+    /// outside its own entity at that level (0 when no host is lossy at all).
+    loss_median: PerLevel<f64>,
+    /// Scratch for the medians.
+    ratios: Vec<f32>,
     host_of_ip: HashMap<IpAddr, EntityId>,
     /// Entities of each level, in the order a tick visits them.
     by_level: PerLevel<Vec<EntityId>>,
@@ -171,6 +179,8 @@ impl Detector {
             hints: Vec::new(),
             weights: link::DecayWeights::default(),
             totals: Totals::default(),
+            loss_median: PerLevel::default(),
+            ratios: Vec::new(),
             host_of_ip: HashMap::new(),
             by_level: PerLevel::default(),
             topology: Topology::default(),
@@ -342,6 +352,7 @@ impl Detector {
     /// Evaluates every rule at `now` and returns the verdicts that changed.
     pub fn tick(&mut self, now: Duration) -> Vec<Verdict> {
         self.host_views(now);
+        self.pooled_loss_medians();
         self.judge_observers(now);
         self.judge_hosts(now);
         self.roll_up(now);
@@ -383,6 +394,7 @@ impl Detector {
             .extend(self.slots.iter().map(|s| s.health.status(now, cfg)));
         self.views.clear();
         let (now_ms, fresh_ms) = (views::ms(now), views::ms(cfg.fresh_evidence));
+        let loss_ms = views::ms(cfg.loss_window);
         for o in &mut self.observers {
             o.begin_tick();
         }
@@ -390,6 +402,7 @@ impl Detector {
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
             let (slots, status) = (&self.slots, &self.status);
+            node.loss = PerLevel::default();
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let observer = chunk[0].0;
                 let o = &mut self.observers[usize::from(observer)];
@@ -397,6 +410,19 @@ impl Detector {
                     continue;
                 }
                 let outside = outside_count(&node.around, &o.around);
+                // Loss on links that still deliver: a failing link's retransmissions
+                // are its failure, not a gray one.
+                let mut loss = PooledLoss::default();
+                for &(_, slot) in chunk {
+                    if status[slot as usize] != LinkStatus::Failed
+                        && let Some(sums) = slots[slot as usize].health.loss_sums(now_ms, loss_ms)
+                    {
+                        loss.add(sums);
+                    }
+                }
+                for level in Level::ALL.into_iter().take(usize::from(outside)) {
+                    node.loss[level].add((loss.retrans, loss.progress));
+                }
                 let links = chunk.iter().map(|&(_, slot)| {
                     (
                         status[slot as usize],
@@ -431,6 +457,38 @@ impl Detector {
         }
     }
 
+    /// The median pooled loss ratio per level, where some host's loss is above
+    /// `pooled_loss_ratio`: a host is lossy only when it stands out from the others
+    /// seen the same way. Seen from outside its site, every host's links cross the
+    /// long-haul network, and its loss is nobody's fault.
+    fn pooled_loss_medians(&mut self) {
+        let cfg = &self.cfg;
+        for level in Level::ALL {
+            self.loss_median[level] = 0.0;
+            let hosts = &self.by_level[Level::Host];
+            if !hosts
+                .iter()
+                .any(|h| self.nodes[h.index()].loss[level].is_lossy(cfg))
+            {
+                continue;
+            }
+            self.ratios.clear();
+            self.ratios.extend(
+                hosts
+                    .iter()
+                    .map(|h| &self.nodes[h.index()].loss[level])
+                    .filter(|l| l.progress > 0.0)
+                    .map(PooledLoss::ratio),
+            );
+            if self.ratios.is_empty() {
+                continue;
+            }
+            let mid = self.ratios.len() / 2;
+            let (_, median, _) = self.ratios.select_nth_unstable_by(mid, f32::total_cmp);
+            self.loss_median[level] = f64::from(*median);
+        }
+    }
+
     /// Step 3: each observer as a whole; the entities cut-off observers name.
     fn judge_observers(&mut self, now: Duration) {
         for node in &mut self.nodes {
@@ -461,6 +519,11 @@ impl Detector {
                 &self.observers,
                 cfg,
             );
+            for level in Level::ALL {
+                let loss = &node.loss[level];
+                node.outside[level].lossy = loss.is_lossy(cfg)
+                    && f64::from(loss.ratio()) >= cfg.degraded_standout * self.loss_median[level];
+            }
             something_fails |= node.outside[Level::Host].failing > 0;
         }
         if something_fails {
@@ -532,7 +595,7 @@ impl Detector {
                         e,
                         child,
                         o.status(now, &self.cfg),
-                        o.fresh,
+                        (o.fresh, o.uncorroborated(now, &self.cfg)),
                         o.failing_observers,
                     ));
                     child = e;
@@ -547,14 +610,19 @@ impl Detector {
         for level in [Level::Rack, Level::Cabinet, Level::Site] {
             for i in 0..self.by_level[level].len() {
                 let id = self.by_level[level][i];
-                let mut outcome =
-                    rollup::judge(&self.nodes[id.index()].vote, &self.totals, &self.cfg);
-                if outcome == Outcome::Failed {
-                    // Count again, only with observers that still reach elsewhere.
+                let plain = &self.nodes[id.index()].vote;
+                let mut outcome = rollup::judge(plain, &self.totals, &self.cfg);
+                if outcome == Outcome::Failed || plain.may_fail_when_counted_by_observer(&self.cfg)
+                {
+                    // Count again by observer, only with observers that still reach
+                    // elsewhere.
                     let vote = self.vote_of_reaching_observers(id, level, now);
-                    outcome = rollup::judge(&vote, &self.totals, &self.cfg);
-                    if outcome == Outcome::Failed {
+                    let recounted = rollup::judge(&vote, &self.totals, &self.cfg);
+                    if recounted == Outcome::Failed {
                         self.nodes[id.index()].vote = vote;
+                        outcome = recounted;
+                    } else if outcome == Outcome::Failed {
+                        outcome = recounted;
                     }
                 }
                 let node = &mut self.nodes[id.index()];
@@ -576,8 +644,13 @@ impl Detector {
     /// site, say) sees everything outside fail, the nearest first: until it finds
     /// itself cut off, its failing views would vote down the first site whose RTOs
     /// fire, while its neighbours inside still answer. Its own batches carry both
-    /// stamps, so no slack is needed. Runs only for an entity whose plain vote fails.
+    /// stamps, so no slack is needed.
+    ///
+    /// A host failing by one such observer alone counts when that observer sees at
+    /// least `min_failed_hosts` of `e`'s hosts fail and `min_observers` observers do
+    /// (see `rollup`). Runs only for an entity whose plain vote fails or may.
     fn vote_of_reaching_observers(&self, e: EntityId, level: Level, now: Duration) -> Vote {
+        let cfg = &self.cfg;
         let hosts = &self.by_level[Level::Host];
         let inside = |h: EntityId| self.nodes[h.index()].around[level] == Some(e);
         let counts = |v: &View, around: &PerLevel<Option<EntityId>>| {
@@ -591,21 +664,50 @@ impl Detector {
             .map(|&h| self.nodes[h.index()].outside[level].onset_ms)
             .min()
             .unwrap_or(NEVER_MS);
-        let reaches = |v: &View| self.reaches_after(v, onset);
-        let mut vote = self.nodes[e.index()].vote;
-        vote.failed = 0;
-        vote.failing_observers = TwoObservers::default();
-        for &h in hosts.iter().filter(|&&h| inside(h)) {
+        let reaching = |h: EntityId| {
             let node = &self.nodes[h.index()];
-            let mut counted = false;
-            for v in self.views_of(h).iter().filter(|v| counts(v, &node.around)) {
-                if reaches(v) {
-                    vote.failing_observers.add(v.observer);
-                    counted = true;
+            self.views_of(h)
+                .iter()
+                .filter(move |v| counts(v, &node.around) && self.reaches_after(v, onset))
+        };
+        // Per observer, how many of e's hosts it sees fail.
+        let mut seen: Vec<(u16, u32)> = Vec::new();
+        for &h in hosts.iter().filter(|&&h| inside(h)) {
+            for v in reaching(h) {
+                match seen.iter_mut().find(|(o, _)| *o == v.observer) {
+                    Some((_, n)) => *n += 1,
+                    None => seen.push((v.observer, 1)),
                 }
             }
-            if counted && node.outside[level].status(now, &self.cfg) == LinkStatus::Failed {
-                vote.failed += 1;
+        }
+        let sees_enough = |o: u16| {
+            seen.iter()
+                .any(|&(x, n)| x == o && n >= cfg.min_failed_hosts)
+        };
+        let strong = seen
+            .iter()
+            .filter(|&&(_, n)| n >= cfg.min_failed_hosts)
+            .count();
+        let corroborate_across_hosts =
+            u32::try_from(strong).unwrap_or(u32::MAX) >= cfg.min_observers;
+        let mut vote = self.nodes[e.index()].vote;
+        vote.clear_failed();
+        for &h in hosts.iter().filter(|&&h| inside(h)) {
+            let node = &self.nodes[h.index()];
+            let outside = &node.outside[level];
+            let mut counted = false;
+            let mut by_one_that_sees_enough = false;
+            for v in reaching(h) {
+                vote.failing_observers.add(v.observer);
+                counted = true;
+                by_one_that_sees_enough |= sees_enough(v.observer);
+            }
+            let failed = outside.status(now, cfg) == LinkStatus::Failed
+                || (corroborate_across_hosts
+                    && by_one_that_sees_enough
+                    && outside.uncorroborated(now, cfg));
+            if counted && failed {
+                vote.add_failed(child_within(node, h, level));
             }
         }
         vote
@@ -835,6 +937,20 @@ fn is_within(topology: &Topology, mut e: EntityId, ancestor: EntityId) -> bool {
             None => return false,
         }
     }
+}
+
+/// The child of the entity at `level` that holds host `h` (the host itself, for a rack).
+fn child_within(node: &Node, h: EntityId, level: Level) -> EntityId {
+    let mut child = h;
+    for l in [Level::Rack, Level::Cabinet, Level::Site] {
+        if l == level {
+            break;
+        }
+        if let Some(e) = node.around[l] {
+            child = e;
+        }
+    }
+    child
 }
 
 #[cfg(test)]

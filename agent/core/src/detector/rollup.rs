@@ -11,6 +11,13 @@
 //! cabinet. A one-rack cabinet is no smaller than its rack, so it fails as the
 //! cabinet, with the rack failed because of it.
 //!
+//! A host counts as failing when two observers agree on it, or one has for long
+//! enough that a witness would have spoken. The vote also counts a host failing by one
+//! observer alone when that observer sees at least `min_failed_hosts` of the entity's
+//! hosts fail, and `min_observers` observers do: observers whose RTOs fire at
+//! different moments then corroborate each other across hosts, not only host by host.
+//! Two observers each losing two hosts of one rack at once is the rack, not noise.
+//!
 //! DEGRADED is relative: an entity is degraded only when its share of degraded hosts
 //! stands out, `degraded_standout` times the share among the hosts outside it. A rise
 //! across the whole network, or every host an observer sees, is nobody's fault.
@@ -25,6 +32,9 @@ pub(super) struct Vote {
     pub(super) observed: u32,
     pub(super) failed: u32,
     pub(super) degraded: u32,
+    /// Hosts failing by one observer alone, not yet corroborated (see the module doc):
+    /// they may fail the entity only when the vote is counted again by observer.
+    pub(super) uncorroborated: u32,
     /// Some failing view has fresh loss evidence.
     pub(super) fresh: bool,
     pub(super) failing_observers: TwoObservers,
@@ -59,7 +69,7 @@ impl Vote {
         &mut self,
         child: EntityId,
         outside: LinkStatus,
-        fresh: bool,
+        (fresh, uncorroborated): (bool, bool),
         failing_observers: TwoObservers,
         host_level: LinkStatus,
     ) {
@@ -72,17 +82,16 @@ impl Vote {
             );
         }
         match outside {
-            LinkStatus::Unknown | LinkStatus::Healthy => {}
+            LinkStatus::Unknown | LinkStatus::Healthy => {
+                if uncorroborated {
+                    self.uncorroborated += 1;
+                    self.fresh |= fresh;
+                }
+            }
             LinkStatus::Failed => {
-                self.failed += 1;
-                self.fresh |= fresh;
                 self.failing_observers.merge(failing_observers);
-                note(
-                    &mut self.failed_child,
-                    &mut self.failed_children_differ,
-                    child,
-                );
-                note(&mut self.bad_child, &mut self.bad_children_differ, child);
+                self.fresh |= fresh;
+                self.add_failed(child);
             }
             LinkStatus::Degraded => {
                 self.degraded += 1;
@@ -100,6 +109,32 @@ impl Vote {
                 self.host_level_bad += 1;
             }
         }
+    }
+}
+
+impl Vote {
+    /// Forgets the failed hosts, to count them again another way.
+    pub(super) fn clear_failed(&mut self) {
+        self.failed = 0;
+        self.failing_observers = TwoObservers::default();
+        self.failed_child = None;
+        self.failed_children_differ = false;
+    }
+
+    /// One failed host, in child `child`.
+    pub(super) fn add_failed(&mut self, child: EntityId) {
+        self.failed += 1;
+        note(
+            &mut self.failed_child,
+            &mut self.failed_children_differ,
+            child,
+        );
+        note(&mut self.bad_child, &mut self.bad_children_differ, child);
+    }
+
+    /// Worth counting again by observer: enough hosts fail, some uncorroborated.
+    pub(super) fn may_fail_when_counted_by_observer(&self, cfg: &DetectorConfig) -> bool {
+        self.uncorroborated > 0 && self.failed + self.uncorroborated >= cfg.min_failed_hosts
     }
 }
 
@@ -171,7 +206,7 @@ mod tests {
         for &(s, observer, child) in hosts {
             let mut two = TwoObservers::default();
             two.add(observer);
-            v.add(EntityId(child), s, true, two, s);
+            v.add(EntityId(child), s, (true, false), two, s);
         }
         v
     }

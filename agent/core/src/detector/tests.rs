@@ -437,6 +437,85 @@ fn a_pending_failure_is_confirmed_when_due_not_a_tick_later() {
     assert!(sim.det.confirm_due().is_none_or(|next| next > due));
 }
 
+/// A blackholed rack whose links time out observer by observer: obs-a's links to two
+/// of its hosts time out first and obs-b's to the other two, while the rest stay idle
+/// (nothing sent, nothing to time out). No host has two observers yet.
+fn rack_seen_half_by_each(sim: &mut Sim, a_sees: &[IpAddr], b_sees: &[IpAddr]) {
+    let rack = rack_hosts(2, 1, 1, v4);
+    for (observer, sees) in [(0, a_sees), (1, b_sees)] {
+        for &h in &rack {
+            if sees.contains(&h) {
+                sim.blackhole(observer, &[h], Duration::ZERO);
+            } else {
+                sim.fault(observer, h, Fault::Idle);
+            }
+        }
+    }
+}
+
+#[test]
+fn two_observers_each_losing_two_hosts_fail_the_rack_without_waiting_host_by_host() {
+    let mut sim = two_observers(v4);
+    sim.run(Duration::from_secs(2));
+    let start = sim.now;
+    let rack = rack_hosts(2, 1, 1, v4);
+    rack_seen_half_by_each(&mut sim, &rack[..2], &rack[2..]);
+    sim.run(Duration::from_secs(3));
+    let rack_failed_at = sim
+        .log
+        .iter()
+        .find(|(_, v)| v.entity.path.as_ref() == "dc-2/c1/r1" && v.state == State::Failed)
+        .map(|(t, _)| *t)
+        .expect("rack announced FAILED");
+    let first_rto = start + Duration::from_millis(200);
+    assert!(
+        rack_failed_at <= first_rto + 2 * TICK,
+        "rack FAILED at {:?} after the first RTO, not at once",
+        rack_failed_at - first_rto
+    );
+    let rack = sim.det.verdict(Level::Rack, "dc-2/c1/r1").unwrap();
+    assert_eq!(rack.evidence.failed_hosts, 4, "{}", rack.reason);
+    assert_eq!(rack.observers.len(), 2, "{:?}", rack.observers);
+}
+
+#[test]
+fn two_observers_each_losing_one_host_wait_for_a_witness() {
+    // One host each is what two unrelated stalls look like: the vote waits, host by
+    // host, for a witness to speak, and only then counts them.
+    let mut sim = two_observers(v4);
+    sim.run(Duration::from_secs(2));
+    let start = sim.now;
+    let rack = rack_hosts(2, 1, 1, v4);
+    rack_seen_half_by_each(&mut sim, &rack[..1], &rack[1..2]);
+    sim.run(Duration::from_secs(3));
+    let witness_wait = 2 * DetectorConfig::default().witness_slack;
+    let first_failed = sim
+        .log
+        .iter()
+        .find(|(_, v)| v.state == State::Failed)
+        .map(|(t, v)| (*t - start, v.entity.path.to_string()));
+    assert!(
+        first_failed
+            .as_ref()
+            .is_none_or(|(after, _)| *after >= witness_wait),
+        "{first_failed:?}: something failed before the witness wait ({witness_wait:?})"
+    );
+}
+
+#[test]
+fn one_observer_losing_a_whole_rack_fails_only_its_hosts() {
+    // No verdict above host level rests on one observer, however much it sees fail.
+    let mut sim = two_observers(v4);
+    sim.run(Duration::from_secs(2));
+    let rack = rack_hosts(2, 1, 1, v4);
+    rack_seen_half_by_each(&mut sim, &rack, &[]);
+    sim.run(Duration::from_secs(3));
+    assert_ne!(sim.state(Level::Rack, "dc-2/c1/r1"), State::Failed);
+    for v in sim.failed_changes() {
+        assert_eq!(v.entity.level, Level::Host, "{v:?}");
+    }
+}
+
 #[test]
 fn ipv6_peers_roll_up_the_same_way() {
     rack_blackhole_reported_as_the_rack(v6);

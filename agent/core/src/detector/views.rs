@@ -22,7 +22,8 @@ use super::{DetectorConfig, link::LinkStatus};
 pub(super) struct View {
     /// Failing: when the earliest of its failing links stopped progressing, ms.
     pub(super) onset_ms: u64,
-    /// The latest progress seen on any of its links to the host, ms.
+    /// The latest two-way progress on any of its links to the host (our data
+    /// acknowledged, where ACKs are counted), ms.
     progress_ms: u64,
     pub(super) observer: u16,
     pub(super) status: LinkStatus,
@@ -149,6 +150,33 @@ pub(super) struct Outside {
     pub(super) onset_ms: u64,
     pub(super) fresh: bool,
     pub(super) failing_observers: TwoObservers,
+    /// Losing, pooled over every outside observer's links ([`PooledLoss`]).
+    pub(super) lossy: bool,
+}
+
+/// Retransmissions and segments received over the loss window, summed over links.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PooledLoss {
+    pub(super) retrans: f32,
+    pub(super) progress: f32,
+}
+
+impl PooledLoss {
+    pub(super) fn add(&mut self, (retrans, progress): (f32, f32)) {
+        self.retrans += retrans;
+        self.progress += progress;
+    }
+
+    /// Retransmissions per segment received.
+    pub(super) fn ratio(&self) -> f32 {
+        self.retrans / self.progress.max(1.0)
+    }
+
+    /// A gray failure: more loss than `pooled_loss_ratio`, on enough retransmissions.
+    pub(super) fn is_lossy(&self, cfg: &DetectorConfig) -> bool {
+        let (retrans, progress) = (f64::from(self.retrans), f64::from(self.progress));
+        retrans >= cfg.degraded_min_retrans && retrans >= cfg.pooled_loss_ratio * progress.max(1.0)
+    }
 }
 
 impl Default for Outside {
@@ -161,6 +189,7 @@ impl Default for Outside {
             onset_ms: NEVER,
             fresh: false,
             failing_observers: TwoObservers::default(),
+            lossy: false,
         }
     }
 }
@@ -204,6 +233,13 @@ impl Outside {
         self.failing_observers.merge(o.failing_observers);
     }
 
+    /// Failing by one observer only, no witness against it, and not yet long enough
+    /// to stand alone: its entity's vote may still count it when that observer sees
+    /// more of the entity fail, and another observer does too (see `rollup`).
+    pub(super) fn uncorroborated(&self, now: Duration, cfg: &DetectorConfig) -> bool {
+        self.failing > 0 && self.witnesses == 0 && self.status(now, cfg) != LinkStatus::Failed
+    }
+
     /// The host's state from here.
     pub(super) fn status(&self, now: Duration, cfg: &DetectorConfig) -> LinkStatus {
         if self.failing > 0 && self.witnesses == 0 {
@@ -222,7 +258,7 @@ impl Outside {
                 LinkStatus::Unknown
             };
         }
-        if self.failing > 0 || self.degraded > 0 {
+        if self.failing > 0 || self.degraded > 0 || self.lossy {
             LinkStatus::Degraded
         } else if self.reached > 0 {
             LinkStatus::Healthy
