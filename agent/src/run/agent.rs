@@ -172,6 +172,7 @@ impl Agent {
                 return Stop::Failed(e);
             }
             if let Some(due) = self.detector.confirm_due() {
+                tracing::debug!(in_ms = ?due.saturating_sub(self.epoch.elapsed()).as_millis(), "a failure is pending; judging again when its confirm is due");
                 pacing.defer_until(tokio::time::Instant::from_std(self.epoch + due));
             }
         }
@@ -190,10 +191,14 @@ impl Agent {
                 let now = self.epoch.elapsed();
                 self.detector.observe(&observations, now);
                 self.detector.heard_from(&observer, now);
-                observations.iter().any(|o| {
+                let news = observations.iter().any(|o| {
                     let c = &o.delta.counters;
                     c.rto_timeouts + c.syn_retrans + c.failed_connects > 0
-                })
+                });
+                if news {
+                    tracing::debug!(%observer, "a peer reports a timeout; judging now");
+                }
+                news
             }
             PeerMessage::Lost(name) => {
                 tracing::warn!(peer = %name, "peer observer gone; its evidence is dropped");

@@ -67,6 +67,8 @@ enum Cut {
     Into(&'static str),
     /// Random loss (percent) on everything crossing the entity's boundary.
     Loss(&'static str, f64),
+    /// Nothing between this host and any other site, either way.
+    LongHaul(&'static str),
 }
 
 /// Hosts whose CPU is starved: their RTTs, seen by them or by others, rise tenfold.
@@ -142,6 +144,10 @@ impl Dc {
             Cut::Blackhole(e) => within(pa, e) == within(pb, e),
             Cut::Into(e) => within(pa, e) || !within(pb, e),
             Cut::Loss(..) => true,
+            Cut::LongHaul(h) => {
+                let site = |p: &str| p.split('/').next().unwrap_or_default().to_owned();
+                !((pa == h || pb == h) && site(pa) != site(pb))
+            }
         })
     }
 
@@ -538,6 +544,24 @@ fn three_percent_loss_into_a_rack_degrades_the_rack_within_three_seconds() {
                 change.entity.level,
                 change.entity.path,
                 change.reason
+            );
+        }
+    }
+}
+
+#[test]
+fn one_observer_cut_from_the_other_sites_does_not_speak_for_its_site() {
+    let mut dc = Dc::new();
+    dc.run(Duration::from_secs(5));
+    let injected = dc.now;
+    dc.cut(Cut::LongHaul("east/e1/r1/h1"));
+    dc.run(Duration::from_secs(3));
+    for v in 0..dc.hosts.len() {
+        for (_, l, p, local, _) in dc.failed_at(v, injected) {
+            assert!(
+                l == Level::Host,
+                "at {}: {l} {p} FAILED (local {local}): its neighbours still reach the other sites",
+                dc.hosts[v].path
             );
         }
     }

@@ -352,11 +352,13 @@ impl LinkHealth {
             .then_some((self.retrans, self.progress))
     }
 
-    /// The stall's start, the last two-way progress and the last evidence, in ms on the
+    /// The stall's start, the last progress, the last two-way progress and the last
+    /// evidence, in ms on the
     /// detector's clock (`u64::MAX`: never): the views' hot loop takes them raw.
-    pub(super) fn stamps_ms(&self) -> (u64, u64, u64) {
+    pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64) {
         (
             self.stall_since.0,
+            self.last_progress.0,
             self.two_way_progress_ms(),
             self.last_evidence.0,
         )
@@ -587,7 +589,7 @@ mod tests {
         let cfg = DetectorConfig::default();
         let mut l = LinkHealth::default();
         l.observe(&acked(60, delta(100, 0, 0)), ms(1000), &cfg);
-        assert_eq!(l.stamps_ms().1, 1000);
+        assert_eq!(l.stamps_ms().2, 1000);
         // The peer keeps sending; we send nothing (so nothing of ours to acknowledge).
         l.observe(&delta(50, 0, 0), ms(1100), &cfg);
         l.observe(&delta(50, 0, 0), ms(1200), &cfg);
@@ -597,13 +599,13 @@ mod tests {
             "the peer is alive"
         );
         assert_eq!(l.last_progress_at(), Some(ms(1200)));
-        assert_eq!(l.stamps_ms().1, 1000, "our path out was last shown at 1000");
+        assert_eq!(l.stamps_ms().2, 1000, "our path out was last shown at 1000");
         l.observe(&acked(1, delta(1, 0, 0)), ms(1300), &cfg);
-        assert_eq!(l.stamps_ms().1, 1300);
+        assert_eq!(l.stamps_ms().2, 1300);
         // Where ACKs are not counted, segments received are all we have.
         let mut old = LinkHealth::default();
         old.observe(&delta(50, 0, 0), ms(500), &cfg);
-        assert_eq!(old.stamps_ms().1, 500);
+        assert_eq!(old.stamps_ms().2, 500);
     }
 
     #[test]

@@ -430,11 +430,13 @@ impl Detector {
                     )
                 });
                 let mut view = views::view_of(observer, outside, links, now_ms, fresh_ms);
-                // A stall that began before a lost peer came back is old news: it keeps
-                // a failure, it never raises one.
+                // A stall that began before a lost peer came back, or within the
+                // recovery hold after, is old news: it keeps a failure, it never raises
+                // one. Its connections come back one backed-off RTO at a time, and its
+                // connects from while it was away retry or give up after it is back.
                 let joined = o
                     .rejoined_at
-                    .map_or(0, |t| views::ms(t + cfg.observer_timeout));
+                    .map_or(0, |t| views::ms(t + cfg.recovery_hold));
                 view.discount_if_older(joined);
                 o.count(&view);
                 self.views.push(view);
@@ -494,12 +496,35 @@ impl Detector {
         for node in &mut self.nodes {
             node.cut_off = false;
         }
+        // (entity, observers naming it cut off this tick)
+        let mut named: Vec<(EntityId, u32)> = Vec::new();
         for o in &mut self.observers {
             if !o.alive(now, &self.cfg) {
                 continue;
             }
             o.judge(now, &self.cfg);
             if let Some(e) = o.cut_off_entity_now() {
+                match named.iter_mut().find(|(x, _)| *x == e) {
+                    Some((_, n)) => *n += 1,
+                    None => named.push((e, 1)),
+                }
+            }
+        }
+        // An entity is cut off when `min_observers` of the live observers inside it
+        // say so (all of them, if fewer live there): one observer whose long-haul
+        // links all lost a burst at once does not speak for its whole site.
+        for (e, n) in named {
+            let level = self.topology.entity(e).level;
+            let inside = self
+                .observers
+                .iter()
+                .filter(|o| o.around[level] == Some(e) && o.alive(now, &self.cfg))
+                .count();
+            let needed = self
+                .cfg
+                .min_observers
+                .min(u32::try_from(inside).unwrap_or(u32::MAX));
+            if n >= needed {
                 self.nodes[e.index()].cut_off = true;
             }
         }
@@ -730,7 +755,7 @@ impl Detector {
         self.reach_ms
             .resize(self.observers.len(), PerLevel([NEVER_MS; 4]));
         for v in &self.views {
-            let p = v.progress_ms();
+            let p = v.two_way_ms();
             if p == NEVER_MS {
                 continue;
             }

@@ -54,7 +54,8 @@ pub(super) struct Observer {
     pub(super) around: PerLevel<Option<EntityId>>,
     pub(super) last_heard: Option<Duration>,
     /// Heard again at, after it was forgotten as a lost peer: a stall that began
-    /// before this (while it was away) is old news and never raises a new FAILED.
+    /// before this (while it was away), or within the recovery hold after, is old
+    /// news and never raises a new FAILED.
     pub(super) rejoined_at: Option<Duration>,
     /// Forgotten as a lost peer and not heard since.
     pub(super) forgotten: bool,
@@ -159,7 +160,7 @@ impl Observer {
         // whether its NIC, rack or site still reaches that host.
         let status = match v.status {
             LinkStatus::Healthy | LinkStatus::Degraded
-                if v.progress_ms() == u64::MAX || v.progress_ms() <= self.first_onset_ms =>
+                if v.two_way_ms() == u64::MAX || v.two_way_ms() <= self.first_onset_ms =>
             {
                 return;
             }

@@ -905,3 +905,44 @@ fn a_forgotten_observer_says_nothing_and_reuses_its_links_when_it_returns() {
     sim.run(Duration::from_secs(1));
     assert_eq!(sim.det.slots.len(), slots);
 }
+
+#[test]
+fn observers_just_back_from_lost_raise_nothing_until_their_recovery_hold_passes() {
+    let a = v4(1, 1, 1, 1);
+    let b = v4(1, 2, 2, 1);
+    let c = v4(1, 2, 1, 1);
+    let host = v4(2, 1, 1, 1);
+    let mut sim = Sim::new(&[
+        ("obs-a", a, all_peers(a, v4)),
+        ("obs-b", b, all_peers(b, v4)),
+        ("obs-c", c, all_peers(c, v4)),
+    ]);
+    // obs-a carries no traffic to the host: no witness either way.
+    sim.fault(0, host, Fault::Idle);
+    sim.run(Duration::from_secs(2));
+    sim.det.forget_observer("obs-b");
+    sim.det.forget_observer("obs-c");
+    let back = sim.observers.split_off(1);
+    sim.run(Duration::from_secs(1));
+    sim.observers.extend(back);
+    sim.run(Duration::from_secs(1));
+    // A second after they are back, their connections to the host stall: the
+    // timeouts of connects and connections from while they were away.
+    sim.blackhole(1, &[host], Duration::ZERO);
+    sim.blackhole(2, &[host], Duration::ZERO);
+    sim.run(Duration::from_secs(2));
+    assert_ne!(
+        sim.state(Level::Host, "dc-2/c1/r1/h1"),
+        State::Failed,
+        "{:?}",
+        sim.det.verdict(Level::Host, "dc-2/c1/r1/h1")
+    );
+    // Past the recovery hold, they speak again.
+    sim.heal(1, host);
+    sim.heal(2, host);
+    sim.run(sim.det.config().recovery_hold);
+    sim.blackhole(1, &[host], Duration::ZERO);
+    sim.blackhole(2, &[host], Duration::ZERO);
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.state(Level::Host, "dc-2/c1/r1/h1"), State::Failed);
+}

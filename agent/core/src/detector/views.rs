@@ -22,9 +22,11 @@ use super::{DetectorConfig, link::LinkStatus};
 pub(super) struct View {
     /// Failing: when the earliest of its failing links stopped progressing, ms.
     pub(super) onset_ms: u64,
-    /// The latest two-way progress on any of its links to the host (our data
-    /// acknowledged, where ACKs are counted), ms.
+    /// The latest progress on any of its links to the host, ms: the host is alive.
     progress_ms: u64,
+    /// How long before `progress_ms` the latest two-way progress was (our data
+    /// acknowledged, where ACKs are counted), ms, saturated. In the padding.
+    two_way_lag_ms: u16,
     pub(super) observer: u16,
     pub(super) status: LinkStatus,
     /// Failing with loss evidence no older than `fresh_evidence`: only such a view
@@ -50,15 +52,21 @@ impl View {
         }
     }
 
-    /// The latest progress on its links to the host, ms (`u64::MAX`: never).
-    pub(super) fn progress_ms(&self) -> u64 {
-        self.progress_ms
+    /// The latest two-way progress on its links to the host, ms (`u64::MAX`: never):
+    /// the observer's own path there works. Segments that only come in (the host
+    /// sends, the observer sends nothing) show the host alive, not the observer's
+    /// path out: an observer that only receives must not pass for one that reaches.
+    pub(super) fn two_way_ms(&self) -> u64 {
+        if self.progress_ms == NEVER || self.two_way_lag_ms == u16::MAX {
+            return NEVER;
+        }
+        self.progress_ms - u64::from(self.two_way_lag_ms)
     }
 }
 
-/// One link's status, then its stall onset, last progress and last evidence in ms
-/// (`u64::MAX`: never).
-pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64));
+/// One link's status, then its stall onset, last progress, last two-way progress and
+/// last evidence in ms (`u64::MAX`: never).
+pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64, u64));
 
 /// Folds one observer's links to a host into its view. `now_ms` and `fresh_ms` are
 /// the clock and `fresh_evidence` in ms, computed once per tick.
@@ -70,17 +78,22 @@ pub(super) fn view_of(
     fresh_ms: u64,
 ) -> View {
     let (mut failed, mut healthy, mut degraded) = (false, false, false);
+    let mut two_way = NEVER;
     let mut view = View {
         onset_ms: NEVER,
         progress_ms: NEVER,
+        two_way_lag_ms: u16::MAX,
         observer,
         status: LinkStatus::Unknown,
         fresh: false,
         outside,
     };
-    for (status, (onset, progress, evidence)) in links {
+    for (status, (onset, progress, both_ways, evidence)) in links {
         if progress != NEVER && (view.progress_ms == NEVER || progress > view.progress_ms) {
             view.progress_ms = progress;
+        }
+        if both_ways != NEVER && (two_way == NEVER || both_ways > two_way) {
+            two_way = both_ways;
         }
         match status {
             LinkStatus::Failed => {
@@ -94,6 +107,11 @@ pub(super) fn view_of(
             LinkStatus::Degraded => degraded = true,
             LinkStatus::Unknown => {}
         }
+    }
+    if two_way != NEVER && view.progress_ms != NEVER {
+        view.two_way_lag_ms = u16::try_from(view.progress_ms.saturating_sub(two_way))
+            .unwrap_or(u16::MAX - 1)
+            .min(u16::MAX - 1);
     }
     view.status = if failed && !healthy && !degraded {
         LinkStatus::Failed
@@ -240,6 +258,18 @@ impl Outside {
         self.failing > 0 && self.witnesses == 0 && self.status(now, cfg) != LinkStatus::Failed
     }
 
+    /// Degraded views from at least a third of the observers that reach the host, and
+    /// from `min_observers` of them where that many do. With every host an agent, a
+    /// host has a dozen observers or more, and one of them whose link's RTT jumps (its
+    /// own CPU busy, one path) is not the host degrading: under CPU contention, one
+    /// view in fifteen was enough to turn whole racks DEGRADED. A host only one
+    /// observer reaches is still judged by that one.
+    fn degraded_by_enough(&self, cfg: &DetectorConfig) -> bool {
+        self.degraded > 0
+            && self.degraded >= cfg.min_observers.min(self.reached)
+            && 3 * self.degraded >= self.reached
+    }
+
     /// The host's state from here.
     pub(super) fn status(&self, now: Duration, cfg: &DetectorConfig) -> LinkStatus {
         if self.failing > 0 && self.witnesses == 0 {
@@ -258,7 +288,7 @@ impl Outside {
                 LinkStatus::Unknown
             };
         }
-        if self.failing > 0 || self.degraded > 0 || self.lossy {
+        if self.failing > 0 || self.lossy || self.degraded_by_enough(cfg) {
             LinkStatus::Degraded
         } else if self.reached > 0 {
             LinkStatus::Healthy
@@ -276,6 +306,7 @@ mod tests {
         View {
             onset_ms: onset,
             progress_ms: onset.saturating_sub(50),
+            two_way_lag_ms: 0,
             observer,
             status: LinkStatus::Failed,
             fresh: true,
@@ -287,6 +318,7 @@ mod tests {
         View {
             onset_ms: NEVER,
             progress_ms: progress,
+            two_way_lag_ms: 0,
             observer,
             status: LinkStatus::Healthy,
             fresh: false,
@@ -335,6 +367,29 @@ mod tests {
             "a witness may still report"
         );
         assert_eq!(judge(&views, 1600), LinkStatus::Failed, "uncontradicted");
+    }
+
+    /// A host `reached` observers deliver from, `degraded` of them degraded.
+    fn degraded_of(degraded: u32, reached: u32) -> LinkStatus {
+        let mut o = Outside::default();
+        for i in 0..reached {
+            o.add_delivering(i < degraded);
+        }
+        o.status(Duration::from_secs(1), &DetectorConfig::default())
+    }
+
+    #[test]
+    fn one_degraded_view_among_many_is_not_the_host() {
+        assert_eq!(degraded_of(1, 15), LinkStatus::Healthy);
+        assert_eq!(degraded_of(4, 15), LinkStatus::Healthy, "under a third");
+        assert_eq!(degraded_of(5, 15), LinkStatus::Degraded);
+        assert_eq!(
+            degraded_of(1, 2),
+            LinkStatus::Healthy,
+            "two reach it: two must agree"
+        );
+        assert_eq!(degraded_of(2, 2), LinkStatus::Degraded);
+        assert_eq!(degraded_of(1, 1), LinkStatus::Degraded, "its only observer");
     }
 
     #[test]
