@@ -2,9 +2,9 @@
 //!
 //! Processes enter their namespace with `setns` between fork and exec, so they keep
 //! the host's mounts (cgroup2 for sock_ops, tracefs), which `ip netns exec` would hide.
-//! Each agent follows a bounded, deterministic set of peers: one host of every other
-//! rack (rotating with the host's index), so every rack and site has observers in
-//! several other racks, and no agent follows more than [`MAX_PEERS`].
+//! Each agent chooses its peers from the topology (`peers = "auto"`), as a fleet
+//! deploys it: deterministic, every rack and site watched from several other racks,
+//! bounded fan-out.
 use std::{
     fs::File,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
@@ -19,11 +19,10 @@ use anyhow::{Context as _, Result, bail};
 use super::{net::progress, topology::Topology};
 use crate::bench::{check_interrupted, die_with_parent};
 
-/// gRPC port of every agent (the default); metrics on the next one.
+/// gRPC port of every agent (the default). Agents listen on the default `[::]`, so
+/// peers of either family reach them: an IPv6-only site's agents follow the others
+/// over IPv6.
 pub(super) const GRPC_PORT: u16 = 7431;
-const METRICS_PORT: u16 = 7432;
-/// Peers one agent follows at most.
-const MAX_PEERS: usize = 12;
 /// What `faultline run` logs once its programs are attached and it serves.
 const READY: &str = "probe attached, watching TCP links";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,43 +40,22 @@ pub(super) fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
     format!("http://{}", std::net::SocketAddr::new(addr, port))
 }
 
-/// The agents `host` follows: one of every other rack.
-fn peers(t: &Topology, host: usize) -> Vec<usize> {
-    let own = t.hosts[host].rack;
-    t.racks
-        .iter()
-        .enumerate()
-        .filter(|(r, rack)| *r != own && !rack.hosts.is_empty())
-        .map(|(_, rack)| rack.hosts[host % rack.hosts.len()])
-        .take(MAX_PEERS)
-        .collect()
-}
-
 /// Writes `<dir>/<host>.toml` for every host; returns their paths.
 pub(super) fn write_configs(t: &Topology, topology: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let cgroup = cgroup2_mount();
     let mut paths = Vec::new();
-    for (i, h) in t.hosts.iter().enumerate() {
+    for h in &t.hosts {
         let quote = |v: String| format!("\"{v}\"");
         let locals: Vec<String> = h.addresses.iter().map(|a| quote(a.to_string())).collect();
-        let peers: Vec<String> = peers(t, i)
-            .into_iter()
-            .map(|p| quote(endpoint(t.hosts[p].primary(), GRPC_PORT)))
-            .collect();
-        let listen = |port| std::net::SocketAddr::new(h.primary(), port).to_string();
         let mut text = format!(
             "# Written by `cargo xtask lab` for host {path}.\n\
              [agent]\nname = \"{name}\"\ntopology = \"{topology}\"\n\
-             local_addresses = [{locals}]\npeers = [{peers}]\n\n\
-             [listen]\ngrpc = \"{grpc}\"\nmetrics = \"{metrics}\"\n",
+             local_addresses = [{locals}]\npeers = \"auto\"\n",
             path = h.path,
             name = h.name,
             topology = topology.display(),
             locals = locals.join(", "),
-            peers = peers.join(", "),
-            grpc = listen(GRPC_PORT),
-            metrics = listen(METRICS_PORT),
         );
         if let Some(cg) = &cgroup {
             text += &format!("\n[probe]\ncgroup = \"{}\"\n", cg.display());
