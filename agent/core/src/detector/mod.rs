@@ -365,7 +365,7 @@ impl Detector {
     pub fn confirm_due(&self) -> Option<Duration> {
         let cfg = &self.cfg;
         let entities = self.nodes.iter().filter_map(|n| n.hold.confirm_due(cfg));
-        let cuts = self.observers.iter().filter_map(|o| o.cut.confirm_due(cfg));
+        let cuts = self.observers.iter().filter_map(|o| o.cut_confirm_due(cfg));
         entities.chain(cuts).min()
     }
 
@@ -503,7 +503,7 @@ impl Detector {
                 continue;
             }
             o.judge(now, &self.cfg);
-            if let Some(e) = o.cut_off_entity_now() {
+            if let Some(e) = o.cut_off_entity_named(now, &self.cfg) {
                 match named.iter_mut().find(|(x, _)| *x == e) {
                     Some((_, n)) => *n += 1,
                     None => named.push((e, 1)),

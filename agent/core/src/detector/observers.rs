@@ -181,7 +181,16 @@ impl Observer {
     /// The observer's own judgement for this tick: is it cut off, and does it see
     /// everything degraded.
     pub(super) fn judge(&mut self, now: Duration, cfg: &DetectorConfig) {
-        let cut = self.cut_off_level(cfg);
+        let raw = self.cut_off_level(cfg);
+        // Coming back from a cut, what the observer reaches again first (its
+        // neighbours, one backed-off RTO at a time) widens the region it seems cut off
+        // in, and its stalls from the fault inside that wider region are old: a rack
+        // cut off recovers as "my site is cut off, and these hosts in it are dead". The
+        // narrowest region stays until the recovery hold has passed.
+        let cut = match (raw, self.cut_level.filter(|_| self.cut.held)) {
+            (Some(now_found), Some(held)) => Some(now_found.min(held)),
+            (found, _) => found,
+        };
         self.cut_now = cut;
         self.cut.update(cut.is_some(), false, now, cfg);
         if cut.is_some() {
@@ -244,6 +253,25 @@ impl Observer {
         self.cut_now.and_then(|l| self.around[l])
     }
 
+    /// The entity it names cut off: found this tick, and found continuously for
+    /// [`cut_confirm`]. Setting its views aside needs no proof; naming a verdict does.
+    pub(super) fn cut_off_entity_named(
+        &self,
+        now: Duration,
+        cfg: &DetectorConfig,
+    ) -> Option<EntityId> {
+        let since = self.cut.failing_since?;
+        (now.saturating_sub(since) >= cut_confirm(cfg))
+            .then(|| self.cut_off_entity_now())
+            .flatten()
+    }
+
+    /// When its cut-off finding will have held for [`cut_confirm`], if pending.
+    pub(super) fn cut_confirm_due(&self, cfg: &DetectorConfig) -> Option<Duration> {
+        self.cut_now?;
+        self.cut.failing_since.map(|since| since + cut_confirm(cfg))
+    }
+
     /// Whether its view of a host enclosed by `host_around` counts: not while it is
     /// cut off from that host's side of the boundary.
     pub(super) fn may_judge(&self, host_around: &PerLevel<Option<EntityId>>) -> bool {
@@ -252,4 +280,13 @@ impl Observer {
             None => true,
         }
     }
+}
+
+/// How long an observer must find itself cut off before it names the entity: longer
+/// than a tick (half of `observer_timeout`, three ticks), so its finding has seen a
+/// batch after the one it came from. Progress and a new failure in one batch say
+/// nothing of their order; judged again a few milliseconds later, the same batch
+/// says the same.
+fn cut_confirm(cfg: &DetectorConfig) -> Duration {
+    cfg.confirm.max(cfg.observer_timeout / 2)
 }

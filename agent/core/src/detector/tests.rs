@@ -946,3 +946,33 @@ fn observers_just_back_from_lost_raise_nothing_until_their_recovery_hold_passes(
     sim.run(Duration::from_secs(2));
     assert_eq!(sim.state(Level::Host, "dc-2/c1/r1/h1"), State::Failed);
 }
+
+#[test]
+fn new_failures_beside_progress_in_one_batch_name_no_one_cut_off() {
+    let a = v4(1, 1, 1, 1);
+    let mut sim = Sim::new(&[("obs-a", a, all_peers(a, v4))]);
+    sim.run(Duration::from_secs(2));
+    // Three hosts in three racks time out in the same tick in which every other link
+    // progressed (which came first, the batch cannot say); the next tick they answer.
+    let hosts = [v4(2, 1, 1, 1), v4(2, 1, 2, 1), v4(2, 2, 1, 1)];
+    for &h in &hosts {
+        sim.fault(0, h, Fault::Dark);
+    }
+    sim.step();
+    for &h in &hosts {
+        sim.heal(0, h);
+    }
+    // The agent judges again when a confirm falls due, before the next batch.
+    while let Some(due) = sim.det.confirm_due().filter(|&d| d < sim.now + TICK) {
+        let now = due.max(sim.now);
+        for v in sim.det.tick(now) {
+            sim.log.push((now, v));
+        }
+        if due <= sim.now {
+            break;
+        }
+    }
+    sim.run(Duration::from_secs(1));
+    let named: Vec<_> = sim.log.iter().filter(|(_, v)| v.local_fault).collect();
+    assert!(named.is_empty(), "{named:?}");
+}
