@@ -695,24 +695,22 @@ impl Detector {
                 .iter()
                 .filter(move |v| counts(v, &node.around) && self.reaches_after(v, onset))
         };
-        // Per observer, how many of e's hosts it sees fail.
-        let mut seen: Vec<(u16, u32)> = Vec::new();
-        for &h in hosts.iter().filter(|&&h| inside(h)) {
-            for v in reaching(h) {
-                match seen.iter_mut().find(|(o, _)| *o == v.observer) {
-                    Some((_, n)) => *n += 1,
-                    None => seen.push((v.observer, 1)),
-                }
-            }
-        }
-        let sees_enough = |o: u16| {
-            seen.iter()
-                .any(|&(x, n)| x == o && n >= cfg.min_failed_hosts)
-        };
-        let strong = seen
+        // The observers that see at least min_failed_hosts of e's hosts fail (one view
+        // per observer and host): sorted and counted in runs, since a site's vote may
+        // hold thousands of views from as many observers.
+        let mut failing_views: Vec<u16> = hosts
             .iter()
-            .filter(|&&(_, n)| n >= cfg.min_failed_hosts)
-            .count();
+            .filter(|&&h| inside(h))
+            .flat_map(|&h| reaching(h).map(|v| v.observer))
+            .collect();
+        failing_views.sort_unstable();
+        let seeing_enough: Vec<u16> = failing_views
+            .chunk_by(|a, b| a == b)
+            .filter(|run| u32::try_from(run.len()).unwrap_or(u32::MAX) >= cfg.min_failed_hosts)
+            .map(|run| run[0])
+            .collect();
+        let sees_enough = |o: u16| seeing_enough.binary_search(&o).is_ok();
+        let strong = seeing_enough.len();
         let corroborate_across_hosts =
             u32::try_from(strong).unwrap_or(u32::MAX) >= cfg.min_observers;
         let mut vote = self.nodes[e.index()].vote;
