@@ -260,10 +260,11 @@ fn a_one_way_fault_stops_acks_but_not_segments_received(v6: bool) {
         "ACKs of a's data and segments from b on the healthy link",
         |[healthy]| healthy.acked_segs >= 10 && healthy.progress_segs >= 10,
     );
-    assert_eq!(
-        healthy.retrans_segs + healthy.rto_timeouts,
-        0,
-        "the healthy link loses nothing: {healthy:?}"
+    // A loaded machine may delay an ACK past a tail-loss probe's few milliseconds (CI
+    // saw one spurious retransmission in 18 segments), never past an RTO's 200.
+    assert!(
+        healthy.rto_timeouts == 0 && healthy.retrans_segs * 10 <= healthy.progress_segs,
+        "the healthy link times out never and retransmits under a tenth: {healthy:?}"
     );
 
     lab.drop_to(ip(&lab.b, v6), 100);
