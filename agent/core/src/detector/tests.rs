@@ -232,6 +232,14 @@ impl Sim {
             .map_or(State::Unknown, |v| v.state)
     }
 
+    /// When the entity at `path` was first announced FAILED.
+    fn first_failed(&self, path: &str) -> Option<Duration> {
+        self.log
+            .iter()
+            .find(|(_, v)| v.entity.path.as_ref() == path && v.state == State::Failed)
+            .map(|(t, _)| *t)
+    }
+
     fn failed_changes(&self) -> Vec<&Verdict> {
         self.log
             .iter()
@@ -367,10 +375,7 @@ fn rack_blackhole_reported_as_the_rack(addr: fn(u8, u8, u8, u8) -> IpAddr) {
     sim.run(Duration::from_secs(3));
     let first_rto = start + Duration::from_millis(200);
     let rack_failed_at = sim
-        .log
-        .iter()
-        .find(|(_, v)| v.entity.path.as_ref() == "dc-2/c1/r1" && v.state == State::Failed)
-        .map(|(t, _)| *t)
+        .first_failed("dc-2/c1/r1")
         .expect("rack announced FAILED");
     assert!(
         rack_failed_at <= first_rto + 2 * TICK,
@@ -462,10 +467,7 @@ fn two_observers_each_losing_two_hosts_fail_the_rack_without_waiting_host_by_hos
     rack_seen_half_by_each(&mut sim, &rack[..2], &rack[2..]);
     sim.run(Duration::from_secs(3));
     let rack_failed_at = sim
-        .log
-        .iter()
-        .find(|(_, v)| v.entity.path.as_ref() == "dc-2/c1/r1" && v.state == State::Failed)
-        .map(|(t, _)| *t)
+        .first_failed("dc-2/c1/r1")
         .expect("rack announced FAILED");
     let first_rto = start + Duration::from_millis(200);
     assert!(
