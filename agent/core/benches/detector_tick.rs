@@ -295,6 +295,7 @@ fn healthy(rng: &mut Rng) -> LinkDelta {
             ..LinkCounters::default()
         },
         rtt_p50_us: Some(150 + rng.below(150)),
+        silent_ms: None,
     }
 }
 
@@ -316,6 +317,7 @@ fn blackholed(since: Duration, now: Duration, jitter_ms: u8) -> LinkDelta {
     LinkDelta {
         counters,
         rtt_p50_us: None,
+        silent_ms: None,
     }
 }
 

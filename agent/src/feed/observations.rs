@@ -70,6 +70,7 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
         resets_rx: c.resets_rx,
         repeat_timeouts: c.repeat_timeouts,
         rtt_p50_us: o.delta.rtt_p50_us,
+        silent_ms: o.delta.silent_ms,
     }
 }
 
@@ -102,6 +103,7 @@ pub(crate) fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>
                         repeat_timeouts: l.repeat_timeouts,
                     },
                     rtt_p50_us: l.rtt_p50_us,
+                    silent_ms: l.silent_ms,
                 },
             })
         })
@@ -285,6 +287,7 @@ mod tests {
                     repeat_timeouts: 3,
                 },
                 rtt_p50_us: Some(8),
+                silent_ms: Some(95),
             },
         };
         let batch = pb::ObservationBatch {
@@ -313,6 +316,10 @@ mod tests {
             }],
         };
         let received = from_wire(&batch).unwrap();
+        assert_eq!(
+            received[0].delta.silent_ms, None,
+            "undated, not silent since 0 ms"
+        );
         assert_eq!(received[0].delta.counters.acked_segs, 0);
         assert_eq!(received[0].delta.counters.progress_segs, 9);
     }

@@ -171,6 +171,13 @@ impl Agent {
             if let Err(e) = self.evaluate_catching_panics() {
                 return Stop::Failed(e);
             }
+            let now = self.epoch.elapsed();
+            if let Some(due) = self.detector.silence_due(&self.observer.name)
+                && due > now
+            {
+                tracing::debug!(in_ms = ?due.saturating_sub(now).as_millis(), "a link went silent after a retransmission; sampling again when its silence would prove it dead");
+                pacing.defer_until(tokio::time::Instant::from_std(self.epoch + due));
+            }
             if let Some(due) = self.detector.confirm_due() {
                 tracing::debug!(in_ms = ?due.saturating_sub(self.epoch.elapsed()).as_millis(), "a failure is pending; judging again when its confirm is due");
                 pacing.defer_until(tokio::time::Instant::from_std(self.epoch + due));
@@ -191,12 +198,18 @@ impl Agent {
                 let now = self.epoch.elapsed();
                 self.detector.observe(&observations, now);
                 self.detector.heard_from(&observer, now);
-                let news = observations.iter().any(|o| {
+                let timeout = observations.iter().any(|o| {
                     let c = &o.delta.counters;
                     c.rto_timeouts + c.syn_retrans + c.failed_connects > 0
                 });
+                // This batch proves a link silent since a retransmission.
+                let silence = self
+                    .detector
+                    .silence_due(&observer)
+                    .is_some_and(|due| due <= now);
+                let news = timeout || silence;
                 if news {
-                    tracing::debug!(%observer, "a peer reports a timeout; judging now");
+                    tracing::debug!(%observer, timeout, silence, "a peer reports a timeout or a silent link; judging now");
                 }
                 news
             }
@@ -246,6 +259,8 @@ impl Agent {
             .map_err(|source| RunError::Sample { source })?;
         let own = self.observer.observations(&samples);
         self.detector.observe(&own, now);
+        // Sampled just now: a link not in `own` had nothing to report.
+        self.detector.heard_from(&self.observer.name, now);
         self.feed.publish_observations(&own);
         let changes = self.detector.tick(now);
         for v in &changes {

@@ -16,6 +16,15 @@ pub struct DetectorConfig {
     /// SYN retry (hosts where sock_ops is unavailable). 1 s: five minimum RTOs.
     #[serde(with = "crate::duration")]
     pub stall_timeout: Duration,
+    /// A retransmission followed by silence — not one segment from the peer — for this
+    /// long, and for `silent_stall_rtts` of the link's baseline RTT, is FAILED without
+    /// waiting for an RTO (see `LinkHealth::status_as_of`). 80 ms: the silence is read
+    /// from the observer's next sample, a tick (100 ms) after the one that saw the
+    /// retransmission, and a live path answers a retransmission within an RTT.
+    #[serde(with = "crate::duration")]
+    pub silent_stall: Duration,
+    /// … 4 RTTs: a tail-loss probe goes out after two, and its answer takes one more.
+    pub silent_stall_rtts: f64,
     /// A FAILED condition must hold this long before it is announced, so a condition
     /// seen at one evaluation only is never news. 50 ms: half a default tick, so a
     /// condition must be seen at two evaluations (a tick, or urgent events 50 ms
@@ -94,6 +103,12 @@ pub struct DetectorConfig {
     /// failure. 1 s.
     #[serde(with = "crate::duration")]
     pub degraded_confirm: Duration,
+    /// DEGRADED by pooled loss (`pooled_loss_ratio`) must hold this long. 300 ms:
+    /// three ticks. The pooled ratio is already an average over the loss window and
+    /// over every outside observer, so the transients `degraded_confirm` waits out
+    /// (RTTs rising at different moments on different links) do not move it.
+    #[serde(with = "crate::duration")]
+    pub loss_confirm: Duration,
     /// An entity is DEGRADED only when its share of degraded hosts is at least this
     /// many times the share among hosts outside it. 2.
     pub degraded_standout: f64,
@@ -111,6 +126,8 @@ impl Default for DetectorConfig {
         Self {
             stale_after: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(1),
+            silent_stall: Duration::from_millis(80),
+            silent_stall_rtts: 4.0,
             confirm: Duration::from_millis(50),
             recovery_hold: Duration::from_secs(5),
             flap_window: Duration::from_secs(60),
@@ -131,6 +148,7 @@ impl Default for DetectorConfig {
             observer_timeout: Duration::from_millis(300),
             degraded_observer_fraction: 0.5,
             degraded_confirm: Duration::from_secs(1),
+            loss_confirm: Duration::from_millis(300),
             degraded_standout: 2.0,
             local_fault_min_hosts: 3,
             local_fault_max_healthy_fraction: 0.2,
@@ -157,6 +175,9 @@ impl DetectorConfig {
         }
         if !(self.pooled_loss_ratio > 0.0 && self.pooled_loss_ratio <= 1.0) {
             return Some(("detector.pooled_loss_ratio", "must be in (0, 1]"));
+        }
+        if self.silent_stall_rtts.is_nan() || self.silent_stall_rtts < 1.0 {
+            return Some(("detector.silent_stall_rtts", "must be at least 1"));
         }
         if self.rtt_factor < 1.0 {
             return Some(("detector.rtt_factor", "must be at least 1"));

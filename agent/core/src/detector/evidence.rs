@@ -57,7 +57,7 @@ fn peer(d: &Detector, slot: &LinkSlot, now: Duration) -> PeerEvidence {
         observer: d.observers[usize::from(slot.observer)].name.clone(),
         local: slot.link.local,
         remote: slot.link.remote,
-        status: slot.health.status(now, &d.cfg),
+        status: d.link_status(slot, now),
         last: slot.health.last_counters(),
         stall_hard: slot.health.stall_hard(),
         stall_retrans: slot.health.stall_retrans(),
@@ -236,7 +236,7 @@ fn cut_off(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
                 .filter(|&&(ob, _)| ob == o)
             {
                 let slot = &d.slots[slot as usize];
-                if slot.health.status(now, &d.cfg) == LinkStatus::Failed {
+                if d.link_status(slot, now) == LinkStatus::Failed {
                     peers.push(peer(d, slot, now));
                 }
             }

@@ -1,7 +1,9 @@
 //! Health of one link (observer's address → peer address) from its per-tick counters.
 //!
 //! FAILED: losing and not progressing — an RTO, SYN retry or failed connect with no
-//! progress since (or plain retransmissions with no progress for `stall_timeout`).
+//! progress since; a retransmission met with silence (not one segment back) for
+//! `silent_stall` and a few RTTs, as the observer's next sample shows; or plain
+//! retransmissions with no progress for `stall_timeout`.
 //! DEGRADED: still delivering, but retransmitting a lot or with an RTT far above the
 //! link's own slow baseline. HEALTHY: delivering. UNKNOWN: no evidence for `stale_after`.
 //!
@@ -50,6 +52,11 @@ pub struct LinkDelta {
     pub counters: LinkCounters,
     /// Median smoothed RTT of the segments received this tick, µs.
     pub rtt_p50_us: Option<u64>,
+    /// How long ago, ms, the observer last lost something on this link (a
+    /// retransmission or timeout), when not one segment has come from the peer since;
+    /// None otherwise, or from an observer that does not say. It dates a stall to the
+    /// kernel's clock instead of the tick that reported it.
+    pub silent_ms: Option<u32>,
 }
 
 /// A point on the detector's clock in whole milliseconds; `NEVER` when unset. Eight
@@ -159,8 +166,12 @@ pub struct LinkHealth {
     stall_since: Stamp,
     /// RTOs + SYN retries + failed connects since `stall_since`.
     stall_hard: u32,
-    /// Retransmissions since `stall_since`.
-    stall_retrans: u32,
+    /// Retransmissions since `stall_since` (evidence only: saturates).
+    stall_retrans: u16,
+    /// Not one segment from the peer since `stall_since`, and among its
+    /// retransmissions one that is not a repeat timeout's: see [`Self::status_as_of`].
+    stall_silent: bool,
+    stall_fresh: bool,
     /// Retransmissions and segments received, decayed with `loss_window`, as of
     /// `last_evidence`.
     retrans: f32,
@@ -247,10 +258,21 @@ impl LinkHealth {
             self.stall_retrans = 0;
         } else if hard + c.retrans_segs > 0 {
             if self.stall_since == Stamp::NEVER {
-                self.stall_since = stamp;
+                // Dated by the kernel when it says when, never before the last
+                // progress this detector saw.
+                let silent = delta.silent_ms.map_or(0, u64::from);
+                let floor = if self.last_progress == Stamp::NEVER {
+                    0
+                } else {
+                    self.last_progress.0.saturating_add(1)
+                };
+                self.stall_since = Stamp(stamp.0.saturating_sub(silent).max(floor).min(stamp.0));
+                (self.stall_silent, self.stall_fresh) = (true, false);
             }
+            self.stall_silent &= c.progress_segs == 0;
+            self.stall_fresh |= c.retrans_segs > c.repeat_timeouts;
             self.stall_hard = self.stall_hard.saturating_add(narrow32(hard));
-            self.stall_retrans = self.stall_retrans.saturating_add(narrow32(c.retrans_segs));
+            self.stall_retrans = self.stall_retrans.saturating_add(narrow16(c.retrans_segs));
         }
         let w = if previous == Stamp::NEVER {
             0.0
@@ -309,8 +331,24 @@ impl LinkHealth {
             && self.rtt_recent_us - self.rtt_baseline_us >= min_increase
     }
 
-    /// The link's status at `now`.
+    /// The link's status at `now`, its observer heard from just now.
     pub fn status(&self, now: Duration, cfg: &DetectorConfig) -> LinkStatus {
+        self.status_as_of(now, now, cfg)
+    }
+
+    /// The link's status at `now`, its observer last heard from at `heard` (its
+    /// latest sample: a link it did not report then had nothing to report).
+    ///
+    /// A silent stall fails without waiting for an RTO: the link retransmitted (a
+    /// tail-loss probe or a fast retransmit, not a repeat timeout) and, as samples
+    /// of the same observer taken at least `silent_stall` and `silent_stall_rtts`
+    /// baseline RTTs later show, not one segment has come from the peer since —
+    /// neither an ACK nor data. A lost segment on a live path is answered within an
+    /// RTT (the retransmission itself draws an immediate ACK); a segment without an
+    /// RTT sample (no timestamps) still counts as a segment. The RTO floor (200 ms)
+    /// made the first timeout the earliest sign of a dead host; a connection with
+    /// more than one segment in flight probes after two RTTs.
+    pub fn status_as_of(&self, now: Duration, heard: Duration, cfg: &DetectorConfig) -> LinkStatus {
         let Some(age) = self.last_evidence.age(now) else {
             return LinkStatus::Unknown;
         };
@@ -318,7 +356,9 @@ impl LinkHealth {
             return LinkStatus::Unknown;
         }
         if let Some(stalled) = self.stall_since.age(now)
-            && (self.stall_hard > 0 || stalled >= cfg.stall_timeout)
+            && (self.stall_hard > 0
+                || stalled >= cfg.stall_timeout
+                || self.silent_stall_seen(heard, cfg))
         {
             return LinkStatus::Failed;
         }
@@ -341,6 +381,25 @@ impl LinkHealth {
             // Losing a little with no progress yet: not enough to call.
             _ => LinkStatus::Unknown,
         }
+    }
+
+    /// A silent stall (see [`Self::status_as_of`]) as long as the observer's sample at
+    /// `heard` shows.
+    fn silent_stall_seen(&self, heard: Duration, cfg: &DetectorConfig) -> bool {
+        self.silence_proven_at(cfg).is_some_and(|at| heard >= at)
+    }
+
+    /// When a silent stall in progress will be proven, if the observer samples then
+    /// and nothing has come back: the moment to sample and judge again.
+    pub(super) fn silence_proven_at(&self, cfg: &DetectorConfig) -> Option<Duration> {
+        if !(self.stall_silent && self.stall_fresh) {
+            return None;
+        }
+        let since = self.stall_since.get()?;
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let rtts =
+            Duration::from_micros((f64::from(self.rtt_baseline_us) * cfg.silent_stall_rtts) as u64);
+        Some(since + cfg.silent_stall.max(rtts))
     }
 
     /// Retransmissions and segments received over the loss window, as of the latest
@@ -439,6 +498,7 @@ mod tests {
                 ..LinkCounters::default()
             },
             rtt_p50_us: None,
+            silent_ms: None,
         }
     }
 
@@ -460,12 +520,89 @@ mod tests {
 
     #[test]
     fn retransmissions_alone_fail_only_after_the_stall_timeout() {
+        // The observer sends no later sample (`heard` stays at the stall's tick): the
+        // silence is never read, so only the stall timeout fails the link.
         let cfg = DetectorConfig::default();
         let mut l = LinkHealth::default();
         l.observe(&delta(100, 0, 0), ms(0), &cfg);
         l.observe(&delta(0, 2, 0), ms(100), &cfg);
-        assert_ne!(l.status(ms(500), &cfg), LinkStatus::Failed);
-        assert_eq!(l.status(ms(1100), &cfg), LinkStatus::Failed);
+        assert_ne!(l.status_as_of(ms(500), ms(100), &cfg), LinkStatus::Failed);
+        assert_eq!(l.status_as_of(ms(1100), ms(100), &cfg), LinkStatus::Failed);
+    }
+
+    #[test]
+    fn a_retransmission_met_with_silence_fails_at_the_next_sample() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        // A tail-loss probe, nothing back in its tick.
+        l.observe(&delta(0, 1, 0), ms(100), &cfg);
+        assert_ne!(l.status_as_of(ms(100), ms(100), &cfg), LinkStatus::Failed);
+        assert_ne!(
+            l.status_as_of(ms(170), ms(170), &cfg),
+            LinkStatus::Failed,
+            "70 ms of silence is not enough"
+        );
+        assert_ne!(
+            l.status_as_of(ms(250), ms(100), &cfg),
+            LinkStatus::Failed,
+            "time alone is not silence: the observer has not sampled since"
+        );
+        assert_eq!(l.status_as_of(ms(200), ms(200), &cfg), LinkStatus::Failed);
+        // The peer answers: healthy again.
+        l.observe(&acked(1, delta(1, 0, 0)), ms(300), &cfg);
+        assert_eq!(l.status_as_of(ms(300), ms(300), &cfg), LinkStatus::Healthy);
+    }
+
+    #[test]
+    fn a_retransmission_answered_by_any_segment_is_not_silence() {
+        // Without TCP timestamps an ACK of retransmitted data carries no RTT sample
+        // and is not counted as an ACK; the segment still arrived.
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        l.observe(&delta(1, 1, 0), ms(100), &cfg);
+        assert_eq!(l.stall_onset(), Some(ms(100)), "unacknowledged: a stall");
+        assert_ne!(l.status_as_of(ms(300), ms(300), &cfg), LinkStatus::Failed);
+        // Nor when the segment comes in a later tick of the stall.
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        l.observe(&delta(0, 1, 0), ms(100), &cfg);
+        l.observe(&delta(2, 1, 0), ms(150), &cfg);
+        assert_ne!(l.status_as_of(ms(300), ms(300), &cfg), LinkStatus::Failed);
+    }
+
+    #[test]
+    fn silence_is_measured_in_round_trips_on_a_long_link() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        // A 100 ms path: a live peer's answer to a probe can take 300 ms.
+        for t in 0..5 {
+            l.observe(
+                &with_rtt(100_000, acked(10, delta(10, 0, 0))),
+                ms(t * 100),
+                &cfg,
+            );
+        }
+        l.observe(&delta(0, 1, 0), ms(1000), &cfg);
+        assert_ne!(l.status_as_of(ms(1300), ms(1300), &cfg), LinkStatus::Failed);
+        assert_eq!(l.status_as_of(ms(1400), ms(1400), &cfg), LinkStatus::Failed);
+    }
+
+    #[test]
+    fn a_repeat_timeout_alone_is_not_a_silent_stall() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        l.observe(&repeated(1, delta(0, 1, 1)), ms(100), &cfg);
+        assert_ne!(l.status_as_of(ms(500), ms(500), &cfg), LinkStatus::Failed);
+    }
+
+    fn with_rtt(us: u64, d: LinkDelta) -> LinkDelta {
+        LinkDelta {
+            rtt_p50_us: Some(us),
+            ..d
+        }
     }
 
     #[test]

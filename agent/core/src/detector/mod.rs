@@ -33,7 +33,7 @@ use views::{Outside, PooledLoss, TwoObservers, View};
 use rustc_hash::FxHashMap;
 
 pub use config::DetectorConfig;
-use hold::Hold;
+use hold::{Degradation, Hold};
 pub use link::{LinkDelta, LinkHealth, LinkStatus};
 pub use verdict::{ChildEvidence, Entity, Evidence, PeerEvidence, State, Verdict};
 
@@ -58,9 +58,18 @@ impl Observation {
             delta: LinkDelta {
                 counters: s.delta,
                 rtt_p50_us: s.rtt.quantile_us(0.5),
+                silent_ms: silent_ms(s),
             },
         }
     }
+}
+
+/// Since the latest loss, when nothing has been received since (see `LinkDelta`).
+fn silent_ms(s: &LinkSample) -> Option<u32> {
+    let loss = s.since_loss?;
+    s.since_progress
+        .is_none_or(|progress| progress > loss)
+        .then(|| u32::try_from(loss.as_millis()).unwrap_or(u32::MAX))
 }
 
 struct LinkSlot {
@@ -92,7 +101,13 @@ type SlotId = u32;
 
 /// One host's vote for one enclosing entity: (entity, the host's ancestor just below
 /// it, its state from outside the entity, fresh, who saw it fail).
-type HostVote = (EntityId, EntityId, LinkStatus, (bool, bool), TwoObservers);
+type HostVote = (
+    EntityId,
+    EntityId,
+    LinkStatus,
+    (bool, bool, bool),
+    TwoObservers,
+);
 
 #[derive(Default)]
 struct Node {
@@ -112,7 +127,7 @@ struct Node {
     /// This tick: the entity's own state before hysteresis.
     observed: bool,
     raw_failing: bool,
-    raw_degraded: bool,
+    raw_degraded: Degradation,
     /// Some live observer inside finds it cut off this tick (hosts: the observer is
     /// the host); and whether its held failure is that (named from inside).
     cut_off: bool,
@@ -138,6 +153,8 @@ pub struct Detector {
     /// Every link's state, in the order links were first seen: a tick walks it
     /// sequentially, which at 100k links is most of the tick's cost.
     slots: Vec<LinkSlot>,
+    /// Links in a silent stall not yet proven ([`Self::silence_due`]).
+    silent_watch: Vec<SlotId>,
     /// Scratch for one observer's links to one host: status and stamps, this tick.
     chunk: Vec<(LinkStatus, (u64, u64, u64, u64))>,
     /// Per observer and level, this tick: the latest progress from outside its own
@@ -173,6 +190,7 @@ impl Detector {
             observer_ids: HashMap::new(),
             slots: Vec::new(),
             chunk: Vec::new(),
+            silent_watch: Vec::new(),
             views: Vec::new(),
             reach_ms: Vec::new(),
             link_index: FxHashMap::default(),
@@ -223,12 +241,12 @@ impl Detector {
             current = Some((&o.observer, observer, position + 1));
             self.observers[usize::from(observer)].heard(now);
             let slot = self.slot_for(observer, position, o.link);
-            self.slots[slot as usize].health.observe_with(
-                &o.delta,
-                now,
-                &self.cfg,
-                &mut self.weights,
-            );
+            let health = &mut self.slots[slot as usize].health;
+            let watched = health.silence_proven_at(&self.cfg).is_some();
+            health.observe_with(&o.delta, now, &self.cfg, &mut self.weights);
+            if !watched && health.silence_proven_at(&self.cfg).is_some() {
+                self.silent_watch.push(slot);
+            }
         }
     }
 
@@ -278,6 +296,29 @@ impl Detector {
         }
     }
 
+    /// The earliest moment a silent stall that `name` reported will be proven by its
+    /// next sample (see `LinkHealth::status_as_of`), if one is in progress: when a
+    /// peer's batch arrives at or after it, it is news; for the agent's own kernel, the
+    /// moment to sample again. A stall is watched until a sample proves it.
+    pub fn silence_due(&mut self, name: &str) -> Option<Duration> {
+        let &id = self.observer_ids.get(name)?;
+        let heard = self.observers[usize::from(id)].last_heard;
+        let (slots, cfg) = (&self.slots, &self.cfg);
+        let mut due: Option<Duration> = None;
+        self.silent_watch.retain(|&slot| {
+            let s = &slots[slot as usize];
+            let Some(at) = s.health.silence_proven_at(cfg) else {
+                return false;
+            };
+            if s.observer != id {
+                return true;
+            }
+            due = Some(due.map_or(at, |d| d.min(at)));
+            heard.is_none_or(|h| h < at)
+        });
+        due
+    }
+
     /// Drops everything an observer reported (a peer agent that went away): its last
     /// word must not keep entities FAILED or DEGRADED until it goes stale.
     pub fn forget_observer(&mut self, name: &str) {
@@ -294,6 +335,13 @@ impl Detector {
         o.cut_level = None;
         o.last_heard = None;
         o.forgotten = true;
+    }
+
+    /// A link's status as its views see it: as of its observer's latest sample.
+    fn link_status(&self, slot: &LinkSlot, now: Duration) -> LinkStatus {
+        let heard = self.observers[usize::from(slot.observer)].last_heard;
+        slot.health
+            .status_as_of(now, heard.unwrap_or(now), &self.cfg)
     }
 
     fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
@@ -406,6 +454,7 @@ impl Detector {
                 if !o.alive(now, cfg) {
                     continue;
                 }
+                let heard = o.last_heard.unwrap_or(now);
                 let outside = outside_count(&node.around, &o.around);
                 // Loss on links that still deliver: a failing link's retransmissions
                 // are its failure, not a gray one.
@@ -416,7 +465,7 @@ impl Detector {
                 self.chunk.clear();
                 for &(_, slot) in chunk {
                     let health = &slots[slot as usize].health;
-                    let status = health.status(now, cfg);
+                    let status = health.status_as_of(now, heard, cfg);
                     if status != LinkStatus::Failed
                         && let Some(sums) = health.loss_sums(now_ms, loss_ms)
                     {
@@ -583,7 +632,12 @@ impl Detector {
             let raise = cut_off || node.outside[Level::Host].fresh || node.hold.held;
             node.observed = cut_off || from_outside != LinkStatus::Unknown;
             node.raw_failing = failing && raise;
-            node.raw_degraded = !failing && from_outside == LinkStatus::Degraded;
+            node.raw_degraded = match from_outside {
+                _ if failing => Degradation::None,
+                LinkStatus::Degraded if node.outside[Level::Host].lossy => Degradation::PooledLoss,
+                LinkStatus::Degraded => Degradation::Views,
+                _ => Degradation::None,
+            };
             node.hold
                 .update(node.raw_failing, node.raw_degraded, now, cfg);
             match from_outside {
@@ -619,7 +673,7 @@ impl Detector {
                         e,
                         child,
                         o.status(now, &self.cfg),
-                        (o.fresh, o.uncorroborated(now, &self.cfg)),
+                        (o.fresh, o.uncorroborated(now, &self.cfg), o.lossy),
                         o.failing_observers,
                     ));
                     child = e;
@@ -654,7 +708,14 @@ impl Detector {
                 let raise = node.cut_off || node.vote.fresh || node.hold.held;
                 node.observed = node.cut_off || outcome != Outcome::Unobserved;
                 node.raw_failing = failing && raise;
-                node.raw_degraded = !failing && outcome == Outcome::Degraded;
+                node.raw_degraded = match outcome {
+                    _ if failing => Degradation::None,
+                    Outcome::Degraded if node.vote.lossy_quorum(&self.cfg) => {
+                        Degradation::PooledLoss
+                    }
+                    Outcome::Degraded => Degradation::Views,
+                    _ => Degradation::None,
+                };
                 node.hold
                     .update(node.raw_failing, node.raw_degraded, now, &self.cfg);
             }

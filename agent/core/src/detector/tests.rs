@@ -52,6 +52,14 @@ enum Fault {
     Slow(u64),
     /// The link carries no traffic.
     Idle,
+    /// A blackhole from `at` on a connection with more than one segment in flight: a
+    /// tail-loss probe 5 ms later, then silence (the kernel dates it: `silent_ms`)
+    /// until the RTOs.
+    Silent { at: Duration },
+    /// A live link whose retransmissions come late in a tick, 5 ms before the sample,
+    /// and are answered in the next tick: every other tick retransmits and receives
+    /// nothing.
+    Straggler,
     /// Nothing gets through and an RTO fires every tick: failing from its first tick,
     /// with no backoff to wait for (for the hysteresis tests).
     Dark,
@@ -161,35 +169,67 @@ impl Sim {
                         ..LinkCounters::default()
                     },
                     rtt_p50_us: None,
+                    silent_ms: None,
                 };
             }
-            Some(Fault::Blackhole { at, jitter }) => {
-                let offset = Duration::from_millis(
-                    self.rng
-                        .below(u64::try_from(jitter.as_millis()).unwrap_or(0) + 1),
-                );
-                c = LinkCounters::default();
-                // RTOs at at + 0.2, 0.6, 1.4, 3.0, … s: does one fall in this tick?
-                let mut rto = at + Duration::from_millis(200) + offset;
-                let mut backoff = Duration::from_millis(400);
-                while rto <= self.now {
-                    if rto + TICK > self.now {
-                        c.rto_timeouts = 1;
-                        c.retrans_segs = 1;
-                    }
-                    rto += backoff;
-                    backoff *= 2;
+            Some(Fault::Straggler) => {
+                if (self.now.as_millis() / TICK.as_millis()) % 2 == 1 {
+                    return LinkDelta {
+                        counters: LinkCounters {
+                            retrans_segs: 1,
+                            ..LinkCounters::default()
+                        },
+                        rtt_p50_us: None,
+                        silent_ms: Some(5),
+                    };
                 }
-                return LinkDelta {
-                    counters: c,
-                    rtt_p50_us: None,
-                };
             }
+            Some(Fault::Silent { at }) => {
+                let probe = at + Duration::from_millis(5);
+                let (mut d, rto) = self.blackholed(at, Duration::ZERO);
+                if probe <= self.now && probe + TICK > self.now {
+                    d.counters.retrans_segs += 1;
+                }
+                let last_loss = rto.unwrap_or(probe);
+                d.silent_ms = (probe <= self.now)
+                    .then(|| u32::try_from((self.now - last_loss).as_millis()).unwrap_or(0));
+                return d;
+            }
+            Some(Fault::Blackhole { at, jitter }) => return self.blackholed(at, jitter).0,
         }
         LinkDelta {
             counters: c,
             rtt_p50_us: Some(rtt),
+            silent_ms: None,
         }
+    }
+
+    /// A blackholed link's tick: RTOs at at + 0.2, 0.6, 1.4, 3.0, … s (+ up to
+    /// `jitter`), with the time of the one that fell in this tick, if one did.
+    fn blackholed(&mut self, at: Duration, jitter: Duration) -> (LinkDelta, Option<Duration>) {
+        let offset = Duration::from_millis(
+            self.rng
+                .below(u64::try_from(jitter.as_millis()).unwrap_or(0) + 1),
+        );
+        let mut c = LinkCounters::default();
+        let mut fired = None;
+        let mut rto = at + Duration::from_millis(200) + offset;
+        let mut backoff = Duration::from_millis(400);
+        while rto <= self.now {
+            if rto + TICK > self.now {
+                c.rto_timeouts = 1;
+                c.retrans_segs = 1;
+                fired = Some(rto);
+            }
+            rto += backoff;
+            backoff *= 2;
+        }
+        let d = LinkDelta {
+            counters: c,
+            rtt_p50_us: None,
+            silent_ms: None,
+        };
+        (d, fired)
     }
 
     /// Advances one tick: every observer reports every peer, then the detector ticks.
@@ -403,6 +443,81 @@ fn rack_blackhole_reported_as_the_rack(addr: fn(u8, u8, u8, u8) -> IpAddr) {
 #[test]
 fn a_blackholed_rack_fails_as_the_rack_within_two_ticks() {
     rack_blackhole_reported_as_the_rack(v4);
+}
+
+#[test]
+fn a_host_gone_silent_after_a_probe_fails_before_its_first_timeout() {
+    let mut sim = two_observers(v4);
+    sim.run(Duration::from_secs(2));
+    let start = sim.now;
+    let host = v4(2, 1, 1, 1);
+    for observer in 0..2 {
+        sim.fault(observer, host, Fault::Silent { at: start });
+    }
+    sim.run(Duration::from_secs(1));
+    let failed = sim
+        .first_failed("dc-2/c1/r1/h1")
+        .expect("host announced FAILED");
+    // The probe's silence is proven by the first sample 80 ms after it (start + 1
+    // tick), confirmed a tick later; the first RTO (start + 200 ms) would be a tick
+    // later still.
+    assert!(
+        failed <= start + 2 * TICK,
+        "FAILED at {failed:?}, {:?} after the fault",
+        failed - start
+    );
+    let v = sim.det.verdict(Level::Host, "dc-2/c1/r1/h1").unwrap();
+    assert_eq!(v.observers.len(), 2, "{:?}", v.observers);
+    assert_eq!(sim.failed_changes().len(), 1, "nothing else fails");
+}
+
+#[test]
+fn retransmissions_answered_a_tick_later_fail_nothing() {
+    let mut sim = two_observers(v4);
+    sim.run(Duration::from_secs(1));
+    for observer in 0..2 {
+        for peer in rack_hosts(2, 1, 1, v4) {
+            sim.fault(observer, peer, Fault::Straggler);
+        }
+    }
+    sim.run(Duration::from_secs(10));
+    assert!(
+        sim.failed_changes().is_empty(),
+        "{:?}",
+        sim.failed_changes()
+    );
+}
+
+#[test]
+fn silence_due_asks_for_the_sample_that_proves_a_stall() {
+    let mut sim = two_observers(v4);
+    sim.run(Duration::from_secs(2));
+    assert_eq!(
+        sim.det.silence_due("obs-a"),
+        None,
+        "nothing silent while healthy"
+    );
+    // A probe 5 ms before the sample: proven 80 ms after the probe, not before.
+    sim.fault(0, v4(2, 1, 1, 1), Fault::Straggler);
+    while (sim.now.as_millis() / TICK.as_millis()).is_multiple_of(2) {
+        sim.step();
+    }
+    let due = sim
+        .det
+        .silence_due("obs-a")
+        .expect("a silent stall is watched");
+    assert_eq!(
+        due,
+        sim.now - Duration::from_millis(5) + Duration::from_millis(80)
+    );
+    assert_eq!(
+        sim.det.silence_due("obs-b"),
+        None,
+        "another observer's is not b's"
+    );
+    // Answered in the next tick: no longer watched.
+    sim.step();
+    assert_eq!(sim.det.silence_due("obs-a"), None);
 }
 
 #[test]
@@ -977,4 +1092,35 @@ fn new_failures_beside_progress_in_one_batch_name_no_one_cut_off() {
     sim.run(Duration::from_secs(1));
     let named: Vec<_> = sim.log.iter().filter(|(_, v)| v.local_fault).collect();
     assert!(named.is_empty(), "{named:?}");
+}
+
+#[test]
+fn a_sample_dates_its_silence_only_when_nothing_came_since_the_loss() {
+    use crate::link::{LinkSample, RttHistogram};
+    let ms = Duration::from_millis;
+    let sample = |since_progress: Option<Duration>, since_loss: Option<Duration>| LinkSample {
+        link: Link {
+            local: v4(1, 1, 1, 1),
+            remote: v4(2, 1, 1, 1),
+        },
+        delta: LinkCounters::default(),
+        rtt: RttHistogram::default(),
+        total: LinkCounters::default(),
+        srtt_us: 0,
+        since_progress,
+        since_loss,
+    };
+    let silent = |s: &LinkSample| Observation::from_sample(&Arc::from("a"), s).delta.silent_ms;
+    assert_eq!(silent(&sample(Some(ms(400)), Some(ms(30)))), Some(30));
+    assert_eq!(
+        silent(&sample(None, Some(ms(30)))),
+        Some(30),
+        "never heard from"
+    );
+    assert_eq!(
+        silent(&sample(Some(ms(10)), Some(ms(30)))),
+        None,
+        "answered since"
+    );
+    assert_eq!(silent(&sample(Some(ms(10)), None)), None, "nothing lost");
 }
