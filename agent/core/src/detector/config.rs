@@ -103,12 +103,6 @@ pub struct DetectorConfig {
     /// failure. 1 s.
     #[serde(with = "crate::duration")]
     pub degraded_confirm: Duration,
-    /// DEGRADED by pooled loss (`pooled_loss_ratio`) must hold this long. 300 ms:
-    /// three ticks. The pooled ratio is already an average over the loss window and
-    /// over every outside observer, so the transients `degraded_confirm` waits out
-    /// (RTTs rising at different moments on different links) do not move it.
-    #[serde(with = "crate::duration")]
-    pub loss_confirm: Duration,
     /// An entity is DEGRADED only when its share of degraded hosts is at least this
     /// many times the share among hosts outside it. 2.
     pub degraded_standout: f64,
@@ -148,7 +142,6 @@ impl Default for DetectorConfig {
             observer_timeout: Duration::from_millis(300),
             degraded_observer_fraction: 0.5,
             degraded_confirm: Duration::from_secs(1),
-            loss_confirm: Duration::from_millis(300),
             degraded_standout: 2.0,
             local_fault_min_hosts: 3,
             local_fault_max_healthy_fraction: 0.2,

@@ -513,12 +513,12 @@ fn a_silent_peer_is_set_aside_at_once() {
 }
 
 #[test]
-fn three_percent_loss_into_a_rack_degrades_the_rack_within_two_and_a_half_seconds() {
+fn three_percent_loss_into_a_rack_degrades_the_rack_within_three_seconds() {
     let mut dc = Dc::new();
     dc.run(Duration::from_secs(30));
     let injected = dc.now;
     dc.cut(Cut::Loss("east/e1/r1", 3.0));
-    dc.run(Duration::from_millis(2500));
+    dc.run(Duration::from_secs(3));
     for v in dc.agents_outside("east/e1/r1") {
         assert_eq!(
             dc.state_at(v, Level::Rack, "east/e1/r1"),

@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use super::{
-    ChildEvidence, Detector, Entity, Evidence, LinkSlot, LinkStatus, PeerEvidence, State, Verdict,
+    ChildEvidence, Detector, Entity, Evidence, LinkStatus, PeerEvidence, SlotId, State, Verdict,
     is_within,
 };
 use crate::topology::{EntityId, Level};
@@ -51,18 +51,18 @@ fn entity_of(d: &Detector, id: EntityId) -> Entity {
     }
 }
 
-fn peer(d: &Detector, slot: &LinkSlot, now: Duration) -> PeerEvidence {
-    let (rtt_recent_us, rtt_baseline_us) = slot.health.rtt_us();
+fn peer(d: &Detector, id: SlotId, now: Duration) -> PeerEvidence {
+    let (slot, health) = (&d.slots[id as usize], &d.health[id as usize]);
+    let (rtt_recent_us, rtt_baseline_us) = health.rtt_us();
     PeerEvidence {
         observer: d.observers[usize::from(slot.observer)].name.clone(),
         local: slot.link.local,
         remote: slot.link.remote,
-        status: d.link_status(slot, now),
-        last: slot.health.last_counters(),
-        stall_hard: slot.health.stall_hard(),
-        stall_retrans: slot.health.stall_retrans(),
-        since_progress_ms: slot
-            .health
+        status: d.link_status(id, now),
+        last: health.last_counters(),
+        stall_hard: health.stall_hard(),
+        stall_retrans: health.stall_retrans(),
+        since_progress_ms: health
             .since_progress(now)
             .map(|s| u64::try_from(s.as_millis()).unwrap_or(u64::MAX)),
         rtt_recent_us,
@@ -157,7 +157,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         .links
         .iter()
         .filter(|&&(o, _)| counts(o))
-        .map(|&(_, slot)| peer(d, &d.slots[slot as usize], now))
+        .map(|&(_, slot)| peer(d, slot, now))
         .filter(|p| p.status != LinkStatus::Unknown)
         .collect();
     // Worst first, then by name and address: the same evidence reads the same whatever
@@ -235,7 +235,6 @@ fn cut_off(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
                 .iter()
                 .filter(|&&(ob, _)| ob == o)
             {
-                let slot = &d.slots[slot as usize];
                 if d.link_status(slot, now) == LinkStatus::Failed {
                     peers.push(peer(d, slot, now));
                 }

@@ -22,25 +22,12 @@ pub(super) struct Hold {
     degraded_until: Option<Duration>,
 }
 
-/// How an entity is degraded this tick, before hysteresis.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) enum Degradation {
-    #[default]
-    None,
-    /// Loss or RTT on enough views: confirmed over `degraded_confirm`.
-    Views,
-    /// Loss pooled over every outside observer's links (a gray failure): already an
-    /// average over the loss window and over observers, so confirmed over the
-    /// shorter `loss_confirm`.
-    PooledLoss,
-}
-
 impl Hold {
     /// Feeds this tick's raw conditions.
     pub(super) fn update(
         &mut self,
         failing: bool,
-        degraded: Degradation,
+        degraded: bool,
         now: Duration,
         cfg: &DetectorConfig,
     ) {
@@ -61,14 +48,9 @@ impl Hold {
                 }
             }
         }
-        if degraded != Degradation::None {
+        if degraded {
             let since = *self.degraded_since.get_or_insert(now);
-            let confirm = if degraded == Degradation::PooledLoss {
-                cfg.loss_confirm
-            } else {
-                cfg.degraded_confirm
-            };
-            if now.saturating_sub(since) >= confirm {
+            if now.saturating_sub(since) >= cfg.degraded_confirm {
                 self.degraded_until = Some(now + cfg.recovery_hold);
             }
         } else {
@@ -121,22 +103,22 @@ mod tests {
     fn held_until_sustained_health_and_longer_after_flaps() {
         let cfg = DetectorConfig::default();
         let mut h = Hold::default();
-        h.update(true, Degradation::None, s(0), &cfg);
+        h.update(true, false, s(0), &cfg);
         assert!(!h.held && h.pending(), "not before `confirm`");
-        h.update(true, Degradation::None, s(1), &cfg);
+        h.update(true, false, s(1), &cfg);
         assert!(h.held);
-        h.update(false, Degradation::None, s(2), &cfg);
-        h.update(false, Degradation::None, s(6), &cfg);
+        h.update(false, false, s(2), &cfg);
+        h.update(false, false, s(6), &cfg);
         assert!(h.held, "4 s of health is not enough");
-        h.update(false, Degradation::None, s(7), &cfg);
+        h.update(false, false, s(7), &cfg);
         assert!(!h.held, "5 s of health releases");
         // Flap: re-enter within the window, the hold doubles.
-        h.update(true, Degradation::None, s(8), &cfg);
-        h.update(true, Degradation::None, s(9), &cfg);
-        h.update(false, Degradation::None, s(10), &cfg);
-        h.update(false, Degradation::None, s(16), &cfg);
+        h.update(true, false, s(8), &cfg);
+        h.update(true, false, s(9), &cfg);
+        h.update(false, false, s(10), &cfg);
+        h.update(false, false, s(16), &cfg);
         assert!(h.held, "a flapping entity is held 10 s");
-        h.update(false, Degradation::None, s(20), &cfg);
+        h.update(false, false, s(20), &cfg);
         assert!(!h.held);
     }
 
@@ -145,15 +127,10 @@ mod tests {
         let cfg = DetectorConfig::default();
         let mut h = Hold::default();
         let ms = Duration::from_millis;
-        h.update(true, Degradation::None, ms(1000), &cfg);
-        h.update(false, Degradation::None, ms(1000) + cfg.confirm / 2, &cfg);
-        h.update(true, Degradation::None, ms(2000), &cfg);
-        h.update(
-            false,
-            Degradation::None,
-            ms(2000) + cfg.confirm - ms(1),
-            &cfg,
-        );
+        h.update(true, false, ms(1000), &cfg);
+        h.update(false, false, ms(1000) + cfg.confirm / 2, &cfg);
+        h.update(true, false, ms(2000), &cfg);
+        h.update(false, false, ms(2000) + cfg.confirm - ms(1), &cfg);
         assert!(!h.held && !h.pending());
     }
 
@@ -163,9 +140,9 @@ mod tests {
         let mut h = Hold::default();
         let ms = Duration::from_millis;
         assert_eq!(h.confirm_due(&cfg), None);
-        h.update(true, Degradation::None, ms(1000), &cfg);
+        h.update(true, false, ms(1000), &cfg);
         assert_eq!(h.confirm_due(&cfg), Some(ms(1000) + cfg.confirm));
-        h.update(true, Degradation::None, ms(1000) + cfg.confirm, &cfg);
+        h.update(true, false, ms(1000) + cfg.confirm, &cfg);
         assert!(h.held);
         assert_eq!(h.confirm_due(&cfg), None, "held: nothing left to confirm");
     }

@@ -33,7 +33,7 @@ use views::{Outside, PooledLoss, TwoObservers, View};
 use rustc_hash::FxHashMap;
 
 pub use config::DetectorConfig;
-use hold::{Degradation, Hold};
+use hold::Hold;
 pub use link::{LinkDelta, LinkHealth, LinkStatus};
 pub use verdict::{ChildEvidence, Entity, Evidence, PeerEvidence, State, Verdict};
 
@@ -72,10 +72,12 @@ fn silent_ms(s: &LinkSample) -> Option<u32> {
         .then(|| u32::try_from(loss.as_millis()).unwrap_or(u32::MAX))
 }
 
+/// Who observes a link, kept apart from its health ([`Detector::health`]): a tick
+/// reads only the health, so its pass over 100k links streams 80 bytes per link
+/// instead of 120.
 struct LinkSlot {
     observer: u16,
     link: Link,
-    health: LinkHealth,
 }
 
 /// The published verdict's state, cause and local flag (Unknown, none: nothing yet).
@@ -101,13 +103,7 @@ type SlotId = u32;
 
 /// One host's vote for one enclosing entity: (entity, the host's ancestor just below
 /// it, its state from outside the entity, fresh, who saw it fail).
-type HostVote = (
-    EntityId,
-    EntityId,
-    LinkStatus,
-    (bool, bool, bool),
-    TwoObservers,
-);
+type HostVote = (EntityId, EntityId, LinkStatus, (bool, bool), TwoObservers);
 
 #[derive(Default)]
 struct Node {
@@ -127,7 +123,7 @@ struct Node {
     /// This tick: the entity's own state before hysteresis.
     observed: bool,
     raw_failing: bool,
-    raw_degraded: Degradation,
+    raw_degraded: bool,
     /// Some live observer inside finds it cut off this tick (hosts: the observer is
     /// the host); and whether its held failure is that (named from inside).
     cut_off: bool,
@@ -150,9 +146,11 @@ pub struct Detector {
     nodes: Vec<Node>,
     observers: Vec<Observer>,
     observer_ids: HashMap<Arc<str>, u16>,
-    /// Every link's state, in the order links were first seen: a tick walks it
-    /// sequentially, which at 100k links is most of the tick's cost.
+    /// Every link, in the order links were first seen.
     slots: Vec<LinkSlot>,
+    /// Each link's state, by slot: a tick reads it for every host, which at 100k
+    /// links is most of the tick's cost.
+    health: Vec<LinkHealth>,
     /// Links in a silent stall not yet proven ([`Self::silence_due`]).
     silent_watch: Vec<SlotId>,
     /// Scratch for one observer's links to one host: status and stamps, this tick.
@@ -189,6 +187,7 @@ impl Detector {
             observers: Vec::new(),
             observer_ids: HashMap::new(),
             slots: Vec::new(),
+            health: Vec::new(),
             chunk: Vec::new(),
             silent_watch: Vec::new(),
             views: Vec::new(),
@@ -241,7 +240,7 @@ impl Detector {
             current = Some((&o.observer, observer, position + 1));
             self.observers[usize::from(observer)].heard(now);
             let slot = self.slot_for(observer, position, o.link);
-            let health = &mut self.slots[slot as usize].health;
+            let health = &mut self.health[slot as usize];
             let watched = health.silence_proven_at(&self.cfg).is_some();
             health.observe_with(&o.delta, now, &self.cfg, &mut self.weights);
             if !watched && health.silence_proven_at(&self.cfg).is_some() {
@@ -268,11 +267,8 @@ impl Detector {
             None => {
                 let host = self.host_entity(link.remote);
                 let id = SlotId::try_from(self.slots.len()).expect("fewer than 2^32 links");
-                self.slots.push(LinkSlot {
-                    observer,
-                    link,
-                    health: LinkHealth::default(),
-                });
+                self.slots.push(LinkSlot { observer, link });
+                self.health.push(LinkHealth::default());
                 let links = &mut self.nodes[host.index()].links;
                 let at = links.partition_point(|&(ob, _)| ob <= observer);
                 links.insert(at, (observer, id));
@@ -303,14 +299,13 @@ impl Detector {
     pub fn silence_due(&mut self, name: &str) -> Option<Duration> {
         let &id = self.observer_ids.get(name)?;
         let heard = self.observers[usize::from(id)].last_heard;
-        let (slots, cfg) = (&self.slots, &self.cfg);
+        let (slots, health, cfg) = (&self.slots, &self.health, &self.cfg);
         let mut due: Option<Duration> = None;
         self.silent_watch.retain(|&slot| {
-            let s = &slots[slot as usize];
-            let Some(at) = s.health.silence_proven_at(cfg) else {
+            let Some(at) = health[slot as usize].silence_proven_at(cfg) else {
                 return false;
             };
-            if s.observer != id {
+            if slots[slot as usize].observer != id {
                 return true;
             }
             due = Some(due.map_or(at, |d| d.min(at)));
@@ -327,8 +322,10 @@ impl Detector {
         };
         // Its slots say nothing any more, but stay where they are: a peer that comes
         // back reuses them, so a flapping peer does not grow the arena.
-        for slot in self.slots.iter_mut().filter(|s| s.observer == id) {
-            slot.health = LinkHealth::default();
+        for (slot, health) in self.slots.iter().zip(self.health.iter_mut()) {
+            if slot.observer == id {
+                *health = LinkHealth::default();
+            }
         }
         let o = &mut self.observers[usize::from(id)];
         o.cut = Hold::default();
@@ -338,10 +335,9 @@ impl Detector {
     }
 
     /// A link's status as its views see it: as of its observer's latest sample.
-    fn link_status(&self, slot: &LinkSlot, now: Duration) -> LinkStatus {
-        let heard = self.observers[usize::from(slot.observer)].last_heard;
-        slot.health
-            .status_as_of(now, heard.unwrap_or(now), &self.cfg)
+    fn link_status(&self, slot: SlotId, now: Duration) -> LinkStatus {
+        let heard = self.observers[usize::from(self.slots[slot as usize].observer)].last_heard;
+        self.health[slot as usize].status_as_of(now, heard.unwrap_or(now), &self.cfg)
     }
 
     fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
@@ -446,7 +442,7 @@ impl Detector {
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
-            let slots = &self.slots;
+            let slots = &self.health;
             node.loss = PerLevel::default();
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let observer = chunk[0].0;
@@ -464,7 +460,7 @@ impl Detector {
                 let mut loss = PooledLoss::default();
                 self.chunk.clear();
                 for &(_, slot) in chunk {
-                    let health = &slots[slot as usize].health;
+                    let health = &slots[slot as usize];
                     let status = health.status_as_of(now, heard, cfg);
                     if status != LinkStatus::Failed
                         && let Some(sums) = health.loss_sums(now_ms, loss_ms)
@@ -632,12 +628,7 @@ impl Detector {
             let raise = cut_off || node.outside[Level::Host].fresh || node.hold.held;
             node.observed = cut_off || from_outside != LinkStatus::Unknown;
             node.raw_failing = failing && raise;
-            node.raw_degraded = match from_outside {
-                _ if failing => Degradation::None,
-                LinkStatus::Degraded if node.outside[Level::Host].lossy => Degradation::PooledLoss,
-                LinkStatus::Degraded => Degradation::Views,
-                _ => Degradation::None,
-            };
+            node.raw_degraded = !failing && from_outside == LinkStatus::Degraded;
             node.hold
                 .update(node.raw_failing, node.raw_degraded, now, cfg);
             match from_outside {
@@ -673,7 +664,7 @@ impl Detector {
                         e,
                         child,
                         o.status(now, &self.cfg),
-                        (o.fresh, o.uncorroborated(now, &self.cfg), o.lossy),
+                        (o.fresh, o.uncorroborated(now, &self.cfg)),
                         o.failing_observers,
                     ));
                     child = e;
@@ -708,14 +699,7 @@ impl Detector {
                 let raise = node.cut_off || node.vote.fresh || node.hold.held;
                 node.observed = node.cut_off || outcome != Outcome::Unobserved;
                 node.raw_failing = failing && raise;
-                node.raw_degraded = match outcome {
-                    _ if failing => Degradation::None,
-                    Outcome::Degraded if node.vote.lossy_quorum(&self.cfg) => {
-                        Degradation::PooledLoss
-                    }
-                    Outcome::Degraded => Degradation::Views,
-                    _ => Degradation::None,
-                };
+                node.raw_degraded = !failing && outcome == Outcome::Degraded;
                 node.hold
                     .update(node.raw_failing, node.raw_degraded, now, &self.cfg);
             }

@@ -13,12 +13,7 @@
 //!   blamed on anyone.
 use std::{sync::Arc, time::Duration};
 
-use super::{
-    DetectorConfig,
-    hold::{Degradation, Hold},
-    link::LinkStatus,
-    views::View,
-};
+use super::{DetectorConfig, hold::Hold, link::LinkStatus, views::View};
 use crate::topology::{EntityId, Level, PerLevel};
 
 /// Hosts an observer sees on one side of an entity boundary, this tick.
@@ -197,7 +192,7 @@ impl Observer {
             (found, _) => found,
         };
         self.cut_now = cut;
-        self.cut.update(cut.is_some(), Degradation::None, now, cfg);
+        self.cut.update(cut.is_some(), false, now, cfg);
         if cut.is_some() {
             self.cut_level = cut;
         } else if !self.cut.held {

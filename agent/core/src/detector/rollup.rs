@@ -32,9 +32,6 @@ pub(super) struct Vote {
     pub(super) observed: u32,
     pub(super) failed: u32,
     pub(super) degraded: u32,
-    /// Of the degraded hosts, those losing by the pooled loss of the observers
-    /// outside this entity.
-    pub(super) lossy: u32,
     /// Hosts failing by one observer alone, not yet corroborated (see the module doc):
     /// they may fail the entity only when the vote is counted again by observer.
     pub(super) uncorroborated: u32,
@@ -72,7 +69,7 @@ impl Vote {
         &mut self,
         child: EntityId,
         outside: LinkStatus,
-        (fresh, uncorroborated, lossy): (bool, bool, bool),
+        (fresh, uncorroborated): (bool, bool),
         failing_observers: TwoObservers,
         host_level: LinkStatus,
     ) {
@@ -98,7 +95,6 @@ impl Vote {
             }
             LinkStatus::Degraded => {
                 self.degraded += 1;
-                self.lossy += u32::from(lossy);
                 note(&mut self.bad_child, &mut self.bad_children_differ, child);
             }
         }
@@ -134,12 +130,6 @@ impl Vote {
             child,
         );
         note(&mut self.bad_child, &mut self.bad_children_differ, child);
-    }
-
-    /// Its lossy hosts alone make a quorum: its degradation is a gray failure.
-    pub(super) fn lossy_quorum(&self, cfg: &DetectorConfig) -> bool {
-        self.lossy >= cfg.min_failed_hosts
-            && f64::from(self.lossy) >= cfg.min_failed_fraction * f64::from(self.observed)
     }
 
     /// Worth counting again by observer: enough hosts fail, some uncorroborated.
@@ -216,7 +206,7 @@ mod tests {
         for &(s, observer, child) in hosts {
             let mut two = TwoObservers::default();
             two.add(observer);
-            v.add(EntityId(child), s, (true, false, false), two, s);
+            v.add(EntityId(child), s, (true, false), two, s);
         }
         v
     }
