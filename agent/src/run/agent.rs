@@ -179,7 +179,7 @@ impl Agent {
                 pacing.defer_until(tokio::time::Instant::from_std(self.epoch + due));
             }
             if let Some(due) = self.detector.confirm_due() {
-                tracing::debug!(in_ms = ?due.saturating_sub(self.epoch.elapsed()).as_millis(), "a failure is pending; judging again when its confirm is due");
+                tracing::debug!(in_ms = ?due.saturating_sub(now).as_millis(), "a failure is pending; judging again when its confirm is due");
                 pacing.defer_until(tokio::time::Instant::from_std(self.epoch + due));
             }
         }

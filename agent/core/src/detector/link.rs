@@ -619,16 +619,12 @@ mod tests {
     fn rtt_far_above_baseline_is_degraded() {
         let cfg = DetectorConfig::default();
         let mut l = LinkHealth::default();
-        let with_rtt = |us| LinkDelta {
-            rtt_p50_us: Some(us),
-            ..delta(50, 0, 0)
-        };
         for t in 0..100 {
-            l.observe(&with_rtt(200), ms(t * 100), &cfg);
+            l.observe(&with_rtt(200, delta(50, 0, 0)), ms(t * 100), &cfg);
         }
         assert_eq!(l.status(ms(9900), &cfg), LinkStatus::Healthy);
         for t in 100..130 {
-            l.observe(&with_rtt(40_000), ms(t * 100), &cfg);
+            l.observe(&with_rtt(40_000, delta(50, 0, 0)), ms(t * 100), &cfg);
         }
         assert_eq!(l.status(ms(12_900), &cfg), LinkStatus::Degraded);
         let (recent, baseline) = l.rtt_us();

@@ -442,7 +442,7 @@ impl Detector {
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
-            let slots = &self.health;
+            let health_of = &self.health;
             node.loss = PerLevel::default();
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let observer = chunk[0].0;
@@ -452,16 +452,15 @@ impl Detector {
                 }
                 let heard = o.last_heard.unwrap_or(now);
                 let outside = outside_count(&node.around, &o.around);
-                // Loss on links that still deliver: a failing link's retransmissions
-                // are its failure, not a gray one.
-                // One pass over the chunk's slots: each is read once per tick, its
-                // status computed here (a separate pass over every slot cost a fifth
-                // of the tick at 100k links).
+                // One pass over the chunk's slots: each is read once per tick and its
+                // status computed here, not in a pass of its own over every slot.
                 let mut loss = PooledLoss::default();
                 self.chunk.clear();
                 for &(_, slot) in chunk {
-                    let health = &slots[slot as usize];
+                    let health = &health_of[slot as usize];
                     let status = health.status_as_of(now, heard, cfg);
+                    // Loss on links that still deliver: a failing link's
+                    // retransmissions are its failure, not a gray one.
                     if status != LinkStatus::Failed
                         && let Some(sums) = health.loss_sums(now_ms, loss_ms)
                     {
