@@ -154,6 +154,39 @@ fn narrow16(v: u64) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
 }
 
+/// The thresholds a link's status is judged by, on the detector's millisecond clock:
+/// converted from the config once per tick, not once per link.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    stale_ms: u64,
+    stall_timeout_ms: u64,
+    silent_stall_ms: u64,
+    silent_stall_rtts: f64,
+    loss_window: Duration,
+    degraded_min_retrans: f64,
+    degraded_loss_ratio: f64,
+    rtt_factor: f32,
+    rtt_min_increase_us: f32,
+}
+
+impl Limits {
+    pub(super) fn new(cfg: &DetectorConfig) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        #[expect(clippy::cast_possible_truncation)]
+        Self {
+            stale_ms: ms(cfg.stale_after),
+            stall_timeout_ms: ms(cfg.stall_timeout),
+            silent_stall_ms: ms(cfg.silent_stall),
+            silent_stall_rtts: cfg.silent_stall_rtts,
+            loss_window: cfg.loss_window,
+            degraded_min_retrans: cfg.degraded_min_retrans,
+            degraded_loss_ratio: cfg.degraded_loss_ratio,
+            rtt_factor: cfg.rtt_factor as f32,
+            rtt_min_increase_us: (cfg.rtt_min_increase.as_secs_f64() * 1e6) as f32,
+        }
+    }
+}
+
 /// The state kept per link between ticks: 80 bytes, so 100k links fit in 8 MB and a
 /// tick's pass over them stays in cache as much as it can.
 #[derive(Debug, Clone, Default)]
@@ -289,13 +322,6 @@ impl LinkHealth {
         }
     }
 
-    fn loss_weight(&self, at: Stamp, cfg: &DetectorConfig) -> f32 {
-        match self.last_evidence.get() {
-            Some(t) => decay(at.0.saturating_sub(Stamp::at(t).0), cfg.loss_window),
-            None => 0.0,
-        }
-    }
-
     #[expect(clippy::cast_precision_loss)]
     fn observe_rtt(
         &mut self,
@@ -322,13 +348,14 @@ impl LinkHealth {
     }
 
     fn rtt_inflated(&self, cfg: &DetectorConfig) -> bool {
-        #[expect(clippy::cast_possible_truncation)]
-        let min_increase = (cfg.rtt_min_increase.as_secs_f64() * 1e6) as f32;
-        #[expect(clippy::cast_possible_truncation)]
-        let factor = cfg.rtt_factor as f32;
+        let lim = Limits::new(cfg);
+        self.rtt_inflated_by(lim.rtt_factor, lim.rtt_min_increase_us)
+    }
+
+    fn rtt_inflated_by(&self, factor: f32, min_increase_us: f32) -> bool {
         self.rtt_baseline_us > 0.0
             && self.rtt_recent_us >= self.rtt_baseline_us * factor
-            && self.rtt_recent_us - self.rtt_baseline_us >= min_increase
+            && self.rtt_recent_us - self.rtt_baseline_us >= min_increase_us
     }
 
     /// The link's status at `now`, its observer heard from just now.
@@ -349,44 +376,57 @@ impl LinkHealth {
     /// made the first timeout the earliest sign of a dead host; a connection with
     /// more than one segment in flight probes after two RTTs.
     pub fn status_as_of(&self, now: Duration, heard: Duration, cfg: &DetectorConfig) -> LinkStatus {
-        let Some(age) = self.last_evidence.age(now) else {
-            return LinkStatus::Unknown;
-        };
-        if age > cfg.stale_after {
+        self.status_at(Stamp::at(now).0, Stamp::at(heard).0, &Limits::new(cfg))
+    }
+
+    /// [`Self::status_as_of`] on the detector's millisecond clock, with the
+    /// thresholds converted once per tick: a tick asks this of every link.
+    pub(super) fn status_at(&self, now_ms: u64, heard_ms: u64, lim: &Limits) -> LinkStatus {
+        if self.last_evidence == Stamp::NEVER
+            || now_ms.saturating_sub(self.last_evidence.0) > lim.stale_ms
+        {
             return LinkStatus::Unknown;
         }
-        if let Some(stalled) = self.stall_since.age(now)
+        if self.stall_since != Stamp::NEVER
             && (self.stall_hard > 0
-                || stalled >= cfg.stall_timeout
-                || self.silent_stall_seen(heard, cfg))
+                || now_ms.saturating_sub(self.stall_since.0) >= lim.stall_timeout_ms
+                || self.silence_proven_ms(lim).is_some_and(|at| heard_ms >= at))
         {
             return LinkStatus::Failed;
         }
         if self.retrans > 0.0 {
             // Both sums decay alike, so their ratio needs no decay; the minimum does.
-            let w = self.loss_weight(Stamp::at(now), cfg);
+            let age = now_ms.saturating_sub(self.last_evidence.0);
+            let w = decay(age, lim.loss_window);
             let retrans = f64::from(self.retrans * w);
             let progress = f64::from(self.progress * w);
-            if retrans >= cfg.degraded_min_retrans
-                && retrans >= cfg.degraded_loss_ratio * progress.max(1.0)
+            if retrans >= lim.degraded_min_retrans
+                && retrans >= lim.degraded_loss_ratio * progress.max(1.0)
             {
                 return LinkStatus::Degraded;
             }
         }
-        if self.rtt_inflated(cfg) {
+        if self.rtt_inflated_by(lim.rtt_factor, lim.rtt_min_increase_us) {
             return LinkStatus::Degraded;
         }
-        match self.last_progress.age(now) {
-            Some(p) if p <= cfg.stale_after => LinkStatus::Healthy,
+        if self.last_progress != Stamp::NEVER
+            && now_ms.saturating_sub(self.last_progress.0) <= lim.stale_ms
+        {
+            LinkStatus::Healthy
+        } else {
             // Losing a little with no progress yet: not enough to call.
-            _ => LinkStatus::Unknown,
+            LinkStatus::Unknown
         }
     }
 
-    /// A silent stall (see [`Self::status_as_of`]) as long as the observer's sample at
-    /// `heard` shows.
-    fn silent_stall_seen(&self, heard: Duration, cfg: &DetectorConfig) -> bool {
-        self.silence_proven_at(cfg).is_some_and(|at| heard >= at)
+    /// [`Self::silence_proven_at`] in ms.
+    fn silence_proven_ms(&self, lim: &Limits) -> Option<u64> {
+        if !(self.stall_silent && self.stall_fresh) || self.stall_since == Stamp::NEVER {
+            return None;
+        }
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let rtts_ms = (f64::from(self.rtt_baseline_us) * lim.silent_stall_rtts / 1e3).ceil() as u64;
+        Some(self.stall_since.0.saturating_add(lim.silent_stall_ms.max(rtts_ms)))
     }
 
     /// When a silent stall in progress will be proven, if the observer samples then

@@ -151,6 +151,8 @@ pub struct Detector {
     /// Each link's state, by slot: a tick reads it for every host, which at 100k
     /// links is most of the tick's cost.
     health: Vec<LinkHealth>,
+    /// `cfg`'s link thresholds in the units a tick compares them in.
+    limits: link::Limits,
     /// Links in a silent stall not yet proven ([`Self::silence_due`]).
     silent_watch: Vec<SlotId>,
     /// Scratch for one observer's links to one host: status and stamps, this tick.
@@ -172,6 +174,8 @@ pub struct Detector {
     /// Per level, this tick: the median pooled loss ratio of the hosts, each seen from
     /// outside its own entity at that level (0 when no host is lossy at all).
     loss_median: PerLevel<f64>,
+    /// Per level, this tick: some host is lossy seen that way (else no median needed).
+    lossy_somewhere: PerLevel<bool>,
     /// Scratch for the medians.
     ratios: Vec<f32>,
     host_of_ip: HashMap<IpAddr, EntityId>,
@@ -182,6 +186,7 @@ pub struct Detector {
 impl Detector {
     pub fn new(topology: Topology, cfg: DetectorConfig) -> Self {
         let mut d = Self {
+            limits: link::Limits::new(&cfg),
             cfg,
             nodes: Vec::new(),
             observers: Vec::new(),
@@ -197,6 +202,7 @@ impl Detector {
             weights: link::DecayWeights::default(),
             totals: Totals::default(),
             loss_median: PerLevel::default(),
+            lossy_somewhere: PerLevel::default(),
             ratios: Vec::new(),
             host_of_ip: HashMap::new(),
             by_level: PerLevel::default(),
@@ -337,7 +343,8 @@ impl Detector {
     /// A link's status as its views see it: as of its observer's latest sample.
     fn link_status(&self, slot: SlotId, now: Duration) -> LinkStatus {
         let heard = self.observers[usize::from(self.slots[slot as usize].observer)].last_heard;
-        self.health[slot as usize].status_as_of(now, heard.unwrap_or(now), &self.cfg)
+        let heard_ms = views::ms(heard.unwrap_or(now));
+        self.health[slot as usize].status_at(views::ms(now), heard_ms, &self.limits)
     }
 
     fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
@@ -439,6 +446,7 @@ impl Detector {
         for o in &mut self.observers {
             o.begin_tick();
         }
+        self.lossy_somewhere = PerLevel::default();
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
@@ -450,7 +458,7 @@ impl Detector {
                 if !o.alive(now, cfg) {
                     continue;
                 }
-                let heard = o.last_heard.unwrap_or(now);
+                let heard_ms = views::ms(o.last_heard.unwrap_or(now));
                 let outside = outside_count(&node.around, &o.around);
                 // One pass over the chunk's slots: each is read once per tick and its
                 // status computed here, not in a pass of its own over every slot.
@@ -458,7 +466,7 @@ impl Detector {
                 self.chunk.clear();
                 for &(_, slot) in chunk {
                     let health = &health_of[slot as usize];
-                    let status = health.status_as_of(now, heard, cfg);
+                    let status = health.status_at(now_ms, heard_ms, &self.limits);
                     // Loss on links that still deliver: a failing link's
                     // retransmissions are its failure, not a gray one.
                     if status != LinkStatus::Failed
@@ -485,6 +493,9 @@ impl Detector {
                 self.views.push(view);
             }
             node.views = start..u32::try_from(self.views.len()).expect("fewer than 2^32 views");
+            for level in Level::ALL {
+                self.lossy_somewhere[level] |= node.loss[level].is_lossy(cfg);
+            }
         }
         // Only observers with enough failing views can be cut off: tally them by level.
         if !self.observers.iter().any(|o| o.may_be_cut_off(cfg)) {
@@ -507,16 +518,12 @@ impl Detector {
     /// seen the same way. Seen from outside its site, every host's links cross the
     /// long-haul network, and its loss is nobody's fault.
     fn pooled_loss_medians(&mut self) {
-        let cfg = &self.cfg;
         for level in Level::ALL {
             self.loss_median[level] = 0.0;
-            let hosts = &self.by_level[Level::Host];
-            if !hosts
-                .iter()
-                .any(|h| self.nodes[h.index()].loss[level].is_lossy(cfg))
-            {
+            if !self.lossy_somewhere[level] {
                 continue;
             }
+            let hosts = &self.by_level[Level::Host];
             self.ratios.clear();
             self.ratios.extend(
                 hosts
