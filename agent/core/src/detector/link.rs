@@ -228,22 +228,24 @@ pub struct LinkHealth {
 impl LinkHealth {
     /// Folds in one tick of counters observed at `now`.
     pub fn observe(&mut self, delta: &LinkDelta, now: Duration, cfg: &DetectorConfig) {
-        self.observe_with(delta, now, cfg, &mut DecayWeights::default());
+        self.observe_with(delta, Stamp::at(now).0, cfg, &mut DecayWeights::default());
     }
 
-    /// [`Self::observe`] with memoized decay weights, for the detector's hot loop.
-    pub fn observe_with(
+    /// [`Self::observe`] at `now_ms` on the detector's clock, with memoized decay
+    /// weights, for the detector's hot loop.
+    pub(super) fn observe_with(
         &mut self,
         delta: &LinkDelta,
-        now: Duration,
+        now_ms: u64,
         cfg: &DetectorConfig,
         weights: &mut DecayWeights,
     ) {
         let c = &delta.counters;
-        if c.is_zero() && delta.rtt_p50_us.is_none() {
+        // The RTT first: most observations carry one, and it is one test, not eight.
+        if delta.rtt_p50_us.is_none() && c.is_zero() {
             return;
         }
-        let stamp = Stamp::at(now);
+        let stamp = Stamp(now_ms.min(u64::MAX - 1));
         let previous = self.last_evidence;
         self.last_evidence = stamp;
         self.last = LastTick {

@@ -155,8 +155,9 @@ pub struct Detector {
     limits: link::Limits,
     /// Links in a silent stall not yet proven ([`Self::silence_due`]).
     silent_watch: Vec<SlotId>,
-    /// Scratch for one observer's links to one host: status and stamps, this tick.
-    chunk: Vec<(LinkStatus, (u64, u64, u64, u64))>,
+    /// Per observer, this tick: alive, its latest sample and the start of fresh
+    /// news (see `host_views`), ms.
+    observer_clock: Vec<(bool, u64, u64)>,
     /// Per observer and level, this tick: the latest progress from outside its own
     /// entity at that level (`compute_reach`), when something fails.
     reach_ms: Vec<PerLevel<u64>>,
@@ -193,7 +194,7 @@ impl Detector {
             observer_ids: HashMap::new(),
             slots: Vec::new(),
             health: Vec::new(),
-            chunk: Vec::new(),
+            observer_clock: Vec::new(),
             silent_watch: Vec::new(),
             views: Vec::new(),
             reach_ms: Vec::new(),
@@ -236,19 +237,23 @@ impl Detector {
     ) {
         // (observer name, id, position in its run of observations)
         let mut current: Option<(&'a Arc<str>, u16, usize)> = None;
+        let now_ms = views::ms(now);
         for o in observations {
             let (observer, position) = match current {
                 Some((name, id, i)) if Arc::ptr_eq(name, &o.observer) || **name == *o.observer => {
                     (id, i)
                 }
-                _ => (self.observer(&o.observer, o.link.local), 0),
+                _ => {
+                    let id = self.observer(&o.observer, o.link.local);
+                    self.observers[usize::from(id)].heard(now);
+                    (id, 0)
+                }
             };
             current = Some((&o.observer, observer, position + 1));
-            self.observers[usize::from(observer)].heard(now);
             let slot = self.slot_for(observer, position, o.link);
             let health = &mut self.health[slot as usize];
             let watched = health.silence_proven_at(&self.cfg).is_some();
-            health.observe_with(&o.delta, now, &self.cfg, &mut self.weights);
+            health.observe_with(&o.delta, now_ms, &self.cfg, &mut self.weights);
             if !watched && health.silence_proven_at(&self.cfg).is_some() {
                 self.silent_watch.push(slot);
             }
@@ -443,30 +448,45 @@ impl Detector {
         self.views.clear();
         let (now_ms, fresh_ms) = (views::ms(now), views::ms(cfg.fresh_evidence));
         let loss_ms = views::ms(cfg.loss_window);
+        // What a view needs of its observer, worked out once per observer, not once
+        // per view: (alive, its latest sample, ms; stalls older than this are old
+        // news, ms).
+        self.observer_clock.clear();
         for o in &mut self.observers {
             o.begin_tick();
+            // A stall that began before a lost peer came back, or within the recovery
+            // hold after, is old news: it keeps a failure, it never raises one. Its
+            // connections come back one backed-off RTO at a time, and its connects
+            // from while it was away retry or give up after it is back.
+            let joined = o
+                .rejoined_at
+                .map_or(0, |t| views::ms(t.saturating_add(cfg.recovery_hold)));
+            let heard = views::ms(o.last_heard.unwrap_or(now));
+            self.observer_clock.push((o.alive(now, cfg), heard, joined));
         }
         self.lossy_somewhere = PerLevel::default();
+        let limits = &self.limits;
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
             let health_of = &self.health;
-            node.loss = PerLevel::default();
+            // Pooled loss by how many levels its observer is outside (as views are
+            // bucketed in `outside_of`); each level sums the buckets above it.
+            let mut loss_outside = [PooledLoss::default(); 5];
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let observer = chunk[0].0;
-                let o = &mut self.observers[usize::from(observer)];
-                if !o.alive(now, cfg) {
+                let (alive, heard_ms, joined_ms) = self.observer_clock[usize::from(observer)];
+                if !alive {
                     continue;
                 }
-                let heard_ms = views::ms(o.last_heard.unwrap_or(now));
+                let o = &mut self.observers[usize::from(observer)];
                 let outside = outside_count(&node.around, &o.around);
                 // One pass over the chunk's slots: each is read once per tick and its
                 // status computed here, not in a pass of its own over every slot.
                 let mut loss = PooledLoss::default();
-                self.chunk.clear();
-                for &(_, slot) in chunk {
+                let links = chunk.iter().map(|&(_, slot)| {
                     let health = &health_of[slot as usize];
-                    let status = health.status_at(now_ms, heard_ms, &self.limits);
+                    let status = health.status_at(now_ms, heard_ms, limits);
                     // Loss on links that still deliver: a failing link's
                     // retransmissions are its failure, not a gray one.
                     if status != LinkStatus::Failed
@@ -474,27 +494,25 @@ impl Detector {
                     {
                         loss.add(sums);
                     }
-                    self.chunk.push((status, health.stamps_ms()));
-                }
-                for level in Level::ALL.into_iter().take(usize::from(outside)) {
-                    node.loss[level].add((loss.retrans, loss.progress));
-                }
-                let links = self.chunk.iter().copied();
-                let mut view = views::view_of(observer, outside, links, now_ms, fresh_ms);
-                // A stall that began before a lost peer came back, or within the
-                // recovery hold after, is old news: it keeps a failure, it never raises
-                // one. Its connections come back one backed-off RTO at a time, and its
-                // connects from while it was away retry or give up after it is back.
-                let joined = o
-                    .rejoined_at
-                    .map_or(0, |t| views::ms(t + cfg.recovery_hold));
-                view.discount_if_older(joined);
-                o.count(&view);
+                    (status, health.stamps_ms())
+                });
+                let clock = views::ViewClock {
+                    now_ms,
+                    fresh_ms,
+                    news_since_ms: joined_ms,
+                };
+                let view = views::view_of(observer, outside, links, clock);
+                loss_outside[usize::from(outside)].add((loss.retrans, loss.progress));
+                o.count(view);
                 self.views.push(view);
             }
             node.views = start..u32::try_from(self.views.len()).expect("fewer than 2^32 views");
-            for level in Level::ALL {
-                self.lossy_somewhere[level] |= node.loss[level].is_lossy(cfg);
+            let mut pooled = PooledLoss::default();
+            for level in Level::ALL.into_iter().rev() {
+                let above = loss_outside[level.index() + 1];
+                pooled.add((above.retrans, above.progress));
+                node.loss[level] = pooled;
+                self.lossy_somewhere[level] |= pooled.is_lossy(cfg);
             }
         }
         // Only observers with enough failing views can be cut off: tally them by level.

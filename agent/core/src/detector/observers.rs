@@ -129,7 +129,7 @@ impl Observer {
     }
 
     /// Counts one view, whatever its host.
-    pub(super) fn count(&mut self, v: &View) {
+    pub(super) fn count(&mut self, v: View) {
         match v.status {
             LinkStatus::Unknown => return,
             LinkStatus::Failed => {

@@ -45,13 +45,6 @@ pub(super) fn ms(t: Duration) -> u64 {
 }
 
 impl View {
-    /// Not fresh if its stall began before `ms` (the observer's rejoin, say).
-    pub(super) fn discount_if_older(&mut self, ms: u64) {
-        if self.onset_ms < ms {
-            self.fresh = false;
-        }
-    }
-
     /// The latest two-way progress on its links to the host, ms (`u64::MAX`: never):
     /// the observer's own path there works. Segments that only come in (the host
     /// sends, the observer sends nothing) show the host alive, not the observer's
@@ -68,29 +61,30 @@ impl View {
 /// last evidence in ms (`u64::MAX`: never).
 pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64, u64));
 
-/// Folds one observer's links to a host into its view. `now_ms` and `fresh_ms` are
-/// the clock and `fresh_evidence` in ms, computed once per tick.
+/// The clock a tick judges views by, ms: now, `fresh_evidence`, and per observer the
+/// moment before which a stall is old news (see `Detector::host_views`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ViewClock {
+    pub(super) now_ms: u64,
+    pub(super) fresh_ms: u64,
+    pub(super) news_since_ms: u64,
+}
+
+/// Folds one observer's links to a host into its view. Folded in locals and built
+/// once: a view assembled field by field on the stack and then copied whole stalls
+/// the copy, 100k times a tick.
 pub(super) fn view_of(
     observer: u16,
     outside: u8,
     links: impl Iterator<Item = LinkFacts>,
-    now_ms: u64,
-    fresh_ms: u64,
+    clock: ViewClock,
 ) -> View {
-    let (mut failed, mut healthy, mut degraded) = (false, false, false);
-    let mut two_way = NEVER;
-    let mut view = View {
-        onset_ms: NEVER,
-        progress_ms: NEVER,
-        two_way_lag_ms: u16::MAX,
-        observer,
-        status: LinkStatus::Unknown,
-        fresh: false,
-        outside,
-    };
+    let now_ms = clock.now_ms;
+    let (mut failed, mut healthy, mut degraded, mut fresh) = (false, false, false, false);
+    let (mut onset_ms, mut progress_ms, mut two_way) = (NEVER, NEVER, NEVER);
     for (status, (onset, progress, both_ways, evidence)) in links {
-        if progress != NEVER && (view.progress_ms == NEVER || progress > view.progress_ms) {
-            view.progress_ms = progress;
+        if progress != NEVER && (progress_ms == NEVER || progress > progress_ms) {
+            progress_ms = progress;
         }
         if both_ways != NEVER && (two_way == NEVER || both_ways > two_way) {
             two_way = both_ways;
@@ -98,22 +92,22 @@ pub(super) fn view_of(
         match status {
             LinkStatus::Failed => {
                 failed = true;
-                view.onset_ms = view
-                    .onset_ms
-                    .min(if onset == NEVER { now_ms } else { onset });
-                view.fresh |= evidence != NEVER && now_ms.saturating_sub(evidence) <= fresh_ms;
+                onset_ms = onset_ms.min(if onset == NEVER { now_ms } else { onset });
+                fresh |= evidence != NEVER && now_ms.saturating_sub(evidence) <= clock.fresh_ms;
             }
             LinkStatus::Healthy => healthy = true,
             LinkStatus::Degraded => degraded = true,
             LinkStatus::Unknown => {}
         }
     }
-    if two_way != NEVER && view.progress_ms != NEVER {
-        view.two_way_lag_ms = u16::try_from(view.progress_ms.saturating_sub(two_way))
+    let two_way_lag_ms = if two_way != NEVER && progress_ms != NEVER {
+        u16::try_from(progress_ms.saturating_sub(two_way))
             .unwrap_or(u16::MAX - 1)
-            .min(u16::MAX - 1);
-    }
-    view.status = if failed && !healthy && !degraded {
+            .min(u16::MAX - 1)
+    } else {
+        u16::MAX
+    };
+    let status = if failed && !healthy && !degraded {
         LinkStatus::Failed
     } else if degraded || failed {
         // Some links to the host fail and others deliver: the host answers, one path
@@ -124,11 +118,18 @@ pub(super) fn view_of(
     } else {
         LinkStatus::Unknown
     };
-    if view.status != LinkStatus::Failed {
-        view.onset_ms = NEVER;
-        view.fresh = false;
+    let failing = status == LinkStatus::Failed;
+    View {
+        onset_ms: if failing { onset_ms } else { NEVER },
+        progress_ms,
+        two_way_lag_ms,
+        observer,
+        status,
+        // A stall from before the observer's news began keeps a failure, never
+        // raises one.
+        fresh: failing && fresh && onset_ms >= clock.news_since_ms,
+        outside,
     }
-    view
 }
 
 /// Up to two distinct observers: enough to tell "one observer says so" from "several do".
