@@ -94,13 +94,17 @@ fn within(path: &str, entity: &str) -> bool {
 
 impl Dc {
     fn new() -> Self {
+        Self::with_config(&DetectorConfig::default())
+    }
+
+    fn with_config(cfg: &DetectorConfig) -> Self {
         let (text, hosts) = build();
         let topology = Topology::parse(Path::new("dc.toml"), &text).unwrap();
         let n = hosts.len();
         Self {
             names: hosts.iter().map(|h| Arc::from(h.path.as_str())).collect(),
             agents: (0..n)
-                .map(|_| Detector::new(topology.clone(), DetectorConfig::default()))
+                .map(|_| Detector::new(topology.clone(), cfg.clone()))
                 .collect(),
             in_flight: vec![Vec::new(); n],
             log: vec![Vec::new(); n],
@@ -549,6 +553,46 @@ fn three_percent_loss_into_a_rack_degrades_the_rack_within_three_seconds() {
             );
         }
     }
+}
+
+/// When every agent outside `rack` first showed it DEGRADED, after `injected`.
+fn degraded_everywhere_after(dc: &Dc, rack: &str, injected: Duration) -> Option<Duration> {
+    let mut latest = Duration::ZERO;
+    for v in dc.agents_outside(rack) {
+        let first = dc.log[v].iter().find(|(t, c)| {
+            *t >= injected && c.entity.path.as_ref() == rack && c.state == State::Degraded
+        })?;
+        latest = latest.max(first.0 - injected);
+    }
+    Some(latest)
+}
+
+#[test]
+fn a_host_with_heavy_traffic_shows_its_loss_in_the_short_window() {
+    // The racks' hosts carry about a thousand segments a second from their outside
+    // observers: 3 % loss crosses in the short window in well under a second, then
+    // `degraded_confirm` (1 s). The 2 s window alone takes over 2.5 s more.
+    let run = |cfg: &DetectorConfig| {
+        let mut dc = Dc::with_config(cfg);
+        dc.run(Duration::from_secs(30));
+        let injected = dc.now;
+        dc.cut(Cut::Loss("east/e1/r1", 3.0));
+        dc.run(Duration::from_secs(5));
+        degraded_everywhere_after(&dc, "east/e1/r1", injected)
+    };
+    let both = run(&DetectorConfig::default()).expect("DEGRADED within 5 s");
+    let long_only = run(&DetectorConfig {
+        pooled_loss_fast_window: DetectorConfig::default().loss_window,
+        ..DetectorConfig::default()
+    });
+    assert!(
+        both <= Duration::from_millis(2000),
+        "DEGRADED everywhere only after {both:?}"
+    );
+    assert!(
+        long_only.is_none_or(|t| t > both),
+        "the long window alone was as quick: {long_only:?} vs {both:?}"
+    );
 }
 
 #[test]

@@ -189,10 +189,12 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
             outside.failing, outside.witnesses
         ),
         State::Degraded if outside.lossy => {
-            let loss = &node.loss[Level::Host];
+            let ratio = node.loss[Level::Host]
+                .ratio()
+                .max(node.fast_loss[Level::Host].ratio());
             format!(
                 "losing {:.1}% of segments, pooled over the links of every observer (median host {:.1}%)",
-                100.0 * f64::from(loss.ratio()),
+                100.0 * f64::from(ratio),
                 100.0 * d.loss_median[Level::Host]
             )
         }

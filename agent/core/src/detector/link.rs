@@ -88,7 +88,7 @@ impl Default for Stamp {
 }
 
 /// exp(-dt/tau): the weight left of an old sample after `dt`.
-fn decay(dt_ms: u64, tau: Duration) -> f32 {
+pub(super) fn decay(dt_ms: u64, tau: Duration) -> f32 {
     if dt_ms == 0 {
         return 1.0;
     }
@@ -451,6 +451,21 @@ impl LinkHealth {
         (self.last_evidence != Stamp::NEVER
             && now_ms.saturating_sub(self.last_evidence.0) <= window_ms)
             .then_some((self.retrans, self.progress))
+    }
+
+    /// Retransmissions and segments received in the latest observation, if it came
+    /// after `since_ms`: what the link added since then, for windows kept elsewhere.
+    pub(super) fn loss_since(&self, since_ms: u64) -> Option<(f32, f32)> {
+        #[expect(clippy::cast_precision_loss)]
+        (self.last_evidence != Stamp::NEVER
+            && (since_ms == u64::MAX || self.last_evidence.0 > since_ms))
+            .then(|| {
+                let l = &self.last;
+                (
+                    (u64::from(l.retrans) + u64::from(l.rto)) as f32,
+                    l.progress as f32,
+                )
+            })
     }
 
     /// The stall's start, the last progress, the last two-way progress and the last

@@ -118,6 +118,8 @@ struct Node {
     /// This tick, hosts only: retransmissions and progress on the links of observers
     /// outside each enclosing entity, pooled.
     loss: PerLevel<PooledLoss>,
+    /// The same over `pooled_loss_fast_window`, decayed from tick to tick.
+    fast_loss: PerLevel<PooledLoss>,
     /// This tick, racks and above: the vote of its hosts.
     vote: Vote,
     /// This tick: the entity's own state before hysteresis.
@@ -177,6 +179,8 @@ pub struct Detector {
     loss_median: PerLevel<f64>,
     /// Per level, this tick: some host is lossy seen that way (else no median needed).
     lossy_somewhere: PerLevel<bool>,
+    /// When `host_views` last ran, ms (`u64::MAX`: never).
+    last_tick_ms: u64,
     /// Scratch for the medians.
     ratios: Vec<f32>,
     host_of_ip: HashMap<IpAddr, EntityId>,
@@ -204,6 +208,7 @@ impl Detector {
             totals: Totals::default(),
             loss_median: PerLevel::default(),
             lossy_somewhere: PerLevel::default(),
+            last_tick_ms: u64::MAX,
             ratios: Vec::new(),
             host_of_ip: HashMap::new(),
             by_level: PerLevel::default(),
@@ -466,6 +471,16 @@ impl Detector {
         }
         self.lossy_somewhere = PerLevel::default();
         let limits = &self.limits;
+        // The short pooled window: what each link reported since the last tick, added
+        // to each host's decayed sums (see `pooled_loss_fast_window`). A link observed
+        // twice between ticks adds only its latest observation.
+        let last_tick_ms = self.last_tick_ms;
+        let fast_weight = if last_tick_ms == u64::MAX {
+            0.0
+        } else {
+            link::decay(now_ms.saturating_sub(last_tick_ms), cfg.pooled_loss_fast_window)
+        };
+        self.last_tick_ms = now_ms;
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
@@ -473,6 +488,7 @@ impl Detector {
             // Pooled loss by how many levels its observer is outside (as views are
             // bucketed in `outside_of`); each level sums the buckets above it.
             let mut loss_outside = [PooledLoss::default(); 5];
+            let mut fresh_loss_outside = [PooledLoss::default(); 5];
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let observer = chunk[0].0;
                 let (alive, heard_ms, joined_ms) = self.observer_clock[usize::from(observer)];
@@ -483,16 +499,19 @@ impl Detector {
                 let outside = outside_count(&node.around, &o.around);
                 // One pass over the chunk's slots: each is read once per tick and its
                 // status computed here, not in a pass of its own over every slot.
-                let mut loss = PooledLoss::default();
+                let (mut loss, mut fresh_loss) = (PooledLoss::default(), PooledLoss::default());
                 let links = chunk.iter().map(|&(_, slot)| {
                     let health = &health_of[slot as usize];
                     let status = health.status_at(now_ms, heard_ms, limits);
                     // Loss on links that still deliver: a failing link's
                     // retransmissions are its failure, not a gray one.
-                    if status != LinkStatus::Failed
-                        && let Some(sums) = health.loss_sums(now_ms, loss_ms)
-                    {
-                        loss.add(sums);
+                    if status != LinkStatus::Failed {
+                        if let Some(sums) = health.loss_sums(now_ms, loss_ms) {
+                            loss.add(sums);
+                        }
+                        if let Some(added) = health.loss_since(last_tick_ms) {
+                            fresh_loss.add(added);
+                        }
                     }
                     (status, health.stamps_ms())
                 });
@@ -503,16 +522,24 @@ impl Detector {
                 };
                 let view = views::view_of(observer, outside, links, clock);
                 loss_outside[usize::from(outside)].add((loss.retrans, loss.progress));
+                fresh_loss_outside[usize::from(outside)].add((fresh_loss.retrans, fresh_loss.progress));
                 o.count(view);
                 self.views.push(view);
             }
             node.views = start..u32::try_from(self.views.len()).expect("fewer than 2^32 views");
-            let mut pooled = PooledLoss::default();
+            let (mut pooled, mut added) = (PooledLoss::default(), PooledLoss::default());
             for level in Level::ALL.into_iter().rev() {
                 let above = loss_outside[level.index() + 1];
                 pooled.add((above.retrans, above.progress));
                 node.loss[level] = pooled;
-                self.lossy_somewhere[level] |= pooled.is_lossy(cfg);
+                let above = fresh_loss_outside[level.index() + 1];
+                added.add((above.retrans, above.progress));
+                let fast = &mut node.fast_loss[level];
+                *fast = PooledLoss {
+                    retrans: fast.retrans * fast_weight + added.retrans,
+                    progress: fast.progress * fast_weight + added.progress,
+                };
+                self.lossy_somewhere[level] |= pooled.is_lossy(cfg) || fast.is_lossy(cfg);
             }
         }
         // Only observers with enough failing views can be cut off: tally them by level.
@@ -613,9 +640,16 @@ impl Detector {
                 cfg,
             );
             for level in Level::ALL {
-                let loss = &node.loss[level];
-                node.outside[level].lossy = loss.is_lossy(cfg)
-                    && f64::from(loss.ratio()) >= cfg.degraded_standout * self.loss_median[level];
+                // The short window holds a quarter of the samples, so twice the noise:
+                // it must stand out twice as far. Hosts whose outside observers are all
+                // across the long-haul network (a one-cabinet site) sit near twice the
+                // median under 1 % noise there.
+                let bar = cfg.degraded_standout * self.loss_median[level];
+                let lossy = |loss: &PooledLoss, bar: f64| {
+                    loss.is_lossy(cfg) && f64::from(loss.ratio()) >= bar
+                };
+                node.outside[level].lossy =
+                    lossy(&node.loss[level], bar) || lossy(&node.fast_loss[level], 2.0 * bar);
             }
             something_fails |= node.outside[Level::Host].failing > 0;
         }
