@@ -189,13 +189,14 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
             outside.failing, outside.witnesses
         ),
         State::Degraded if outside.lossy => {
-            let ratio = node.loss[Level::Host]
-                .ratio()
-                .max(node.fast_loss[Level::Host].ratio());
+            let cfg = &d.cfg;
+            let (long, fast) = (&node.loss[Level::Host], &node.fast_loss[Level::Host]);
+            // The window that found it: the short one only when the long one did not.
+            let loss = if long.is_lossy(cfg.degraded_standout, cfg) { long } else { fast };
             format!(
-                "losing {:.1}% of segments, pooled over the links of every observer (median host {:.1}%)",
-                100.0 * f64::from(ratio),
-                100.0 * d.loss_median[Level::Host]
+                "losing {:.1}% of segments, pooled over the links of every observer, where they lose {:.1}% to other hosts as far away",
+                100.0 * f64::from(loss.ratio()),
+                100.0 * f64::from(loss.expected_ratio())
             )
         }
         State::Degraded => format!(

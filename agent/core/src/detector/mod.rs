@@ -174,15 +174,8 @@ pub struct Detector {
     weights: link::DecayWeights,
     /// Every host at host level this tick (for "others are fine" and stand-out).
     totals: Totals,
-    /// Per level, this tick: the median pooled loss ratio of the hosts, each seen from
-    /// outside its own entity at that level (0 when no host is lossy at all).
-    loss_median: PerLevel<f64>,
-    /// Per level, this tick: some host is lossy seen that way (else no median needed).
-    lossy_somewhere: PerLevel<bool>,
     /// When `host_views` last ran, ms (`u64::MAX`: never).
     last_tick_ms: u64,
-    /// Scratch for the medians.
-    ratios: Vec<f32>,
     host_of_ip: HashMap<IpAddr, EntityId>,
     /// Entities of each level, in the order a tick visits them.
     by_level: PerLevel<Vec<EntityId>>,
@@ -206,10 +199,7 @@ impl Detector {
             hints: Vec::new(),
             weights: link::DecayWeights::default(),
             totals: Totals::default(),
-            loss_median: PerLevel::default(),
-            lossy_somewhere: PerLevel::default(),
             last_tick_ms: u64::MAX,
-            ratios: Vec::new(),
             host_of_ip: HashMap::new(),
             by_level: PerLevel::default(),
             topology: Topology::default(),
@@ -413,7 +403,6 @@ impl Detector {
     /// Evaluates every rule at `now` and returns the verdicts that changed.
     pub fn tick(&mut self, now: Duration) -> Vec<Verdict> {
         self.host_views(now);
-        self.pooled_loss_medians();
         self.judge_observers(now);
         self.judge_hosts(now);
         self.roll_up(now);
@@ -469,7 +458,6 @@ impl Detector {
             let heard = views::ms(o.last_heard.unwrap_or(now));
             self.observer_clock.push((o.alive(now, cfg), heard, joined));
         }
-        self.lossy_somewhere = PerLevel::default();
         let limits = &self.limits;
         // The short pooled window: what each link reported since the last tick, added
         // to each host's decayed sums (see `pooled_loss_fast_window`). A link observed
@@ -506,11 +494,13 @@ impl Detector {
                     // Loss on links that still deliver: a failing link's
                     // retransmissions are its failure, not a gray one.
                     if status != LinkStatus::Failed {
-                        if let Some(sums) = health.loss_sums(now_ms, loss_ms) {
-                            loss.add(sums);
+                        if let Some((retrans, progress)) = health.loss_sums(now_ms, loss_ms) {
+                            loss.retrans += retrans;
+                            loss.progress += progress;
                         }
-                        if let Some(added) = health.loss_since(last_tick_ms) {
-                            fresh_loss.add(added);
+                        if let Some((retrans, progress)) = health.loss_since(last_tick_ms) {
+                            fresh_loss.retrans += retrans;
+                            fresh_loss.progress += progress;
                         }
                     }
                     (status, health.stamps_ms())
@@ -521,25 +511,26 @@ impl Detector {
                     news_since_ms: joined_ms,
                 };
                 let view = views::view_of(observer, outside, links, clock);
-                loss_outside[usize::from(outside)].add((loss.retrans, loss.progress));
-                fresh_loss_outside[usize::from(outside)].add((fresh_loss.retrans, fresh_loss.progress));
+                let reach = usize::from(outside);
+                // Without other hosts as far away to compare with, the observer
+                // expects what it sees: it neither makes the host stand out nor hides it.
+                let expected = views::expected_ratio(&o.reach_loss_before, reach, loss, cfg)
+                    .unwrap_or_else(|| loss.ratio());
+                loss.expected = expected * loss.progress;
+                fresh_loss.expected = expected * fresh_loss.progress;
+                o.reach_loss[reach].add(loss);
+                loss_outside[reach].add(loss);
+                fresh_loss_outside[reach].add(fresh_loss);
                 o.count(view);
                 self.views.push(view);
             }
             node.views = start..u32::try_from(self.views.len()).expect("fewer than 2^32 views");
             let (mut pooled, mut added) = (PooledLoss::default(), PooledLoss::default());
             for level in Level::ALL.into_iter().rev() {
-                let above = loss_outside[level.index() + 1];
-                pooled.add((above.retrans, above.progress));
+                pooled.add(loss_outside[level.index() + 1]);
                 node.loss[level] = pooled;
-                let above = fresh_loss_outside[level.index() + 1];
-                added.add((above.retrans, above.progress));
-                let fast = &mut node.fast_loss[level];
-                *fast = PooledLoss {
-                    retrans: fast.retrans * fast_weight + added.retrans,
-                    progress: fast.progress * fast_weight + added.progress,
-                };
-                self.lossy_somewhere[level] |= pooled.is_lossy(cfg) || fast.is_lossy(cfg);
+                added.add(fresh_loss_outside[level.index() + 1]);
+                node.fast_loss[level] = node.fast_loss[level].decayed_plus(fast_weight, added);
             }
         }
         // Only observers with enough failing views can be cut off: tally them by level.
@@ -555,34 +546,6 @@ impl Detector {
                     o.tally(v, &node.around, group);
                 }
             }
-        }
-    }
-
-    /// The median pooled loss ratio per level, where some host's loss is above
-    /// `pooled_loss_ratio`: a host is lossy only when it stands out from the others
-    /// seen the same way. Seen from outside its site, every host's links cross the
-    /// long-haul network, and its loss is nobody's fault.
-    fn pooled_loss_medians(&mut self) {
-        for level in Level::ALL {
-            self.loss_median[level] = 0.0;
-            if !self.lossy_somewhere[level] {
-                continue;
-            }
-            let hosts = &self.by_level[Level::Host];
-            self.ratios.clear();
-            self.ratios.extend(
-                hosts
-                    .iter()
-                    .map(|h| &self.nodes[h.index()].loss[level])
-                    .filter(|l| l.progress > 0.0)
-                    .map(PooledLoss::ratio),
-            );
-            if self.ratios.is_empty() {
-                continue;
-            }
-            let mid = self.ratios.len() / 2;
-            let (_, median, _) = self.ratios.select_nth_unstable_by(mid, f32::total_cmp);
-            self.loss_median[level] = f64::from(*median);
         }
     }
 
@@ -641,15 +604,10 @@ impl Detector {
             );
             for level in Level::ALL {
                 // The short window holds a quarter of the samples, so twice the noise:
-                // it must stand out twice as far. Hosts whose outside observers are all
-                // across the long-haul network (a one-cabinet site) sit near twice the
-                // median under 1 % noise there.
-                let bar = cfg.degraded_standout * self.loss_median[level];
-                let lossy = |loss: &PooledLoss, bar: f64| {
-                    loss.is_lossy(cfg) && f64::from(loss.ratio()) >= bar
-                };
-                node.outside[level].lossy =
-                    lossy(&node.loss[level], bar) || lossy(&node.fast_loss[level], 2.0 * bar);
+                // it must stand out twice as far.
+                let standout = cfg.degraded_standout;
+                node.outside[level].lossy = node.loss[level].is_lossy(standout, cfg)
+                    || node.fast_loss[level].is_lossy(2.0 * standout, cfg);
             }
             something_fails |= node.outside[Level::Host].failing > 0;
         }

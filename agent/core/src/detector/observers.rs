@@ -13,7 +13,7 @@
 //!   blamed on anyone.
 use std::{sync::Arc, time::Duration};
 
-use super::{DetectorConfig, hold::Hold, link::LinkStatus, views::View};
+use super::{DetectorConfig, hold::Hold, link::LinkStatus, views::{PooledLoss, View}};
 use crate::topology::{EntityId, Level, PerLevel};
 
 /// Hosts an observer sees on one side of an entity boundary, this tick.
@@ -76,6 +76,11 @@ pub(super) struct Observer {
     /// The earliest onset among its failing views this tick, ms (`u64::MAX`: none).
     first_onset_ms: u64,
     pub(super) degraded_views: u32,
+    /// Its pooled loss to hosts by how many of their enclosing entities do not hold it
+    /// (as [`super::views::View::outside`]): this tick's, and the last tick's, which
+    /// the views compare each host with (`views::expected_ratio`).
+    pub(super) reach_loss: [PooledLoss; 5],
+    pub(super) reach_loss_before: [PooledLoss; 5],
     pub(super) discount_degraded: bool,
     /// Where its views count this tick: everywhere, or only inside this entity.
     judges_only_inside: Option<(Level, EntityId)>,
@@ -99,6 +104,8 @@ impl Observer {
             failed_views: 0,
             first_onset_ms: u64::MAX,
             degraded_views: 0,
+            reach_loss: [PooledLoss::default(); 5],
+            reach_loss_before: [PooledLoss::default(); 5],
             discount_degraded: false,
             judges_only_inside: None,
         }
@@ -126,6 +133,7 @@ impl Observer {
         self.failed_views = 0;
         self.first_onset_ms = u64::MAX;
         self.degraded_views = 0;
+        self.reach_loss_before = std::mem::take(&mut self.reach_loss);
     }
 
     /// Counts one view, whatever its host.

@@ -173,17 +173,30 @@ pub(super) struct Outside {
     pub(super) lossy: bool,
 }
 
-/// Retransmissions and segments received over the loss window, summed over links.
+/// Retransmissions and segments received over the loss window, summed over links,
+/// and the retransmissions expected of them: what the same observers lose on their
+/// links to other hosts as far away ([`expected_ratio`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct PooledLoss {
     pub(super) retrans: f32,
     pub(super) progress: f32,
+    pub(super) expected: f32,
 }
 
 impl PooledLoss {
-    pub(super) fn add(&mut self, (retrans, progress): (f32, f32)) {
-        self.retrans += retrans;
-        self.progress += progress;
+    pub(super) fn add(&mut self, other: Self) {
+        self.retrans += other.retrans;
+        self.progress += other.progress;
+        self.expected += other.expected;
+    }
+
+    /// These sums decayed by `w`, plus `other`.
+    pub(super) fn decayed_plus(self, w: f32, other: Self) -> Self {
+        Self {
+            retrans: self.retrans * w + other.retrans,
+            progress: self.progress * w + other.progress,
+            expected: self.expected * w + other.expected,
+        }
     }
 
     /// Retransmissions per segment received.
@@ -191,11 +204,52 @@ impl PooledLoss {
         self.retrans / self.progress.max(1.0)
     }
 
-    /// A gray failure: more loss than `pooled_loss_ratio`, on enough retransmissions.
-    pub(super) fn is_lossy(&self, cfg: &DetectorConfig) -> bool {
-        let (retrans, progress) = (f64::from(self.retrans), f64::from(self.progress));
-        retrans >= cfg.degraded_min_retrans && retrans >= cfg.pooled_loss_ratio * progress.max(1.0)
+    /// Expected retransmissions per segment received.
+    pub(super) fn expected_ratio(&self) -> f32 {
+        self.expected / self.progress.max(1.0)
     }
+
+    /// A gray failure: more loss than `pooled_loss_ratio`, on enough retransmissions,
+    /// and `standout` times what its observers lose elsewhere.
+    pub(super) fn is_lossy(&self, standout: f64, cfg: &DetectorConfig) -> bool {
+        let (retrans, progress) = (f64::from(self.retrans), f64::from(self.progress));
+        retrans >= cfg.degraded_min_retrans
+            && retrans >= cfg.pooled_loss_ratio * progress.max(1.0)
+            && retrans >= standout * f64::from(self.expected)
+    }
+}
+
+/// The loss an observer's link to a host would show if the host were like the other
+/// hosts it sees as far away. `before`: its sums over its links by distance (as
+/// [`View::outside`]) from the last tick; `here`: this host's, at distance `reach`.
+/// Where the rest at that distance carries too little traffic to have shown even
+/// `pooled_loss_ratio`'s worth of `degraded_min_retrans`, the hosts farther away are
+/// added in turn; None when even all of them do not: the observer has nothing to
+/// compare with.
+///
+/// Loss on the long-haul network, or on an observer's own NIC, shows on all of that
+/// observer's links as far away alike, so it is expected; loss into one rack shows
+/// on the links into that rack only. Comparing each observer with itself, and not a
+/// host with the median host, keeps a host whose outside observers are all across
+/// the long-haul network (a one-cabinet site) from standing out under noise there.
+/// Adding hosts farther away only adds long-haul loss: it errs towards expecting more.
+pub(super) fn expected_ratio(
+    before: &[PooledLoss; 5],
+    reach: usize,
+    here: PooledLoss,
+    cfg: &DetectorConfig,
+) -> Option<f32> {
+    #[expect(clippy::cast_possible_truncation)]
+    let enough = (cfg.degraded_min_retrans / cfg.pooled_loss_ratio) as f32;
+    let (mut retrans, mut progress) = (-here.retrans, -here.progress);
+    for sums in before.get(reach..)? {
+        retrans += sums.retrans;
+        progress += sums.progress;
+        if progress >= enough {
+            return Some(retrans.max(0.0) / progress);
+        }
+    }
+    None
 }
 
 impl Default for Outside {
@@ -391,6 +445,43 @@ mod tests {
         );
         assert_eq!(degraded_of(2, 2), LinkStatus::Degraded);
         assert_eq!(degraded_of(1, 1), LinkStatus::Degraded, "its only observer");
+    }
+
+    fn pooled(retrans: f32, progress: f32) -> PooledLoss {
+        PooledLoss {
+            retrans,
+            progress,
+            expected: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_host_is_compared_with_what_the_same_observer_sees_elsewhere() {
+        let cfg = DetectorConfig::default();
+        let at = |reach: usize, sums: PooledLoss| {
+            let mut before = [PooledLoss::default(); 5];
+            before[reach] = sums;
+            before
+        };
+        // The observer loses 1 % on all its links as far away (long-haul noise):
+        // 30 of 3000 segments, 10 of them on this host's 1000.
+        let noise = expected_ratio(&at(4, pooled(30.0, 3000.0)), 4, pooled(10.0, 1000.0), &cfg);
+        assert_eq!(noise, Some(0.01));
+        // 3 % into this host alone: the rest still loses 1 %, so 3 % stands out.
+        let gray = expected_ratio(&at(4, pooled(50.0, 3000.0)), 4, pooled(30.0, 1000.0), &cfg);
+        assert_eq!(gray, Some(0.01));
+        // Too little traffic elsewhere to show the floor's minimum: nothing to compare…
+        let few = at(2, pooled(12.0, 1300.0));
+        assert_eq!(expected_ratio(&few, 2, pooled(10.0, 1000.0), &cfg), None);
+        // … unless the hosts farther away make up for it.
+        let mut wider = few;
+        wider[4] = pooled(4.0, 2000.0);
+        assert_eq!(expected_ratio(&wider, 2, pooled(10.0, 1000.0), &cfg), Some(6.0 / 2300.0));
+        let mut host = pooled(30.0, 1000.0);
+        host.expected = 0.01 * 1000.0;
+        assert!(host.is_lossy(cfg.degraded_standout, &cfg), "3 % against 1 % expected");
+        host.expected = 0.02 * 1000.0;
+        assert!(!host.is_lossy(cfg.degraded_standout, &cfg), "3 % against 2 % expected");
     }
 
     #[test]
