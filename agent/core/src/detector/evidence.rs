@@ -190,7 +190,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         ),
         State::Degraded if outside.lossy => {
             let cfg = &d.cfg;
-            let (long, fast) = (&node.loss[Level::Host], &node.fast_loss[Level::Host]);
+            let (long, fast) = (&node.loss_host, &node.fast_loss[Level::Host]);
             // The window that found it: the short one only when the long one did not.
             let loss = if long.is_lossy(cfg.degraded_standout, cfg) { long } else { fast };
             format!(

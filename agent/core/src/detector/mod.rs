@@ -115,11 +115,13 @@ struct Node {
     /// and the host as seen from outside each of its enclosing entities.
     views: std::ops::Range<u32>,
     outside: PerLevel<Outside>,
-    /// This tick, hosts only: retransmissions and progress on the links of observers
-    /// outside each enclosing entity, pooled.
-    loss: PerLevel<PooledLoss>,
-    /// The same over `pooled_loss_fast_window`, decayed from tick to tick.
+    /// Hosts only: retransmissions and progress on the links of observers outside
+    /// each enclosing entity, pooled over `pooled_loss_fast_window` and decayed from
+    /// tick to tick; this tick's over `loss_window` seen from outside the host (for
+    /// the evidence); and whether the host is lossy seen from outside each.
     fast_loss: PerLevel<PooledLoss>,
+    loss_host: PooledLoss,
+    lossy: PerLevel<bool>,
     /// This tick, racks and above: the vote of its hosts.
     vote: Vote,
     /// This tick: the entity's own state before hysteresis.
@@ -528,10 +530,15 @@ impl Detector {
             let (mut pooled, mut added) = (PooledLoss::default(), PooledLoss::default());
             for level in Level::ALL.into_iter().rev() {
                 pooled.add(loss_outside[level.index() + 1]);
-                node.loss[level] = pooled;
                 added.add(fresh_loss_outside[level.index() + 1]);
-                node.fast_loss[level] = node.fast_loss[level].decayed_plus(fast_weight, added);
+                let fast = node.fast_loss[level].decayed_plus(fast_weight, added);
+                node.fast_loss[level] = fast;
+                // The short window holds a quarter of the samples, so twice the
+                // noise: it must stand out twice as far.
+                node.lossy[level] = pooled.is_lossy(cfg.degraded_standout, cfg)
+                    || fast.is_lossy(2.0 * cfg.degraded_standout, cfg);
             }
+            node.loss_host = pooled;
         }
         // Only observers with enough failing views can be cut off: tally them by level.
         if !self.observers.iter().any(|o| o.may_be_cut_off(cfg)) {
@@ -603,11 +610,7 @@ impl Detector {
                 cfg,
             );
             for level in Level::ALL {
-                // The short window holds a quarter of the samples, so twice the noise:
-                // it must stand out twice as far.
-                let standout = cfg.degraded_standout;
-                node.outside[level].lossy = node.loss[level].is_lossy(standout, cfg)
-                    || node.fast_loss[level].is_lossy(2.0 * standout, cfg);
+                node.outside[level].lossy = node.lossy[level];
             }
             something_fails |= node.outside[Level::Host].failing > 0;
         }
