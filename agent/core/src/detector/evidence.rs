@@ -192,7 +192,11 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
             let cfg = &d.cfg;
             let (long, fast) = (&node.loss_host, &node.fast_loss[Level::Host]);
             // The window that found it: the short one only when the long one did not.
-            let loss = if long.is_lossy(cfg.degraded_standout, cfg) { long } else { fast };
+            let loss = if long.is_lossy(cfg.degraded_standout, cfg) {
+                long
+            } else {
+                fast
+            };
             format!(
                 "losing {:.1}% of segments, pooled over the links of every observer, where they lose {:.1}% to other hosts as far away",
                 100.0 * f64::from(loss.ratio()),

@@ -428,7 +428,11 @@ impl LinkHealth {
         }
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let rtts_ms = (f64::from(self.rtt_baseline_us) * lim.silent_stall_rtts / 1e3).ceil() as u64;
-        Some(self.stall_since.0.saturating_add(lim.silent_stall_ms.max(rtts_ms)))
+        Some(
+            self.stall_since
+                .0
+                .saturating_add(lim.silent_stall_ms.max(rtts_ms)),
+        )
     }
 
     /// When a silent stall in progress will be proven, if the observer samples then

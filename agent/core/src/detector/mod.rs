@@ -468,7 +468,10 @@ impl Detector {
         let fast_weight = if last_tick_ms == u64::MAX {
             0.0
         } else {
-            link::decay(now_ms.saturating_sub(last_tick_ms), cfg.pooled_loss_fast_window)
+            link::decay(
+                now_ms.saturating_sub(last_tick_ms),
+                cfg.pooled_loss_fast_window,
+            )
         };
         self.last_tick_ms = now_ms;
         for &host in &self.by_level[Level::Host] {

@@ -13,7 +13,12 @@
 //!   blamed on anyone.
 use std::{sync::Arc, time::Duration};
 
-use super::{DetectorConfig, hold::Hold, link::LinkStatus, views::{PooledLoss, View}};
+use super::{
+    DetectorConfig,
+    hold::Hold,
+    link::LinkStatus,
+    views::{PooledLoss, View},
+};
 use crate::topology::{EntityId, Level, PerLevel};
 
 /// Hosts an observer sees on one side of an entity boundary, this tick.

@@ -476,12 +476,21 @@ mod tests {
         // … unless the hosts farther away make up for it.
         let mut wider = few;
         wider[4] = pooled(4.0, 2000.0);
-        assert_eq!(expected_ratio(&wider, 2, pooled(10.0, 1000.0), &cfg), Some(6.0 / 2300.0));
+        assert_eq!(
+            expected_ratio(&wider, 2, pooled(10.0, 1000.0), &cfg),
+            Some(6.0 / 2300.0)
+        );
         let mut host = pooled(30.0, 1000.0);
         host.expected = 0.01 * 1000.0;
-        assert!(host.is_lossy(cfg.degraded_standout, &cfg), "3 % against 1 % expected");
+        assert!(
+            host.is_lossy(cfg.degraded_standout, &cfg),
+            "3 % against 1 % expected"
+        );
         host.expected = 0.02 * 1000.0;
-        assert!(!host.is_lossy(cfg.degraded_standout, &cfg), "3 % against 2 % expected");
+        assert!(
+            !host.is_lossy(cfg.degraded_standout, &cfg),
+            "3 % against 2 % expected"
+        );
     }
 
     #[test]
