@@ -461,6 +461,7 @@ impl Detector {
             self.observer_clock.push((o.alive(now, cfg), heard, joined));
         }
         let limits = &self.limits;
+        let enough = views::enough_to_compare(cfg);
         // The short pooled window: what each link reported since the last tick, added
         // to each host's decayed sums (see `pooled_loss_fast_window`). A link observed
         // twice between ticks adds only its latest observation.
@@ -519,7 +520,7 @@ impl Detector {
                 let reach = usize::from(outside);
                 // Without other hosts as far away to compare with, the observer
                 // expects what it sees: it neither makes the host stand out nor hides it.
-                let expected = views::expected_ratio(&o.reach_loss_before, reach, loss, cfg)
+                let expected = views::expected_ratio(&o.reach_loss_before, reach, loss, enough)
                     .unwrap_or_else(|| loss.ratio());
                 loss.expected = expected * loss.progress;
                 fresh_loss.expected = expected * fresh_loss.progress;

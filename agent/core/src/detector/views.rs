@@ -219,13 +219,21 @@ impl PooledLoss {
     }
 }
 
+/// Segments received elsewhere that would show `degraded_min_retrans` at
+/// `pooled_loss_ratio`: enough to compare a host with.
+pub(super) fn enough_to_compare(cfg: &DetectorConfig) -> f32 {
+    #[expect(clippy::cast_possible_truncation)]
+    let enough = (cfg.degraded_min_retrans / cfg.pooled_loss_ratio) as f32;
+    enough
+}
+
 /// The loss an observer's link to a host would show if the host were like the other
 /// hosts it sees as far away. `before`: its sums over its links by distance (as
 /// [`View::outside`]) from the last tick; `here`: this host's, at distance `reach`.
 /// Where the rest at that distance carries too little traffic to have shown even
 /// `pooled_loss_ratio`'s worth of `degraded_min_retrans`, the hosts farther away are
 /// added in turn; None when even all of them do not: the observer has nothing to
-/// compare with.
+/// compare with. `enough`: [`enough_to_compare`], worked out once per tick.
 ///
 /// Loss on the long-haul network, or on an observer's own NIC, shows on all of that
 /// observer's links as far away alike, so it is expected; loss into one rack shows
@@ -237,10 +245,8 @@ pub(super) fn expected_ratio(
     before: &[PooledLoss; 5],
     reach: usize,
     here: PooledLoss,
-    cfg: &DetectorConfig,
+    enough: f32,
 ) -> Option<f32> {
-    #[expect(clippy::cast_possible_truncation)]
-    let enough = (cfg.degraded_min_retrans / cfg.pooled_loss_ratio) as f32;
     let (mut retrans, mut progress) = (-here.retrans, -here.progress);
     for sums in before.get(reach..)? {
         retrans += sums.retrans;
@@ -458,6 +464,7 @@ mod tests {
     #[test]
     fn a_host_is_compared_with_what_the_same_observer_sees_elsewhere() {
         let cfg = DetectorConfig::default();
+        let enough = enough_to_compare(&cfg);
         let at = |reach: usize, sums: PooledLoss| {
             let mut before = [PooledLoss::default(); 5];
             before[reach] = sums;
@@ -465,19 +472,29 @@ mod tests {
         };
         // The observer loses 1 % on all its links as far away (long-haul noise):
         // 30 of 3000 segments, 10 of them on this host's 1000.
-        let noise = expected_ratio(&at(4, pooled(30.0, 3000.0)), 4, pooled(10.0, 1000.0), &cfg);
+        let noise = expected_ratio(
+            &at(4, pooled(30.0, 3000.0)),
+            4,
+            pooled(10.0, 1000.0),
+            enough,
+        );
         assert_eq!(noise, Some(0.01));
         // 3 % into this host alone: the rest still loses 1 %, so 3 % stands out.
-        let gray = expected_ratio(&at(4, pooled(50.0, 3000.0)), 4, pooled(30.0, 1000.0), &cfg);
+        let gray = expected_ratio(
+            &at(4, pooled(50.0, 3000.0)),
+            4,
+            pooled(30.0, 1000.0),
+            enough,
+        );
         assert_eq!(gray, Some(0.01));
         // Too little traffic elsewhere to show the floor's minimum: nothing to compare…
         let few = at(2, pooled(12.0, 1300.0));
-        assert_eq!(expected_ratio(&few, 2, pooled(10.0, 1000.0), &cfg), None);
+        assert_eq!(expected_ratio(&few, 2, pooled(10.0, 1000.0), enough), None);
         // … unless the hosts farther away make up for it.
         let mut wider = few;
         wider[4] = pooled(4.0, 2000.0);
         assert_eq!(
-            expected_ratio(&wider, 2, pooled(10.0, 1000.0), &cfg),
+            expected_ratio(&wider, 2, pooled(10.0, 1000.0), enough),
             Some(6.0 / 2300.0)
         );
         let mut host = pooled(30.0, 1000.0);
