@@ -596,6 +596,41 @@ fn a_host_with_heavy_traffic_shows_its_loss_in_the_short_window() {
 }
 
 #[test]
+fn loss_at_one_hosts_nic_degrades_that_host_and_nothing_it_observes() {
+    // 3 % of everything in and out of one host: its observers see loss to it alone;
+    // it sees loss to everyone, so it expects it everywhere and blames no one.
+    let mut dc = Dc::new();
+    dc.run(Duration::from_secs(30));
+    let injected = dc.now;
+    let nic = "east/e1/r1/h1";
+    dc.cut(Cut::Loss(nic, 3.0));
+    dc.run(Duration::from_secs(5));
+    for v in dc.agents_outside(nic) {
+        assert_eq!(
+            dc.state_at(v, Level::Host, nic),
+            State::Degraded,
+            "at {}: {:?}",
+            dc.hosts[v].path,
+            dc.agents[v].verdict(Level::Host, nic)
+        );
+    }
+    for v in 0..dc.hosts.len() {
+        for (at, change) in dc.log[v].iter().filter(|(t, _)| *t >= injected) {
+            assert!(
+                change.state < State::Degraded || change.entity.path.as_ref() == nic,
+                "at {} after {:?}: {} {} {:?}: {}",
+                dc.hosts[v].path,
+                *at - injected,
+                change.entity.level,
+                change.entity.path,
+                change.state,
+                change.reason
+            );
+        }
+    }
+}
+
+#[test]
 fn one_observer_cut_from_the_other_sites_does_not_speak_for_its_site() {
     let mut dc = Dc::new();
     dc.run(Duration::from_secs(5));
