@@ -523,15 +523,7 @@ fn three_percent_loss_into_a_rack_degrades_the_rack_within_three_seconds() {
     let injected = dc.now;
     dc.cut(Cut::Loss("east/e1/r1", 3.0));
     dc.run(Duration::from_secs(3));
-    for v in dc.agents_outside("east/e1/r1") {
-        assert_eq!(
-            dc.state_at(v, Level::Rack, "east/e1/r1"),
-            State::Degraded,
-            "at {}: {:?}",
-            dc.hosts[v].path,
-            dc.agents[v].verdict(Level::Rack, "east/e1/r1")
-        );
-    }
+    assert_degraded_outside(&dc, Level::Rack, "east/e1/r1");
     for v in 0..dc.hosts.len() {
         for (at, change) in dc.log[v].iter().filter(|(t, _)| *t >= injected) {
             assert_ne!(
@@ -552,6 +544,19 @@ fn three_percent_loss_into_a_rack_degrades_the_rack_within_three_seconds() {
                 change.reason
             );
         }
+    }
+}
+
+/// Every agent outside the entity at `path` shows it DEGRADED now.
+fn assert_degraded_outside(dc: &Dc, level: Level, path: &str) {
+    for v in dc.agents_outside(path) {
+        assert_eq!(
+            dc.state_at(v, level, path),
+            State::Degraded,
+            "at {}: {:?}",
+            dc.hosts[v].path,
+            dc.agents[v].verdict(level, path)
+        );
     }
 }
 
@@ -605,15 +610,7 @@ fn loss_at_one_hosts_nic_degrades_that_host_and_nothing_it_observes() {
     let nic = "east/e1/r1/h1";
     dc.cut(Cut::Loss(nic, 3.0));
     dc.run(Duration::from_secs(5));
-    for v in dc.agents_outside(nic) {
-        assert_eq!(
-            dc.state_at(v, Level::Host, nic),
-            State::Degraded,
-            "at {}: {:?}",
-            dc.hosts[v].path,
-            dc.agents[v].verdict(Level::Host, nic)
-        );
-    }
+    assert_degraded_outside(&dc, Level::Host, nic);
     for v in 0..dc.hosts.len() {
         for (at, change) in dc.log[v].iter().filter(|(t, _)| *t >= injected) {
             assert!(

@@ -172,7 +172,7 @@ pub(super) struct Limits {
 impl Limits {
     pub(super) fn new(cfg: &DetectorConfig) -> Self {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        #[expect(clippy::cast_possible_truncation)]
+        let (rtt_factor, rtt_min_increase_us) = rtt_thresholds(cfg);
         Self {
             stale_ms: ms(cfg.stale_after),
             stall_timeout_ms: ms(cfg.stall_timeout),
@@ -181,10 +181,19 @@ impl Limits {
             loss_window: cfg.loss_window,
             degraded_min_retrans: cfg.degraded_min_retrans,
             degraded_loss_ratio: cfg.degraded_loss_ratio,
-            rtt_factor: cfg.rtt_factor as f32,
-            rtt_min_increase_us: (cfg.rtt_min_increase.as_secs_f64() * 1e6) as f32,
+            rtt_factor,
+            rtt_min_increase_us,
         }
     }
+}
+
+/// `rtt_factor` and `rtt_min_increase` (µs) as an RTT is compared with them.
+fn rtt_thresholds(cfg: &DetectorConfig) -> (f32, f32) {
+    #[expect(clippy::cast_possible_truncation)]
+    (
+        cfg.rtt_factor as f32,
+        (cfg.rtt_min_increase.as_secs_f64() * 1e6) as f32,
+    )
 }
 
 /// The state kept per link between ticks: 80 bytes, so 100k links fit in 8 MB and a
@@ -350,8 +359,8 @@ impl LinkHealth {
     }
 
     fn rtt_inflated(&self, cfg: &DetectorConfig) -> bool {
-        let lim = Limits::new(cfg);
-        self.rtt_inflated_by(lim.rtt_factor, lim.rtt_min_increase_us)
+        let (factor, min_increase_us) = rtt_thresholds(cfg);
+        self.rtt_inflated_by(factor, min_increase_us)
     }
 
     fn rtt_inflated_by(&self, factor: f32, min_increase_us: f32) -> bool {
@@ -421,8 +430,10 @@ impl LinkHealth {
         }
     }
 
-    /// [`Self::silence_proven_at`] in ms.
-    fn silence_proven_ms(&self, lim: &Limits) -> Option<u64> {
+    /// When a silent stall in progress will be proven, ms on the detector's clock, if
+    /// the observer samples then and nothing has come back: the moment to sample and
+    /// judge again. Rounded up to the millisecond, so a sample taken then proves it.
+    pub(super) fn silence_proven_ms(&self, lim: &Limits) -> Option<u64> {
         if !(self.stall_silent && self.stall_fresh) || self.stall_since == Stamp::NEVER {
             return None;
         }
@@ -433,19 +444,6 @@ impl LinkHealth {
                 .0
                 .saturating_add(lim.silent_stall_ms.max(rtts_ms)),
         )
-    }
-
-    /// When a silent stall in progress will be proven, if the observer samples then
-    /// and nothing has come back: the moment to sample and judge again.
-    pub(super) fn silence_proven_at(&self, cfg: &DetectorConfig) -> Option<Duration> {
-        if !(self.stall_silent && self.stall_fresh) {
-            return None;
-        }
-        let since = self.stall_since.get()?;
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let rtts =
-            Duration::from_micros((f64::from(self.rtt_baseline_us) * cfg.silent_stall_rtts) as u64);
-        Some(since + cfg.silent_stall.max(rtts))
     }
 
     /// Retransmissions and segments received over the loss window, as of the latest

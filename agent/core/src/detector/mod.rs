@@ -249,9 +249,9 @@ impl Detector {
             current = Some((&o.observer, observer, position + 1));
             let slot = self.slot_for(observer, position, o.link);
             let health = &mut self.health[slot as usize];
-            let watched = health.silence_proven_at(&self.cfg).is_some();
+            let watched = health.silence_proven_ms(&self.limits).is_some();
             health.observe_with(&o.delta, now_ms, &self.cfg, &mut self.weights);
-            if !watched && health.silence_proven_at(&self.cfg).is_some() {
+            if !watched && health.silence_proven_ms(&self.limits).is_some() {
                 self.silent_watch.push(slot);
             }
         }
@@ -307,12 +307,13 @@ impl Detector {
     pub fn silence_due(&mut self, name: &str) -> Option<Duration> {
         let &id = self.observer_ids.get(name)?;
         let heard = self.observers[usize::from(id)].last_heard;
-        let (slots, health, cfg) = (&self.slots, &self.health, &self.cfg);
+        let (slots, health, limits) = (&self.slots, &self.health, &self.limits);
         let mut due: Option<Duration> = None;
         self.silent_watch.retain(|&slot| {
-            let Some(at) = health[slot as usize].silence_proven_at(cfg) else {
+            let Some(at) = health[slot as usize].silence_proven_ms(limits) else {
                 return false;
             };
+            let at = Duration::from_millis(at);
             if slots[slot as usize].observer != id {
                 return true;
             }
