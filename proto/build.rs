@@ -1,5 +1,6 @@
 //! Generates the faultline.v1 messages and services into OUT_DIR, plus a descriptor
-//! set for gRPC reflection. Needs `protoc` (Debian's protobuf-compiler, installed by
+//! set for gRPC reflection; and a client of the few gobgpd API calls `faultline
+//! announce` makes. Needs `protoc` (Debian's protobuf-compiler, installed by
 //! `cargo xtask setup`); PROTOC may point elsewhere.
 use std::{env, path::PathBuf};
 
@@ -10,6 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "faultline/v1/observations.proto",
         "grpc/health/v1/health.proto",
     ];
+    // gobgpd's API (client only, for `faultline announce`): kept out of the descriptor
+    // set the agent serves for reflection.
+    let gobgp = "gobgp/apipb.proto";
+    println!("cargo:rerun-if-changed={gobgp}");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&[gobgp], &["."])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

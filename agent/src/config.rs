@@ -320,7 +320,7 @@ impl Config {
 
 /// Durations written as `"100ms"`, `"5s"` in TOML.
 /// The 1-based line holding byte `offset` of `text`.
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
         .filter(|&&b| b == b'\n')
@@ -330,7 +330,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The dotted key assigned on the line holding byte `offset` (its table's name, a dot,
 /// the key), or None when that line assigns nothing (a malformed header, say).
-fn key_at(text: &str, offset: usize) -> Option<String> {
+pub(crate) fn key_at(text: &str, offset: usize) -> Option<String> {
     let upto = &text[..offset.min(text.len())];
     let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Faultline agent library: everything the `faultline` binary does, so integration
 //! tests and benchmarks drive the same code the daemon runs. Modules are private; what
 //! the binary, the tests and the benches use is re-exported here, and nothing else.
+mod announce;
 mod check;
 mod config;
 mod feed;
@@ -34,6 +35,9 @@ pub mod peer_choice {
     };
 }
 
+pub use announce::{
+    AnnounceConfig, AnnounceConfigError, FeedAgent, GobgpTarget, Prefix, Served, run as announce,
+};
 pub use config::{Config, ConfigError, Peers};
 pub use feed::{Feed, FeedLimits};
 pub use probe::{Probe, ProbeError, ProbeOptions, UrgentEvents, UrgentRecord};

@@ -52,6 +52,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Withdraw and announce a site's prefixes through the local gobgpd as the
+    /// agents' verdicts say (see `announce.toml` in examples/).
+    Announce {
+        #[arg(long)]
+        config: PathBuf,
+        /// Log what it would do; never call gobgpd (overrides `dry_run` in the file).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check or query a topology file.
     Topology {
         #[command(subcommand)]
@@ -111,6 +120,16 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(faultline::run(&config, shutdown_signal()))?;
+        }
+        Command::Announce { config, dry_run } => {
+            let mut config = faultline::AnnounceConfig::load(&config)?;
+            config.dry_run |= dry_run;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(faultline::announce(config, async {
+                let _ = shutdown_signal().await;
+            }))?;
         }
         Command::Watch {
             endpoint,

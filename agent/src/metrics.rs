@@ -130,16 +130,19 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` on `listener` forever.
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Arc<Hub>) {
+/// Serves `/metrics` on `listener` forever, rendered by `render` at each scrape.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    render: impl Fn() -> String + Send + Sync + 'static,
+) {
+    let render = Arc::new(render);
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             // Out of file descriptors, say: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let metrics = metrics.clone();
-        let hub = hub.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -163,7 +166,7 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, hub: Arc
                 Ok(Some(()))
                     if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") =>
                 {
-                    let body = metrics.render(&hub);
+                    let body = render();
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -194,7 +197,7 @@ mod tests {
         Metrics::add(&metrics.ticks, 3);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, metrics, hub));
+        tokio::spawn(serve(listener, move || metrics.render(&hub)));
         let get = |path: &'static str| async move {
             let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
             c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

@@ -14,6 +14,12 @@ pub mod health {
     tonic::include_proto!("grpc.health.v1");
 }
 
+/// gobgpd's API v3 (package apipb), only what `faultline announce` calls.
+#[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_docs)]
+pub mod gobgp {
+    tonic::include_proto!("apipb");
+}
+
 /// The encoded descriptor set of every service here, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, describe, is_root, run_output, run_status, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and bench drive.
-const APT_PACKAGES: [&str; 12] = [
+const APT_PACKAGES: [&str; 14] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -27,6 +27,10 @@ const APT_PACKAGES: [&str; 12] = [
     // iptables-legacy's NFQUEUE target: the lab's inter-site delay stage (the kernel
     // has neither netem nor nft's queue statement).
     "iptables",
+    // The lab's bgp-failover: a gobgpd per border site (driven by `faultline announce`)
+    // and bird as the client network's edge router.
+    "gobgpd",
+    "bird2",
 ];
 /// bpf-linker must be built against this LLVM's `llvm-config`, first on PATH.
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

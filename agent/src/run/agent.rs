@@ -358,7 +358,7 @@ fn spawn_servers(
     });
     let (serve_metrics, hub) = (metrics.clone(), feed.hub.clone());
     tasks.spawn("metrics server", async move {
-        crate::metrics::serve(metrics_listener, serve_metrics, hub).await;
+        crate::metrics::serve(metrics_listener, move || serve_metrics.render(&hub)).await;
         Ok(())
     });
     stop_server
