@@ -91,6 +91,24 @@ impl Gobgpd {
         Some(prefixes)
     }
 
+    /// Adds a path with gobgp's own CLI.
+    fn add(&self, prefix: &str) {
+        let ok = Command::new("gobgp")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-u",
+                "127.0.0.1",
+                "global",
+                "rib",
+                "add",
+                prefix,
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "gobgp global rib add {prefix}");
+    }
+
     fn wait_for(&self, ok: impl Fn(Option<Vec<String>>) -> bool, what: &str) {
         let start = Instant::now();
         loop {
@@ -287,8 +305,11 @@ async fn it_starts_in_the_state_the_feeds_report_and_keeps_it_when_they_are_lost
     let gobgpd = Arc::new(Gobgpd::start(free_port(), &dir));
     let feeds = Feeds::start().await;
     feeds.say(&[1, 2], &[site("dc-a", State::Failed)]);
+    // A path left from an earlier run (or added by hand) that should not be there.
+    gobgpd.add(VIP);
+    assert!(holds(gobgpd.rib(), &[VIP]));
     let announcer = Announcer::start(config(&dir, gobgpd.port, &feeds, ""));
-    until_holds(&gobgpd, &[ONLY_A], "dc-a's VIP never announced").await;
+    until_holds(&gobgpd, &[ONLY_A], "dc-a's VIP withdrawn at start").await;
 
     // Every feed lost: what is announced stays.
     drop(feeds);
