@@ -41,10 +41,12 @@ pub enum ConfigError {
         key: Option<String>,
         message: String,
     },
-    /// A value is well-formed but out of range.
-    #[error("{path}: {key}: {reason}")]
+    /// A value is well-formed but out of range (the line of its key, when the file
+    /// sets it).
+    #[error("{path}{}: {key}: {reason}", line.map_or_else(String::new, |l| format!(":{l}")))]
     Invalid {
         path: PathBuf,
+        line: Option<usize>,
         key: &'static str,
         reason: String,
     },
@@ -233,7 +235,7 @@ impl Config {
             path: path.to_owned(),
             peers_line: line_of(text, config.agent.peers.span().start),
         });
-        config.validate(path)?;
+        config.validate(path, text)?;
         Ok(config)
     }
 
@@ -275,29 +277,47 @@ impl Config {
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| ConfigError::Invalid {
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
             path: path.to_owned(),
+            line: line_of_key(text, key),
             key,
-            reason: reason.to_owned(),
+            reason,
         };
         if self.probe.tick < Duration::from_millis(10) || self.probe.tick > Duration::from_secs(10)
         {
-            return Err(invalid("probe.tick", "must be between 10ms and 10s"));
+            return Err(invalid("probe.tick", "must be between 10ms and 10s".into()));
         }
-        if self.probe.max_links < 16 {
-            return Err(invalid("probe.max_links", "must be at least 16"));
+        if !(16..=MAX_LINKS).contains(&self.probe.max_links) {
+            return Err(invalid(
+                "probe.max_links",
+                format!(
+                    "must be between 16 and {MAX_LINKS} (each link costs ~300 bytes of kernel memory per CPU)"
+                ),
+            ));
+        }
+        if self
+            .agent
+            .name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(invalid(
+                "agent.name",
+                "must not be empty (leave it out to use the host name)".into(),
+            ));
         }
         match self.agent.peers.get_ref() {
             Peers::List(list) => {
-                if let Some(bad) = list
+                if let Some((bad, why)) = list
                     .iter()
-                    .find(|p| !(p.starts_with("http://") || p.starts_with("https://")))
+                    .find_map(|p| peer_uri_problem(p).map(|w| (p, w)))
                 {
                     return Err(ConfigError::Invalid {
                         path: path.to_owned(),
+                        line: Some(line_of(text, self.agent.peers.span().start)),
                         key: "agent.peers",
-                        reason: format!("`{bad}` is not an endpoint like http://10.1.2.11:7431"),
+                        reason: format!("`{bad}`: {why}"),
                     });
                 }
             }
@@ -309,13 +329,63 @@ impl Config {
             Peers::Auto => {}
         }
         if self.agent.peer_port == 0 {
-            return Err(invalid("agent.peer_port", "must be a port, 1 to 65535"));
+            return Err(invalid(
+                "agent.peer_port",
+                "must be a port, 1 to 65535".into(),
+            ));
         }
         if let Some((key, reason)) = self.detector.invalid() {
             return Err(invalid(key, reason));
         }
         Ok(())
     }
+}
+
+/// The most links `probe.max_links` may ask the kernel to track: about 300 MB of
+/// kernel memory per CPU. A larger value passed validation and failed only in the
+/// kernel, after the ports were bound.
+const MAX_LINKS: u32 = 1 << 20;
+
+/// Why a peer endpoint cannot be used, if it cannot: it must be `http://HOST:PORT`.
+/// `https://` is refused: this agent has no TLS, and would speak cleartext to it.
+fn peer_uri_problem(peer: &str) -> Option<&'static str> {
+    if peer.starts_with("https://") {
+        return Some("https needs TLS, which this agent does not speak yet: use http://");
+    }
+    let Some(rest) = peer.strip_prefix("http://") else {
+        return Some("not an endpoint like http://10.1.2.11:7431");
+    };
+    let Ok(uri) = peer.parse::<tonic::transport::Uri>() else {
+        return Some("not a valid URI; an endpoint is like http://10.1.2.11:7431");
+    };
+    let host = uri.host().unwrap_or_default();
+    if host.is_empty() || uri.port_u16().is_none() {
+        return Some("needs a host and a port, like http://10.1.2.11:7431");
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+        && inner.parse::<std::net::Ipv6Addr>().is_err()
+    {
+        return Some("not a valid URI: the bracketed host is not an IPv6 address");
+    }
+    rest.trim_end_matches('/')
+        .contains('/')
+        .then_some("a peer endpoint has no path: http://HOST:PORT")
+}
+
+/// The 1-based line where `dotted` (`detector.recovery_hold`) is set: its key inside
+/// its `[table]`. None when the file does not set it.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') && l.ends_with(']') {
+            current = l.trim_matches(['[', ']']).trim().to_owned();
+        } else if current == table && l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Durations written as `"100ms"`, `"5s"` in TOML.
@@ -481,6 +551,76 @@ peers = [\"http://10.0.0.1:7431\"]\npeer_port = 9000\n",
             err.starts_with("f.toml:2: detector.recovery_hold: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn absurd_values_are_refused_naming_file_line_and_key() {
+        for (text, want) in [
+            (
+                "[detector]\nrecovery_hold = \"100000000000s\"\n",
+                "f.toml:2: detector.recovery_hold: must be between",
+            ),
+            (
+                "[detector]\nstale_after = \"0s\"\n",
+                "f.toml:2: detector.stale_after: must be between 100ms",
+            ),
+            (
+                "\n[detector]\nrtt_factor = nan\n",
+                "f.toml:3: detector.rtt_factor: must be between 1 and 1000 (got NaN)",
+            ),
+            (
+                "[detector]\ndegraded_min_retrans = -5.0\n",
+                "f.toml:2: detector.degraded_min_retrans: must be between 0",
+            ),
+            (
+                "[detector]\nmax_evidence = 0\n",
+                "f.toml:2: detector.max_evidence: must be between 1 and 1024",
+            ),
+            (
+                "[detector]\npooled_loss_ratio = 0.0\n",
+                "f.toml:2: detector.pooled_loss_ratio: must be above 0 and at most 1",
+            ),
+            (
+                "[detector]\nwitness_slack = \"0s\"\n",
+                "f.toml:2: detector.witness_slack: must be between 1ms",
+            ),
+            (
+                "[probe]\nmax_links = 4294967295\n",
+                "f.toml:2: probe.max_links: must be between 16 and 1048576",
+            ),
+            (
+                "[agent]\nname = \"\"\n",
+                "f.toml:2: agent.name: must not be empty",
+            ),
+            (
+                "[agent]\npeers = [\"https://10.0.0.1:7431\"]\n",
+                "f.toml:2: agent.peers: `https://10.0.0.1:7431`: https needs TLS",
+            ),
+            (
+                "[agent]\npeers = [\"http://10.0.0.1\"]\n",
+                "f.toml:2: agent.peers: `http://10.0.0.1`: needs a host and a port",
+            ),
+            (
+                "[agent]\npeers = [\"http://10.0.0.1:7431/x\"]\n",
+                "f.toml:2: agent.peers: `http://10.0.0.1:7431/x`: a peer endpoint has no path",
+            ),
+            (
+                "[agent]\npeers = [\"http://[zz::1]:7431\"]\n",
+                "f.toml:2: agent.peers: `http://[zz::1]:7431`: not a valid URI",
+            ),
+            // Each value fine alone: named without a line when the file does not set it.
+            (
+                "[detector]\nmax_recovery_hold = \"1s\"\n",
+                "f.toml:2: detector.max_recovery_hold: must be at least recovery_hold",
+            ),
+        ] {
+            let err = Config::parse(Path::new("f.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(want), "{text:?}: {err}\n  want {want}");
+        }
+        // The defaults and the example pass.
+        Config::parse(Path::new("f.toml"), "").unwrap();
     }
 
     #[test]

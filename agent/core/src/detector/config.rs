@@ -165,49 +165,172 @@ impl Default for DetectorConfig {
 }
 
 impl DetectorConfig {
-    /// The first value that makes no sense, as (key, reason).
-    pub fn invalid(&self) -> Option<(&'static str, &'static str)> {
-        let fraction = |f: f64| (0.0..=1.0).contains(&f);
-        if !fraction(self.min_failed_fraction) {
-            return Some(("detector.min_failed_fraction", "must be between 0 and 1"));
+    /// The first value out of bounds, as (key, why). Every duration and number has
+    /// bounds: zero where it makes no sense, NaN, negative and absurd values (a
+    /// recovery hold of centuries overflows the clock) are refused before anything is
+    /// bound or attached.
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        const MS: Duration = Duration::from_millis(1);
+        const S: Duration = Duration::from_secs(1);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let zero = Duration::ZERO;
+        let durations: [(&'static str, Duration, Duration, Duration); 16] = [
+            ("detector.stale_after", self.stale_after, 100 * MS, HOUR),
+            (
+                "detector.stall_timeout",
+                self.stall_timeout,
+                10 * MS,
+                60 * S,
+            ),
+            ("detector.silent_stall", self.silent_stall, MS, 10 * S),
+            ("detector.confirm", self.confirm, zero, 60 * S),
+            ("detector.recovery_hold", self.recovery_hold, zero, HOUR),
+            ("detector.flap_window", self.flap_window, zero, DAY),
+            (
+                "detector.max_recovery_hold",
+                self.max_recovery_hold,
+                zero,
+                DAY,
+            ),
+            ("detector.loss_window", self.loss_window, 100 * MS, HOUR),
+            (
+                "detector.pooled_loss_fast_window",
+                self.pooled_loss_fast_window,
+                10 * MS,
+                HOUR,
+            ),
+            (
+                "detector.rtt_min_increase",
+                self.rtt_min_increase,
+                zero,
+                60 * S,
+            ),
+            (
+                "detector.rtt_baseline_window",
+                self.rtt_baseline_window,
+                100 * MS,
+                DAY,
+            ),
+            (
+                "detector.rtt_recent_window",
+                self.rtt_recent_window,
+                10 * MS,
+                DAY,
+            ),
+            ("detector.witness_slack", self.witness_slack, MS, 60 * S),
+            (
+                "detector.fresh_evidence",
+                self.fresh_evidence,
+                10 * MS,
+                HOUR,
+            ),
+            (
+                "detector.observer_timeout",
+                self.observer_timeout,
+                10 * MS,
+                60 * S,
+            ),
+            (
+                "detector.degraded_confirm",
+                self.degraded_confirm,
+                zero,
+                HOUR,
+            ),
+        ];
+        for (key, value, min, max) in durations {
+            if value < min || value > max {
+                return Some((key, format!("must be between {min:?} and {max:?}")));
+            }
         }
-        if !fraction(self.local_fault_max_healthy_fraction) {
-            return Some((
-                "detector.local_fault_max_healthy_fraction",
-                "must be between 0 and 1",
-            ));
-        }
-        if !(self.degraded_loss_ratio > 0.0 && self.degraded_loss_ratio <= 1.0) {
-            return Some(("detector.degraded_loss_ratio", "must be in (0, 1]"));
-        }
-        if !(self.pooled_loss_ratio > 0.0 && self.pooled_loss_ratio <= 1.0) {
-            return Some(("detector.pooled_loss_ratio", "must be in (0, 1]"));
-        }
-        if self.silent_stall_rtts.is_nan() || self.silent_stall_rtts < 1.0 {
-            return Some(("detector.silent_stall_rtts", "must be at least 1"));
-        }
-        if self.rtt_factor < 1.0 {
-            return Some(("detector.rtt_factor", "must be at least 1"));
-        }
-        if self.min_failed_hosts < 1 {
-            return Some(("detector.min_failed_hosts", "must be at least 1"));
-        }
-        if self.min_observers < 1 {
-            return Some(("detector.min_observers", "must be at least 1"));
-        }
-        if !fraction(self.degraded_observer_fraction) {
-            return Some((
+        // (key, value, min, max), inclusive; NaN is inside no range. A minimum of
+        // f64::MIN_POSITIVE means "above zero".
+        let numbers: [(&'static str, f64, f64, f64); 11] = [
+            (
+                "detector.silent_stall_rtts",
+                self.silent_stall_rtts,
+                1.0,
+                100.0,
+            ),
+            (
+                "detector.degraded_loss_ratio",
+                self.degraded_loss_ratio,
+                f64::MIN_POSITIVE,
+                1.0,
+            ),
+            (
+                "detector.degraded_min_retrans",
+                self.degraded_min_retrans,
+                0.0,
+                1e6,
+            ),
+            (
+                "detector.pooled_loss_ratio",
+                self.pooled_loss_ratio,
+                f64::MIN_POSITIVE,
+                1.0,
+            ),
+            ("detector.rtt_factor", self.rtt_factor, 1.0, 1000.0),
+            (
+                "detector.min_failed_fraction",
+                self.min_failed_fraction,
+                0.0,
+                1.0,
+            ),
+            (
                 "detector.degraded_observer_fraction",
-                "must be between 0 and 1",
+                self.degraded_observer_fraction,
+                0.0,
+                1.0,
+            ),
+            (
+                "detector.degraded_standout",
+                self.degraded_standout,
+                1.0,
+                1000.0,
+            ),
+            (
+                "detector.local_fault_max_healthy_fraction",
+                self.local_fault_max_healthy_fraction,
+                0.0,
+                1.0,
+            ),
+            (
+                "detector.min_failed_hosts",
+                f64::from(self.min_failed_hosts),
+                1.0,
+                1e6,
+            ),
+            (
+                "detector.min_observers",
+                f64::from(self.min_observers),
+                1.0,
+                1e4,
+            ),
+        ];
+        for (key, value, min, max) in numbers {
+            if !(min..=max).contains(&value) {
+                let range = if min == f64::MIN_POSITIVE {
+                    format!("above 0 and at most {max}")
+                } else {
+                    format!("between {min} and {max}")
+                };
+                return Some((key, format!("must be {range} (got {value})")));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.local_fault_min_hosts) {
+            return Some((
+                "detector.local_fault_min_hosts",
+                "must be between 1 and 1000000".into(),
             ));
         }
-        if self.degraded_standout < 1.0 {
-            return Some(("detector.degraded_standout", "must be at least 1"));
+        if !(1..=1024).contains(&self.max_evidence) {
+            return Some(("detector.max_evidence", "must be between 1 and 1024".into()));
         }
         if self.max_recovery_hold < self.recovery_hold {
             return Some((
                 "detector.max_recovery_hold",
-                "must be at least recovery_hold",
+                "must be at least recovery_hold".into(),
             ));
         }
         None
