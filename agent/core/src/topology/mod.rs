@@ -410,19 +410,44 @@ fn check_name<'a>(
     field: String,
 ) -> Result<&'a str, TopologyError> {
     let text = name.get_ref().as_str();
-    if text.is_empty() || text.contains('/') || text.chars().any(char::is_whitespace) {
+    // Names go into verdict paths, health service names, metric labels and log lines:
+    // a control character or a quote in one would corrupt them all.
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if text.is_empty() || text.len() > MAX_NAME || !text.chars().all(safe) {
         return Err(src.invalid(
             name,
             field,
-            format!("name `{text}` must be non-empty, without `/` or spaces"),
+            format!(
+                "name {text:?} must be 1 to {MAX_NAME} characters of letters, digits, `-`, `_` and `.`"
+            ),
+        ));
+    }
+    if text == UNPLACED {
+        return Err(src.invalid(
+            name,
+            field,
+            format!("`{UNPLACED}` is reserved: it names the addresses no rack holds"),
         ));
     }
     Ok(text)
 }
 
+/// The longest entity name.
+const MAX_NAME: usize = 64;
+
 fn parse_addr(text: &str) -> Result<IpAddr, String> {
-    text.parse::<IpAddr>()
-        .map_err(|_| format!("`{text}` is not an IPv4 or IPv6 address"))
+    let ip = text
+        .parse::<IpAddr>()
+        .map_err(|_| format!("`{text}` is not an IPv4 or IPv6 address"))?;
+    // The kernel reports a mapped peer as IPv4, so a mapped address would never match.
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Err(format!(
+            "`{text}` is an IPv4-mapped address, which never matches: write {v4}"
+        ));
+    }
+    Ok(ip)
 }
 
 /// `10.1.1.0/24` → (10.1.1.0, 24); refuses host bits, so a typo is not silently widened.
@@ -437,6 +462,11 @@ fn parse_prefix(text: &str) -> Result<(IpAddr, u8), String> {
         .ok()
         .filter(|l| *l <= max)
         .ok_or_else(|| format!("`{text}`: prefix length must be 0..={max}"))?;
+    if len == 0 {
+        return Err(format!(
+            "`{text}` holds every address: a rack's prefix is the rack's own"
+        ));
+    }
     if mask(addr, len) != addr {
         return Err(format!(
             "`{text}` has host bits set (did you mean {}/{len}?)",

@@ -107,6 +107,25 @@ fn the_same_prefix_twice_is_refused_naming_both_lines() {
 }
 
 #[test]
+fn names_are_a_safe_set_of_characters_and_not_reserved() {
+    for (bad, says) in [
+        ("dc\\u0007a", "must be 1 to 64 characters"),
+        ("dc\\\"a", "must be 1 to 64 characters"),
+        ("dc a", "must be 1 to 64 characters"),
+        ("", "must be 1 to 64 characters"),
+        ("unplaced", "`unplaced` is reserved"),
+    ] {
+        let err = refused(&format!("[[site]]\nname = \"{bad}\"\n"));
+        assert!(err.starts_with("topo.toml:2: site[0].name: "), "{err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+    let long = "a".repeat(65);
+    assert!(refused(&format!("[[site]]\nname = \"{long}\"\n")).contains("1 to 64"));
+    parse(&format!("[[site]]\nname = \"{}\"\n", "a".repeat(64))).unwrap();
+    parse("[[site]]\nname = \"dc-1.east_2\"\n").unwrap();
+}
+
+#[test]
 fn malformed_addresses_and_prefixes_are_refused() {
     let rack = |p: &str| {
         format!("{BASE}[[rack]]\nname = \"r1\"\ncabinet = \"dc-a/c1\"\nprefixes = [\"{p}\"]\n")
@@ -115,6 +134,11 @@ fn malformed_addresses_and_prefixes_are_refused() {
     assert!(refused(&rack("10.1.0.0/33")).contains("0..=32"));
     assert!(refused(&rack("10.1.0.1/24")).contains("host bits set (did you mean 10.1.0.0/24?)"));
     assert!(refused(&rack("10.1.x.0/24")).contains("not an IPv4 or IPv6 address"));
+    assert!(refused(&rack("0.0.0.0/0")).contains("`0.0.0.0/0` holds every address"));
+    assert!(refused(&rack("::/0")).contains("holds every address"));
+    assert!(refused(&rack("::ffff:10.1.0.0/120")).contains(
+        "`::ffff:10.1.0.0` is an IPv4-mapped address, which never matches: write 10.1.0.0"
+    ));
     let host = format!(
         "{}[[host]]\nname = \"h\"\nrack = \"dc-a/c1/r1\"\naddresses = [\"10.1.0.300\"]\n",
         rack("10.1.0.0/24")
@@ -145,7 +169,7 @@ fn unknown_keys_and_bad_names_are_refused() {
     );
     let err = refused("[[site]]\nname = \"dc/a\"\n");
     assert!(
-        err.contains("site[0].name") && err.contains("without `/`"),
+        err.contains("site[0].name") && err.contains("letters, digits, `-`, `_` and `.`"),
         "{err}"
     );
     let err = refused("[[site]]\nnam = \"x\"\n");
