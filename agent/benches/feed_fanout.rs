@@ -193,6 +193,7 @@ async fn subscriber(
     let request = pb::WatchRequest {
         filter: None,
         resume_after: None,
+        incarnation: None,
     };
     let mut stream = client
         .watch(request)

@@ -22,7 +22,7 @@ pub async fn watch(
     options: &WatchOptions,
     mut out: impl std::io::Write,
 ) -> Result<(), tonic::Status> {
-    let mut resume_after = None;
+    let mut resume_after = Resume::default();
     let mut backoff = Duration::from_millis(200);
     loop {
         match stream_once(options, &mut resume_after, &mut out).await {
@@ -42,9 +42,17 @@ pub async fn watch(
     }
 }
 
+/// Where a stream left off: the last sequence number seen, and the agent run it
+/// belongs to.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Resume {
+    pub(crate) after: Option<u64>,
+    pub(crate) incarnation: Option<u64>,
+}
+
 async fn stream_once(
     options: &WatchOptions,
-    resume_after: &mut Option<u64>,
+    resume_after: &mut Resume,
     out: &mut impl std::io::Write,
 ) -> Result<(), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
@@ -64,20 +72,22 @@ async fn stream_once(
                 .collect(),
             path_prefix: options.path_prefix.clone(),
         }),
-        resume_after: *resume_after,
+        resume_after: resume_after.after,
+        incarnation: resume_after.incarnation,
     };
     let mut stream = VerdictsClient::new(channel)
         .watch(request)
         .await?
         .into_inner();
     while let Some(event) = stream.message().await? {
+        resume_after.incarnation = Some(event.incarnation);
         let text = match event.event {
             Some(Event::Snapshot(s)) => {
-                *resume_after = Some(s.sequence);
+                resume_after.after = Some(s.sequence);
                 render_snapshot(&s, options.json)
             }
             Some(Event::Change(c)) => {
-                *resume_after = Some(c.sequence);
+                resume_after.after = Some(c.sequence);
                 c.verdict
                     .map(|v| render_change(c.sequence, &v, options.json))
                     .unwrap_or_default()

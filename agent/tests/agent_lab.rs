@@ -156,6 +156,7 @@ fn watch_racks(grpc: &str) -> mpsc::Receiver<(Instant, String, i32)> {
                     path_prefix: String::new(),
                 }),
                 resume_after: None,
+                incarnation: None,
             };
             let mut stream = client.watch(request).await.unwrap().into_inner();
             while let Ok(Some(e)) = stream.message().await {

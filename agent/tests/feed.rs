@@ -63,6 +63,7 @@ fn watch(levels: &[pb::Level], prefix: &str, resume_after: Option<u64>) -> pb::W
             path_prefix: prefix.into(),
         }),
         resume_after,
+        incarnation: None,
     }
 }
 
@@ -219,6 +220,42 @@ async fn resume_gets_only_what_was_missed_or_a_flagged_snapshot() {
         panic!("{e:?}")
     };
     assert_eq!(snap.sequence, 9);
+}
+
+#[tokio::test]
+async fn a_sequence_number_from_another_run_of_the_agent_gets_a_snapshot() {
+    let server = Server::start(FeedLimits::default()).await;
+    server
+        .feed
+        .publish(&[rack(1, State::Healthy), rack(2, State::Healthy)]);
+    let mut client = server.client().await;
+    let mut stream = client
+        .watch(watch(&[], "", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    let run = first.incarnation;
+    assert_ne!(run, 0, "every event names the agent run");
+    server.feed.publish(&[rack(1, State::Failed)]);
+    assert_eq!(next(&mut stream).await.incarnation, run);
+    // The same sequence number from this run resumes…
+    let resume = |incarnation| pb::WatchRequest {
+        incarnation: Some(incarnation),
+        ..watch(&[], "", Some(2))
+    };
+    let mut stream = client.watch(resume(run)).await.unwrap().into_inner();
+    let e = next(&mut stream).await;
+    assert!(e.resumed && change(&e).0 == 3, "{e:?}");
+    // …and from another run (the agent restarted, its numbers started over) it gets
+    // the whole current state, not the changes after a number that meant something else.
+    let mut stream = client.watch(resume(run + 1)).await.unwrap().into_inner();
+    let e = next(&mut stream).await;
+    assert!(!e.resumed, "{e:?}");
+    let Some(Event::Snapshot(snap)) = e.event else {
+        panic!("{e:?}")
+    };
+    assert_eq!((snap.sequence, snap.verdicts.len()), (3, 2));
 }
 
 #[tokio::test]

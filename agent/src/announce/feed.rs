@@ -8,6 +8,8 @@ use faultline_proto::v1::{self as pb, verdicts_client::VerdictsClient, watch_eve
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
+use crate::watch::Resume;
+
 /// What a follower reports, tagged with the agent's index in the config.
 #[derive(Debug)]
 pub(super) struct FeedUpdate {
@@ -32,7 +34,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Follows `endpoint` until the receiver is dropped.
 pub(super) async fn follow(agent: usize, endpoint: String, tx: mpsc::Sender<FeedUpdate>) {
-    let mut resume_after = None;
+    let mut resume_after = Resume::default();
     let mut backoff = BACKOFF_FIRST;
     loop {
         let why = match stream(agent, &endpoint, &mut resume_after, &tx, &mut backoff).await {
@@ -55,7 +57,7 @@ pub(super) async fn follow(agent: usize, endpoint: String, tx: mpsc::Sender<Feed
 async fn stream(
     agent: usize,
     endpoint: &str,
-    resume_after: &mut Option<u64>,
+    resume_after: &mut Resume,
     tx: &mpsc::Sender<FeedUpdate>,
     backoff: &mut Duration,
 ) -> Result<(), tonic::Status> {
@@ -76,7 +78,8 @@ async fn stream(
                 .to_vec(),
             path_prefix: String::new(),
         }),
-        resume_after: *resume_after,
+        resume_after: resume_after.after,
+        incarnation: resume_after.incarnation,
     };
     let mut stream = VerdictsClient::new(channel)
         .watch(request)
@@ -84,13 +87,14 @@ async fn stream(
         .into_inner();
     while let Some(message) = stream.message().await? {
         *backoff = BACKOFF_FIRST;
+        resume_after.incarnation = Some(message.incarnation);
         let event = match message.event {
             Some(Event::Snapshot(s)) => {
-                *resume_after = Some(s.sequence);
+                resume_after.after = Some(s.sequence);
                 FeedEvent::Snapshot(s.verdicts)
             }
             Some(Event::Change(c)) => {
-                *resume_after = Some(c.sequence);
+                resume_after.after = Some(c.sequence);
                 let resumed = message.resumed;
                 if resumed {
                     send(tx, agent, FeedEvent::Resumed).await?;

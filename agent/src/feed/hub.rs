@@ -70,6 +70,14 @@ impl Hub {
         }
     }
 
+    /// This run of the agent: its start in ns since the Unix epoch (see the proto's
+    /// `WatchEvent.incarnation`).
+    pub fn incarnation(&self) -> u64 {
+        self.epoch
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
     /// Records and broadcasts changes, in order. Never blocks on subscribers.
     pub fn publish(&self, changes: &[Verdict]) {
         let mut state = self.state.lock().expect("hub lock");
@@ -95,10 +103,16 @@ impl Hub {
     /// Subscribes, and says where to start: the changes after `resume_after` if they
     /// are all still in the history, a snapshot otherwise. Done under the lock, so no
     /// change falls between the start and the live stream.
-    pub fn subscribe(&self, resume_after: Option<u64>) -> (Start, broadcast::Receiver<Numbered>) {
+    pub fn subscribe(
+        &self,
+        resume_after: Option<u64>,
+        incarnation: Option<u64>,
+    ) -> (Start, broadcast::Receiver<Numbered>) {
         let state = self.state.lock().expect("hub lock");
         let live = self.live.subscribe();
-        if let Some(after) = resume_after {
+        // A sequence number from another run of the agent means nothing here.
+        let same_run = incarnation.is_none_or(|i| i == self.incarnation());
+        if let Some(after) = resume_after.filter(|_| same_run) {
             let oldest = state
                 .history
                 .front()
@@ -161,7 +175,7 @@ mod tests {
             hub.publish(&[verdict(&format!("r{i}"), VState::Failed)]);
         }
         // History holds 3, 4, 5: resuming after 2 misses nothing.
-        match hub.subscribe(Some(2)).0 {
+        match hub.subscribe(Some(2), None).0 {
             Start::Resume(missed) => assert_eq!(
                 missed.iter().map(|n| n.sequence).collect::<Vec<_>>(),
                 [3, 4, 5]
@@ -169,7 +183,7 @@ mod tests {
             Start::Snapshot { .. } => panic!("2 is resumable"),
         }
         // After 1, change 2 is gone: a snapshot of all five entities.
-        match hub.subscribe(Some(1)).0 {
+        match hub.subscribe(Some(1), None).0 {
             Start::Snapshot { sequence, verdicts } => {
                 assert_eq!(sequence, 5);
                 assert_eq!(verdicts.len(), 5);
@@ -177,9 +191,12 @@ mod tests {
             Start::Resume(_) => panic!("1 is too old"),
         }
         // A sequence from the future (another agent run) gets a snapshot too.
-        assert!(matches!(hub.subscribe(Some(99)).0, Start::Snapshot { .. }));
+        assert!(matches!(
+            hub.subscribe(Some(99), None).0,
+            Start::Snapshot { .. }
+        ));
         // Up to date: resume with nothing missed.
-        assert!(matches!(hub.subscribe(Some(5)).0, Start::Resume(m) if m.is_empty()));
+        assert!(matches!(hub.subscribe(Some(5), None).0, Start::Resume(m) if m.is_empty()));
     }
 
     #[test]

@@ -44,7 +44,9 @@ impl Verdicts for VerdictService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
         let filter = Filter::parse(request.filter.as_ref())?;
-        let (start, live) = self.hub.subscribe(request.resume_after);
+        let (start, live) = self
+            .hub
+            .subscribe(request.resume_after, request.incarnation);
         let (tx, rx) = mpsc::channel(self.queue);
         let subscriber = Subscriber {
             hub: self.hub.clone(),
@@ -108,6 +110,7 @@ impl Subscriber {
                         .send(pb::WatchEvent {
                             event: None,
                             resumed: true,
+                            incarnation: self.hub.incarnation(),
                         })
                         .await
                 {
@@ -155,6 +158,7 @@ impl Subscriber {
                 verdict: Some((*n.wire).clone()),
             })),
             resumed,
+            incarnation: self.hub.incarnation(),
         }
     }
 
@@ -166,6 +170,7 @@ impl Subscriber {
                 verdicts,
             ))),
             resumed: false,
+            incarnation: self.hub.incarnation(),
         };
         self.send(event).await
     }

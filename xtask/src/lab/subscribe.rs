@@ -223,6 +223,7 @@ async fn watch_verdicts(me: usize, channel: Channel, log: Arc<VerdictLog>, stop:
         let request = WatchRequest {
             filter: None,
             resume_after: None,
+            incarnation: None,
         };
         if let Ok(response) = client.watch(request).await {
             let mut stream = response.into_inner();
