@@ -45,16 +45,39 @@ pub struct LinkCounters {
     pub repeat_timeouts: u64,
 }
 
+/// The most any counter may hold in one tick's delta: far beyond what a link carries
+/// in a tick, and small enough that sums of a few never overflow. Peers send deltas
+/// over the wire; one that sends `u64::MAX` must not wrap FAILED evidence into none.
+pub const MAX_TICK_COUNT: u64 = 1 << 40;
+
 impl LinkCounters {
+    /// Adds per-CPU counters; saturating, as the kernel's can be anything.
     pub fn add(&mut self, other: &Self) {
-        self.progress_segs += other.progress_segs;
-        self.acked_segs += other.acked_segs;
-        self.retrans_segs += other.retrans_segs;
-        self.rto_timeouts += other.rto_timeouts;
-        self.syn_retrans += other.syn_retrans;
-        self.failed_connects += other.failed_connects;
-        self.resets_rx += other.resets_rx;
-        self.repeat_timeouts += other.repeat_timeouts;
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.progress_segs, other.progress_segs);
+        add(&mut self.acked_segs, other.acked_segs);
+        add(&mut self.retrans_segs, other.retrans_segs);
+        add(&mut self.rto_timeouts, other.rto_timeouts);
+        add(&mut self.syn_retrans, other.syn_retrans);
+        add(&mut self.failed_connects, other.failed_connects);
+        add(&mut self.resets_rx, other.resets_rx);
+        add(&mut self.repeat_timeouts, other.repeat_timeouts);
+    }
+
+    /// Every counter capped at [`MAX_TICK_COUNT`], for arithmetic that must not wrap.
+    #[must_use]
+    pub fn clamped(&self) -> Self {
+        let c = |v: u64| v.min(MAX_TICK_COUNT);
+        Self {
+            progress_segs: c(self.progress_segs),
+            acked_segs: c(self.acked_segs),
+            retrans_segs: c(self.retrans_segs),
+            rto_timeouts: c(self.rto_timeouts),
+            syn_retrans: c(self.syn_retrans),
+            failed_connects: c(self.failed_connects),
+            resets_rx: c(self.resets_rx),
+            repeat_timeouts: c(self.repeat_timeouts),
+        }
     }
 
     /// `self - earlier`; a counter that went down means the link was evicted and
@@ -76,10 +99,10 @@ impl LinkCounters {
     /// Any kind of loss at all (ACKs and segments received are progress, not loss).
     pub fn losses(&self) -> u64 {
         self.retrans_segs
-            + self.rto_timeouts
-            + self.syn_retrans
-            + self.failed_connects
-            + self.resets_rx
+            .saturating_add(self.rto_timeouts)
+            .saturating_add(self.syn_retrans)
+            .saturating_add(self.failed_connects)
+            .saturating_add(self.resets_rx)
     }
 
     pub fn is_zero(&self) -> bool {
