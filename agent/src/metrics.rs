@@ -32,6 +32,8 @@ pub(crate) struct Metrics {
     pub urgent_dropped: AtomicU64,
     pub verdict_changes: AtomicU64,
     pub peer_batches: AtomicU64,
+    /// Peer observations dropped: every observer id taken by observers still heard.
+    pub observations_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -96,6 +98,12 @@ impl Metrics {
             "counter",
             "Observation batches received from peer agents.",
             get(&self.peer_batches).to_string(),
+        );
+        metric(
+            "faultline_observations_refused_total",
+            "counter",
+            "Peer observations dropped because all 65,536 observer ids were taken by observers still heard from.",
+            get(&self.observations_refused).to_string(),
         );
         let (sequence, verdicts) = hub.snapshot();
         metric(

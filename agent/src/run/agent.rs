@@ -197,6 +197,10 @@ impl Agent {
                 Metrics::add(&self.metrics.peer_batches, 1);
                 let now = self.epoch.elapsed();
                 self.detector.observe(&observations, now);
+                Metrics::set(
+                    &self.metrics.observations_refused,
+                    self.detector.refused_observations(),
+                );
                 self.detector.heard_from(&observer, now);
                 let timeout = observations.iter().any(|o| {
                     let c = &o.delta.counters;

@@ -181,6 +181,8 @@ pub struct Detector {
     host_of_ip: HashMap<IpAddr, EntityId>,
     /// Entities of each level, in the order a tick visits them.
     by_level: PerLevel<Vec<EntityId>>,
+    /// See [`Self::refused_observations`].
+    refused_observations: u64,
 }
 
 impl Detector {
@@ -205,6 +207,7 @@ impl Detector {
             host_of_ip: HashMap::new(),
             by_level: PerLevel::default(),
             topology: Topology::default(),
+            refused_observations: 0,
         };
         for (i, e) in topology.entities().iter().enumerate() {
             let id = EntityId(u32::try_from(i).expect("< 2^32 entities"));
@@ -232,8 +235,8 @@ impl Detector {
         observations: impl IntoIterator<Item = &'a Observation>,
         now: Duration,
     ) {
-        // (observer name, id, position in its run of observations)
-        let mut current: Option<(&'a Arc<str>, u16, usize)> = None;
+        // (observer name, id — None: refused —, position in its run of observations)
+        let mut current: Option<(&'a Arc<str>, Option<u16>, usize)> = None;
         let now_ms = views::ms(now);
         for o in observations {
             let (observer, position) = match current {
@@ -242,11 +245,17 @@ impl Detector {
                 }
                 _ => {
                     let id = self.observer(&o.observer, o.link.local);
-                    self.observers[usize::from(id)].heard(now);
+                    if let Some(id) = id {
+                        self.observers[usize::from(id)].heard(now);
+                    }
                     (id, 0)
                 }
             };
             current = Some((&o.observer, observer, position + 1));
+            let Some(observer) = observer else {
+                self.refused_observations += 1;
+                continue;
+            };
             let slot = self.slot_for(observer, position, o.link);
             let health = &mut self.health[slot as usize];
             let watched = health.silence_proven_ms(&self.limits).is_some();
@@ -350,12 +359,32 @@ impl Detector {
         self.health[slot as usize].status_at(views::ms(now), heard_ms, &self.limits)
     }
 
-    fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> u16 {
+    /// The id of observer `name`, new or not; None when all 65,536 ids are taken by
+    /// observers that are not forgotten. A forgotten observer's id (a peer that went
+    /// away, or renamed itself on reconnecting) is reused, so a peer with a new name on
+    /// every reconnect cannot exhaust them.
+    fn observer(&mut self, name: &Arc<str>, local: IpAddr) -> Option<u16> {
         let id = match self.observer_ids.get(name) {
             Some(&id) => id,
             None => {
-                let id = u16::try_from(self.observers.len()).expect("fewer than 65536 observers");
-                self.observers.push(Observer::new(name.clone()));
+                let id = match u16::try_from(self.observers.len()) {
+                    Ok(id) => {
+                        self.observers.push(Observer::new(name.clone()));
+                        id
+                    }
+                    Err(_) => {
+                        let reused = self.observers.iter().position(|o| o.forgotten)?;
+                        let old = std::mem::replace(
+                            &mut self.observers[reused],
+                            Observer::new(name.clone()),
+                        );
+                        self.observer_ids.remove(&old.name);
+                        if let Some(hints) = self.hints.get_mut(reused) {
+                            hints.clear();
+                        }
+                        u16::try_from(reused).expect("an existing id fits")
+                    }
+                };
                 self.observer_ids.insert(name.clone(), id);
                 id
             }
@@ -366,7 +395,13 @@ impl Detector {
             o.host = Some(host);
             o.around = self.nodes[host.index()].around;
         }
-        id
+        Some(id)
+    }
+
+    /// Observations dropped since the start because every observer id was taken by an
+    /// observer still heard from.
+    pub fn refused_observations(&self) -> u64 {
+        self.refused_observations
     }
 
     /// The host entity of `ip`, creating it for addresses the topology does not list.

@@ -1124,3 +1124,40 @@ fn a_sample_dates_its_silence_only_when_nothing_came_since_the_loss() {
     );
     assert_eq!(silent(&sample(Some(ms(10)), None)), None, "nothing lost");
 }
+
+#[test]
+fn a_peer_renaming_itself_on_every_reconnect_never_exhausts_observer_ids() {
+    let topology = Topology::parse(std::path::Path::new("t.toml"), &topology_text()).unwrap();
+    let mut det = Detector::new(topology, DetectorConfig::default());
+    let link = Link {
+        local: v4(1, 1, 1, 1),
+        remote: v4(2, 1, 1, 1),
+    };
+    let observe = |det: &mut Detector, name: &str, t: u64| {
+        let o = Observation {
+            observer: Arc::from(name),
+            link,
+            delta: LinkDelta::default(),
+        };
+        det.observe([&o], Duration::from_millis(t));
+    };
+    // Every id handed out, each name seen once and then gone (a renaming loop).
+    let ids = usize::from(u16::MAX) + 1;
+    for i in 0..ids {
+        observe(&mut det, &format!("o{i}"), 0);
+    }
+    assert_eq!(det.observers.len(), ids);
+    observe(&mut det, "one-too-many", 0);
+    assert_eq!(det.refused_observations(), 1, "refused, not a panic");
+    det.forget_observer("o7");
+    observe(&mut det, "renamed", 1);
+    assert_eq!(det.refused_observations(), 1);
+    assert_eq!(
+        det.observer_ids.get("renamed"),
+        Some(&7),
+        "the forgotten id reused"
+    );
+    assert!(!det.observer_ids.contains_key("o7"));
+    assert_eq!(det.observers.len(), ids);
+    det.tick(Duration::from_millis(100));
+}
