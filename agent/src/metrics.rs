@@ -138,16 +138,26 @@ impl Metrics {
     }
 }
 
+/// Scrapes served at once; more connections are closed at once.
+const MAX_SCRAPES: usize = 16;
+
 /// Serves `/metrics` on `listener` forever, rendered by `render` at each scrape.
 pub(crate) async fn serve(
     listener: TcpListener,
     render: impl Fn() -> String + Send + Sync + 'static,
 ) {
     let render = Arc::new(render);
+    // Scrapers are few; a flood of connections must not become a flood of tasks.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             // Out of file descriptors, say: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Busy: refuse at once rather than queue.
+            drop(conn);
             continue;
         };
         let render = render.clone();
@@ -188,6 +198,7 @@ pub(crate) async fn serve(
                     .to_owned(),
             };
             let _ = conn.write_all(response.as_bytes()).await;
+            drop(slot);
         });
     }
 }
@@ -223,5 +234,39 @@ mod tests {
             "{body}"
         );
         assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_bound_are_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, || "up 1\n".to_owned()));
+        // Connections that never send a request hold every slot…
+        let mut idle = Vec::new();
+        for _ in 0..MAX_SCRAPES {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // …so one more is closed without an answer, not given a task.
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), extra.read_to_end(&mut out))
+            .await
+            .expect("closed at once, not left waiting");
+        assert!(read.is_ok() && out.is_empty(), "{read:?} {out:?}");
+        // Once they go, scrapes are served again.
+        drop(idle);
+        let mut served = false;
+        for _ in 0..100 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut body = String::new();
+            let _ = c.read_to_string(&mut body).await;
+            if body.contains("up 1") {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served);
     }
 }

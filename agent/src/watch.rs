@@ -8,6 +8,11 @@ use serde_json::json;
 
 use crate::{feed::convert, topology::Level};
 
+/// The largest feed message a client accepts: a snapshot of a whole fleet's verdicts
+/// (100k hosts with evidence) is tens of MB, far above tonic's 4 MiB default, which
+/// left `watch` unable to start on a large fleet.
+pub(crate) const MAX_SNAPSHOT: usize = 256 << 20;
+
 /// What to watch and how to print it.
 pub struct WatchOptions {
     pub endpoint: String,
@@ -76,6 +81,7 @@ async fn stream_once(
         incarnation: resume_after.incarnation,
     };
     let mut stream = VerdictsClient::new(channel)
+        .max_decoding_message_size(MAX_SNAPSHOT)
         .watch(request)
         .await?
         .into_inner();

@@ -8,7 +8,7 @@ use faultline_proto::v1::{self as pb, verdicts_client::VerdictsClient, watch_eve
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
-use crate::watch::Resume;
+use crate::watch::{MAX_SNAPSHOT, Resume};
 
 /// What a follower reports, tagged with the agent's index in the config.
 #[derive(Debug)]
@@ -82,6 +82,7 @@ async fn stream(
         incarnation: resume_after.incarnation,
     };
     let mut stream = VerdictsClient::new(channel)
+        .max_decoding_message_size(MAX_SNAPSHOT)
         .watch(request)
         .await?
         .into_inner();
