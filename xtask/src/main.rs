@@ -48,7 +48,7 @@ enum Cmd {
     /// Set up and run every test of the workspace, one at a time, then the namespace
     /// lab once with its checks (as root).
     Test {
-        /// Leave out the lab (about 6 minutes).
+        /// Leave out the lab (about 10 minutes).
         #[arg(long)]
         no_lab: bool,
         /// Arguments for the test binaries, after `--` (e.g. `-- --nocapture`).

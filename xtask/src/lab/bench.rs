@@ -5,9 +5,13 @@
 //!    [`super::scenario`]): detection at outside subscribers (tonic and grpcio),
 //!    gray loss to DEGRADED, recovery, user impact (first failed request after
 //!    injection, last one after clearing), each agent's CPU and RSS.
+//!    bgp-failover too ([`super::bgp`]): with the adapter and the edge link cut every
+//!    round, without the adapter in the first round only (the control: traffic never
+//!    moves, and each of its runs costs another flap spacing of the site); MTTR and
+//!    RIB withdrawal → edge route change against their goals.
 //! 2. A soak: core-noise and cpu-contention at once for `--soak-minutes`, counting
-//!    every NOT_SERVING (all false: nothing fails) and every verdict above host level
-//!    DEGRADED or FAILED.
+//!    every NOT_SERVING (all false: nothing fails), every verdict above host level
+//!    DEGRADED or FAILED, and every withdrawal of the announcers (running throughout).
 //!
 //! Prints a summary table and writes `target/lab/bench.json` (and the per-scenario
 //! reports, `target/lab/bench-<scenario>.json`).
@@ -22,7 +26,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::{
-    Lab, open, report,
+    Lab, bgp, open, report,
     scenario::{HOLD, Kind, Run, Scenario, Vantage},
 };
 use crate::target_dir;
@@ -35,13 +39,33 @@ pub(crate) struct Options {
     /// Runs of each hard-failure scenario (and of gray-loss).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
     runs: u32,
+    /// The timed scenarios to run, separated by commas (hard failures, gray-loss,
+    /// bgp-failover), or `all`.
+    #[arg(long, default_value = "all")]
+    scenarios: String,
     /// Minutes of the soak (core-noise plus cpu-contention); 0 leaves it out.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=240))]
     soak_minutes: u32,
 }
 
 pub(crate) fn run(opts: &Options) -> Result<()> {
-    let timed: Vec<Kind> = Kind::HARD.iter().copied().chain([Kind::GrayLoss]).collect();
+    let all: Vec<Kind> = Kind::HARD
+        .iter()
+        .copied()
+        .chain([Kind::GrayLoss, Kind::BgpFailover])
+        .collect();
+    let timed = if opts.scenarios == "all" {
+        all
+    } else {
+        let asked = super::parse_scenarios(&opts.scenarios)?;
+        if let Some(k) = asked.iter().find(|k| !all.contains(k)) {
+            anyhow::bail!(
+                "`{}` is not a timed scenario (the soak runs core-noise and cpu-contention)",
+                k.name()
+            );
+        }
+        asked
+    };
     let mut kinds = timed.clone();
     if opts.soak_minutes > 0 {
         kinds.extend([Kind::CoreNoise, Kind::CpuContention]);
@@ -52,6 +76,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         .map(|k| Scenario::resolve(*k, &lab.net, &lab.topology))
         .collect::<Result<Vec<_>>>()?;
     let mut runs: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
+    let mut bgp_rounds = Vec::new();
     for n in 1..=opts.runs {
         for (s, done) in scenarios.iter().zip(&mut runs) {
             println!(
@@ -60,6 +85,19 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
                 s.kind.name(),
                 s.expected.as_deref().unwrap_or("(nothing should fail)")
             );
+            if s.kind == Kind::BgpFailover {
+                let variants: &[bgp::Variant] = if n == 1 {
+                    &bgp::Variant::ALL
+                } else {
+                    &[bgp::Variant::Adapter, bgp::Variant::LinkDown]
+                };
+                let round = bgp::run_round(&mut lab, s, variants)?;
+                for c in round.checks.iter().filter(|c| !c.pass) {
+                    println!("  {}", c.line(&s.kind.name()));
+                }
+                bgp_rounds.push(round);
+                continue;
+            }
             let run = s.run(&mut lab, s.kind.hold())?;
             for c in run.checks.iter().filter(|c| !c.pass) {
                 println!("  {}", c.line(&s.kind.name()));
@@ -71,6 +109,18 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let mut summary = Vec::new();
     let mut table = String::new();
     for (s, done) in scenarios.iter().zip(&runs) {
+        if s.kind == Kind::BgpFailover {
+            let b = lab.bgp.as_ref().context("the BGP setup runs")?;
+            let report = bgp::Report::new(&bgp_rounds, b, s);
+            print!("{}", report.table());
+            let path = out.join(format!("bench-{}.json", s.kind.name()));
+            std::fs::write(&path, serde_json::to_string_pretty(&report.json())? + "\n")
+                .with_context(|| format!("write {}", path.display()))?;
+            let (line, value) = report.bench_summary();
+            table += &line;
+            summary.push(value);
+            continue;
+        }
         let report = report::Report::new(s, done, &lab);
         print!("{}", report.table());
         let path = out.join(format!("bench-{}.json", s.kind.name()));
@@ -308,7 +358,8 @@ fn count_f64(n: usize) -> f64 {
 }
 
 /// Core noise and CPU contention at once for `minutes`: every NOT_SERVING is false,
-/// every verdict above host level DEGRADED or FAILED is false.
+/// every verdict above host level DEGRADED or FAILED is false, and so is every
+/// withdrawal of the announcers (when bgp-failover's setup runs).
 fn soak(lab: &mut Lab, minutes: u32) -> Result<(String, Value)> {
     let mut s = Scenario::resolve(Kind::CoreNoise, &lab.net, &lab.topology)?;
     let contention = Scenario::resolve(Kind::CpuContention, &lab.net, &lab.topology)?;
@@ -317,7 +368,12 @@ fn soak(lab: &mut Lab, minutes: u32) -> Result<(String, Value)> {
     s.subscribers.clone_from(&contention.subscribers);
     s.router_role = format!("core (1% loss) and {}", contention.router_role);
     println!("bench lab: soak of core-noise plus cpu-contention for {minutes} min");
+    let withdrawals_before = lab.bgp.as_ref().and_then(bgp::Bgp::withdrawals_metric);
     let run = s.run(lab, Duration::from_secs(u64::from(minutes) * 60))?;
+    let withdrawals = lab
+        .bgp
+        .as_ref()
+        .map(|b| bgp::soak_withdrawals(b, run.injected, run.end, withdrawals_before));
     let statuses = lab.subscribers.log.all();
     let verdicts = lab.subscribers.verdicts.all();
     let watchers = s.watchers(lab);
@@ -375,6 +431,9 @@ fn soak(lab: &mut Lab, minutes: u32) -> Result<(String, Value)> {
     for f in false_not_serving.iter().chain(&above_host).take(40) {
         let _ = write!(line, "\n   {f}");
     }
+    if let Some((text, _)) = &withdrawals {
+        let _ = write!(line, "\n{text}");
+    }
     let value = json!({
         "minutes": minutes,
         "subscribers": watchers.len(),
@@ -386,6 +445,7 @@ fn soak(lab: &mut Lab, minutes: u32) -> Result<(String, Value)> {
         "agents_cpu_percent_busiest": run.cpu.agent_max,
         "agents_rss_kib_max": run.cpu.rss_kib.iter().copied().max().unwrap_or(0),
         "checks": run.checks.iter().map(|c| json!({"check": c.name, "pass": c.pass, "detail": c.detail})).collect::<Vec<_>>(),
+        "announcer_withdrawals": withdrawals.map(|(_, v)| v),
     });
     Ok((line, value))
 }

@@ -5,14 +5,17 @@
 //! Build order (and, reversed, teardown order, by the fields of [`Lab`]): namespaces and
 //! routes ([`net`]), the inter-site delay stage in the core ([`delay`]), one agent per
 //! host ([`agents`]), traffic ([`traffic`]), subscribers: tonic ones ([`subscribe`]) and
-//! one independent Python grpcio process ([`python`]). Then each scenario runs `--runs`
-//! times ([`scenario`]), is judged against its expectations ([`checks`]) and reported
-//! ([`report`]) as a table and `target/lab/<scenario>.json`. `--check` makes a failed
-//! check fail the command; [`bench`] repeats the hard failures and soaks the noise. Everything lives inside namespaces named
+//! one independent Python grpcio process ([`python`]), and for bgp-failover a client
+//! network behind a bird edge router, a gobgpd and a `faultline announce` in two site
+//! routers ([`bgp`]). Then each scenario runs `--runs` times ([`scenario`]), is judged
+//! against its expectations ([`checks`]) and reported ([`report`]) as a table and
+//! `target/lab/<scenario>.json`. `--check` makes a failed check fail the command;
+//! [`bench`] repeats the hard failures and soaks the noise. Everything lives inside namespaces named
 //! `fll-<pid>-…`; guards remove it on return, error, panic and Ctrl-C/SIGTERM, and a lab
 //! killed outright is cleaned by the next one.
 mod agents;
 mod bench;
+mod bgp;
 mod cgroup;
 mod checks;
 mod delay;
@@ -116,6 +119,8 @@ pub(crate) struct Outcome {
 /// The running lab. Fields drop in order: subscribers and traffic first, the
 /// namespaces last.
 pub(super) struct Lab {
+    /// bgp-failover's client network, bird, gobgpds and announcers (only when asked for).
+    bgp: Option<bgp::Bgp>,
     python: Option<PythonSubscriber>,
     subscribers: Subscribers,
     traffic: Traffic,
@@ -147,6 +152,13 @@ pub(crate) fn run(opts: &Options) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let mut lines = Vec::new();
     for s in &scenarios {
+        if s.kind == Kind::BgpFailover {
+            let (o, l) = bgp::run_scenario(&mut lab, s, opts.runs, &out)?;
+            outcome.passed += o.passed;
+            outcome.failed += o.failed;
+            lines.extend(l);
+            continue;
+        }
         let mut runs = Vec::new();
         for n in 1..=opts.runs {
             println!(
@@ -156,16 +168,7 @@ pub(crate) fn run(opts: &Options) -> Result<Outcome> {
                 s.expected.as_deref().unwrap_or("(nothing should fail)")
             );
             let run = s.run(&mut lab, s.kind.hold())?;
-            for c in &run.checks {
-                let line = c.line(&s.kind.name());
-                println!("  {line}");
-                if c.pass {
-                    outcome.passed += 1;
-                } else {
-                    outcome.failed += 1;
-                }
-                lines.push(line);
-            }
+            tally(&run.checks, &s.kind.name(), &mut outcome, &mut lines);
             runs.push(run);
         }
         let report = report::Report::new(s, &runs, &lab);
@@ -236,6 +239,20 @@ fn open(topology: Option<&PathBuf>, kinds: &[Kind]) -> Result<Lab> {
     );
 
     Lab::build(topology, &bin, &topology_path, &run_dir, kinds)
+}
+
+/// Prints each check of a run as it is judged, and counts it.
+fn tally(checks: &[checks::Check], scenario: &str, outcome: &mut Outcome, lines: &mut Vec<String>) {
+    for c in checks {
+        let line = c.line(scenario);
+        println!("  {line}");
+        if c.pass {
+            outcome.passed += 1;
+        } else {
+            outcome.failed += 1;
+        }
+        lines.push(line);
+    }
 }
 
 fn parse_scenarios(text: &str) -> Result<Vec<Kind>> {
@@ -333,12 +350,18 @@ impl Lab {
             subscriber_at.len(),
         )?;
         subscriber_at.extend(python_hosts.iter().map(|&h| (h, SubscriberKind::Grpcio)));
+        let bgp = if kinds.contains(&Kind::BgpFailover) {
+            Some(bgp::Bgp::start(&topology, &net, bin, run_dir)?)
+        } else {
+            None
+        };
         println!(
             "lab up in {:.1} s: {} flows",
             started.elapsed().as_secs_f64(),
             traffic.flows.len()
         );
         Ok(Self {
+            bgp,
             python: Some(python),
             subscribers,
             traffic,
@@ -485,6 +508,11 @@ impl Lab {
                 agents::endpoint(h.primary(), agents::GRPC_PORT)
             );
         }
+        if let Some(b) = &self.bgp {
+            for line in b.how_to_look() {
+                println!("  {line}");
+            }
+        }
         let started = Instant::now();
         while started.elapsed() < KEEP_MAX {
             if check_interrupted().is_err() {
@@ -497,16 +525,20 @@ impl Lab {
 }
 
 /// Hosts of the Python subscriber: in every site, the first host inside no scenario's
-/// fault (or the site's first host when every one is inside some fault).
+/// fault smaller than the site (or the site's first host when every one is inside
+/// some fault). A fault of a whole site leaves no host of it outside.
 fn python_hosts(t: &Topology, scenarios: &[scenario::Scenario]) -> Vec<usize> {
     (0..t.sites.len())
         .filter_map(|s| {
             let in_site = || (0..t.hosts.len()).filter(move |&h| t.hosts[h].site == s);
             in_site()
                 .find(|h| {
-                    !scenarios
-                        .iter()
-                        .any(|sc| sc.expected.is_some() && sc.inside.contains(h))
+                    !scenarios.iter().any(|sc| {
+                        sc.expected
+                            .as_ref()
+                            .is_some_and(|e| !e.starts_with("site/"))
+                            && sc.inside.contains(h)
+                    })
                 })
                 .or_else(|| in_site().next())
         })

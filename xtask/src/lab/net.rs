@@ -341,7 +341,7 @@ fn add_addr<'a>(ns: &'a str, cidr: &'a str, dev: &'a str, v6: bool) -> Vec<&'a s
     args
 }
 
-fn ip(args: &[&str]) -> Result<String> {
+pub(super) fn ip(args: &[&str]) -> Result<String> {
     run_output(Command::new("ip").args(args))
 }
 

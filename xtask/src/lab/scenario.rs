@@ -74,6 +74,11 @@ pub(super) enum Kind {
     /// Half the hosts' agents and their traffic get 5% of one core (a CPU quota):
     /// nothing should fail, nothing above host level should be DEGRADED.
     CpuContention,
+    /// The first site blackholed behind its border (its site router drops everything
+    /// on its cabinet ports) while it serves a BGP VIP with the second site: traffic
+    /// moves with `faultline announce`, stays without it, and moves on an edge link
+    /// cut for reference (see `lab::bgp`).
+    BgpFailover,
 }
 
 impl Kind {
@@ -85,8 +90,9 @@ impl Kind {
 
     /// Every scenario, in the order `all` runs them: faults on overlapping entities
     /// (the dc-a/c1 rack and cabinet, the dc-c site) interleaved with others, so the
-    /// flap spacing between them costs little waiting.
-    pub(super) const ALL: [Self; 11] = [
+    /// flap spacing between them costs little waiting. bgp-failover (two faults of all
+    /// of dc-a, a flap spacing apart) comes last.
+    pub(super) const ALL: [Self; 12] = [
         Self::HostUnreachable,
         Self::RackBlackhole,
         Self::SitePartition,
@@ -98,6 +104,7 @@ impl Kind {
         Self::RackOnewayIn,
         Self::GrayLoss,
         Self::RackOnewayOut,
+        Self::BgpFailover,
     ];
 
     /// The hard failures `cargo xtask bench lab` times, in round-robin order.
@@ -340,6 +347,30 @@ impl Scenario {
                     inside,
                 )
             }
+            Kind::BgpFailover => {
+                let site = &t.sites[0];
+                let rules = site
+                    .cabinets
+                    .iter()
+                    .flat_map(|&c| {
+                        let port = format!("c-{}", t.cabinets[c].tag);
+                        [
+                            format!("oifname \"{port}\" counter drop"),
+                            format!("iifname \"{port}\" counter drop"),
+                        ]
+                    })
+                    .collect();
+                let inside = (0..t.hosts.len())
+                    .filter(|&h| t.hosts[h].site == 0)
+                    .collect();
+                (
+                    Some(format!("site/{}", site.name)),
+                    lab_net.sites[0].clone(),
+                    format!("site router of {} (its cabinet ports)", site.name),
+                    rules,
+                    inside,
+                )
+            }
             Kind::CoreNoise => (
                 None,
                 lab_net.core.clone(),
@@ -369,9 +400,10 @@ impl Scenario {
             failed_path,
             inside_names: match kind {
                 Kind::HostUnreachable | Kind::ObserverNic => InsideNames::OwnHost,
-                Kind::RackBlackhole | Kind::CabinetBlackhole | Kind::SitePartition => {
-                    InsideNames::OwnEnclosing
-                }
+                Kind::RackBlackhole
+                | Kind::CabinetBlackhole
+                | Kind::SitePartition
+                | Kind::BgpFailover => InsideNames::OwnEnclosing,
                 _ => InsideNames::Nothing,
             },
             degraded: (kind == Kind::GrayLoss)
@@ -565,6 +597,7 @@ pub(super) struct Run {
     /// The run judged against [`Expect`].
     pub(super) checks: Vec<Check>,
     pub(super) injected: Instant,
+    pub(super) cleared: Instant,
     pub(super) end: Instant,
 }
 
@@ -667,6 +700,7 @@ impl Scenario {
             rtt,
             checks,
             injected,
+            cleared,
             end,
         })
     }
