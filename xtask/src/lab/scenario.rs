@@ -41,7 +41,12 @@ const QUIET: Duration = Duration::from_secs(3);
 /// tail of the previous one's recovery).
 const QUIET_VERDICTS: Duration = Duration::from_secs(10);
 pub(super) const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// The nft table a fault lives in; deleting it clears the fault.
+/// The nft table a fault lives in; flushing its chain clears the fault. The table
+/// itself stays until the namespace goes: deleting it unregisters its netfilter hook,
+/// and the kernel then drops every packet queued to userspace in that namespace — in
+/// the core, everything the delay stage holds. Clearing a fault at the core was a
+/// burst of loss on every inter-site link, and once turned a host FAILED after core
+/// noise had cleared.
 const TABLE: &str = "lab_fault";
 /// Two faults on overlapping entities are at least this far apart: the detector doubles
 /// the recovery hold of an entity that re-enters FAILED within its flap window (60 s by
@@ -508,17 +513,23 @@ impl Scenario {
         if self.rules.is_empty() {
             return Ok(starved);
         }
-        let body: String = self.rules.iter().map(|r| format!("    {r}\n")).collect();
+        let rules: String = self
+            .rules
+            .iter()
+            .map(|r| format!("add rule inet {TABLE} path {r}\n"))
+            .collect();
+        // One transaction: the table and chain (kept from an earlier fault, if any),
+        // emptied, then this fault's rules.
         Network::nft(
             &self.router,
             &format!(
-                "table inet {TABLE} {{\n  chain path {{\n    type filter hook forward priority 0; policy accept;\n{body}  }}\n}}\n"
+                "table inet {TABLE} {{\n  chain path {{\n    type filter hook forward priority 0; policy accept;\n  }}\n}}\nflush chain inet {TABLE} path\n{rules}"
             ),
         )?;
         Ok(starved)
     }
 
-    /// Deletes the fault's table; returns the packets its rules dropped.
+    /// Empties the fault's chain (see [`TABLE`]); returns the packets its rules dropped.
     fn clear(&self) -> Result<u64> {
         if self.rules.is_empty() {
             return Ok(0);
@@ -529,7 +540,7 @@ impl Scenario {
             .skip(1)
             .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
             .sum();
-        Network::nft(&self.router, &format!("delete table inet {TABLE}\n"))?;
+        Network::nft(&self.router, &format!("flush chain inet {TABLE} path\n"))?;
         Ok(dropped)
     }
 }
