@@ -32,6 +32,10 @@ pub(crate) struct Metrics {
     pub urgent_dropped: AtomicU64,
     pub verdict_changes: AtomicU64,
     pub peer_batches: AtomicU64,
+    /// Peer batches refused by the gate (impostor names, too large, too fast,
+    /// malformed), and dropped because the run loop had no room.
+    pub peer_batches_refused: AtomicU64,
+    pub peer_batches_dropped: AtomicU64,
     /// Peer observations dropped: every observer id taken by observers still heard.
     pub observations_refused: AtomicU64,
 }
@@ -98,6 +102,18 @@ impl Metrics {
             "counter",
             "Observation batches received from peer agents.",
             get(&self.peer_batches).to_string(),
+        );
+        metric(
+            "faultline_peer_batches_refused_total",
+            "counter",
+            "Peer batches refused: a name not the stream's own (this agent's, another live peer's, a rename), too many links, too many batches a second, or malformed.",
+            get(&self.peer_batches_refused).to_string(),
+        );
+        metric(
+            "faultline_peer_batches_dropped_total",
+            "counter",
+            "Peer batches dropped because the run loop had no room for them.",
+            get(&self.peer_batches_dropped).to_string(),
         );
         metric(
             "faultline_observations_refused_total",

@@ -10,6 +10,7 @@ pub(crate) mod filter;
 pub(crate) mod health;
 pub(crate) mod hub;
 pub(crate) mod observations;
+pub(crate) mod peer_gate;
 pub(crate) mod verdicts;
 
 use std::{future::Future, sync::Arc, time::SystemTime};

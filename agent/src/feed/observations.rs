@@ -5,7 +5,11 @@
 //! Nothing here can stall the agent: publishing is a bounded broadcast (a slow
 //! subscriber skips batches, visible as sequence gaps), and each peer is read by its
 //! own task that hands batches over without waiting and reconnects with backoff.
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use faultline_proto::v1::{
     self as pb, observations_client::ObservationsClient, observations_server::Observations,
@@ -14,8 +18,10 @@ use tokio::sync::{broadcast, broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::peer_gate::{NamesInUse, PeerGate, Refusal};
 use crate::{
     detector::{LinkDelta, Observation},
+    metrics::Metrics,
     probe::{Link, LinkCounters},
 };
 
@@ -171,14 +177,14 @@ pub(crate) enum PeerMessage {
 /// stays open for minutes otherwise, and its last evidence would count late.
 pub(crate) async fn follow_peer(
     endpoint: String,
-    me: String,
+    gate: GateFor,
     silence: Duration,
     to_detector: mpsc::Sender<PeerMessage>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut observer = None;
-        match subscribe_once(&endpoint, &me, silence, &to_detector, &mut observer).await {
+        match subscribe_once(&endpoint, &gate, silence, &to_detector, &mut observer).await {
             Ok(()) => {
                 tracing::warn!(peer = %endpoint, "peer closed the observation stream; reconnecting");
             }
@@ -200,9 +206,18 @@ pub(crate) async fn follow_peer(
     }
 }
 
+/// What every follower's gate shares: this agent's name, the names live streams hold,
+/// and the counters of what was refused or dropped.
+#[derive(Clone)]
+pub(crate) struct GateFor {
+    pub(crate) me: String,
+    pub(crate) names: NamesInUse,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
 async fn subscribe_once(
     endpoint: &str,
-    me: &str,
+    gate_for: &GateFor,
     silence: Duration,
     to_detector: &mpsc::Sender<PeerMessage>,
     observer: &mut Option<Arc<str>>,
@@ -216,12 +231,13 @@ async fn subscribe_once(
         .await?;
     let mut stream = ObservationsClient::new(channel)
         .subscribe(pb::SubscribeRequest {
-            subscriber: me.to_owned(),
+            subscriber: gate_for.me.clone(),
         })
         .await?
         .into_inner();
     tracing::info!(peer = %endpoint, "following peer observations");
     let mut last = None;
+    let mut gate = PeerGate::new(&gate_for.me, gate_for.names.clone(), Instant::now());
     loop {
         let Ok(next) = tokio::time::timeout(silence, stream.message()).await else {
             return Err(format!("silent for {}", humantime::format_duration(silence)).into());
@@ -235,29 +251,37 @@ async fn subscribe_once(
             tracing::debug!(peer = %endpoint, skipped = batch.sequence - prev - 1, "missed peer batches");
         }
         last = Some(batch.sequence);
-        // A peer speaks for itself only: one observer name per stream, so a confused
-        // peer cannot flood the detector with observers it invents.
-        if let Some(name) = observer.as_deref()
-            && name != batch.observer
-        {
-            tracing::warn!(peer = %endpoint, expected = %name, got = %batch.observer, "batch under another observer's name ignored");
-            continue;
+        // A peer speaks for itself only (see `peer_gate`).
+        match gate.check(&batch.observer, batch.links.len(), Instant::now()) {
+            Ok(()) => {}
+            Err(Refusal::Impostor(why)) => {
+                Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
+                return Err(format!("refused: the peer {why}").into());
+            }
+            Err(refusal) => {
+                Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
+                tracing::debug!(peer = %endpoint, ?refusal, "peer batch refused");
+                continue;
+            }
         }
         match from_wire(&batch) {
             Some(observations) => {
                 let name = observer.get_or_insert_with(|| batch.observer.as_str().into());
-                if to_detector
-                    .try_send(PeerMessage::Batch {
-                        observer: name.clone(),
-                        observations,
-                    })
-                    .is_err()
-                    && to_detector.is_closed()
-                {
-                    return Ok(());
+                match to_detector.try_send(PeerMessage::Batch {
+                    observer: name.clone(),
+                    observations,
+                }) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Metrics::add(&gate_for.metrics.peer_batches_dropped, 1);
+                    }
                 }
             }
-            None => tracing::warn!(peer = %endpoint, "malformed observation batch ignored"),
+            None => {
+                Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
+                tracing::warn!(peer = %endpoint, "malformed observation batch ignored");
+            }
         }
     }
     Ok(())

@@ -25,7 +25,8 @@ use crate::{
     detector::Detector,
     feed::{
         Feed, FeedLimits,
-        observations::{PeerMessage, follow_peer},
+        observations::{GateFor, PeerMessage, follow_peer},
+        peer_gate::NamesInUse,
     },
     metrics::Metrics,
     probe::{Probe, SockOpsStatus, UrgentEvents, UrgentRecord},
@@ -106,7 +107,7 @@ impl Agent {
         let stop_server =
             spawn_servers(&mut tasks, &feed, &metrics, grpc_listener, metrics_listener);
         let peer_count = peers.endpoints.len();
-        let peers = spawn_peer_followers(&mut tasks, config, &peers.endpoints, &observer);
+        let peers = spawn_peer_followers(&mut tasks, config, &peers.endpoints, &observer, &metrics);
         tracing::info!(
             observer = %observer.name,
             local_addresses = observer.local_count(),
@@ -374,13 +375,19 @@ fn spawn_peer_followers(
     config: &Config,
     endpoints: &[String],
     observer: &Observer,
+    metrics: &Arc<Metrics>,
 ) -> mpsc::Receiver<PeerMessage> {
     let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
     let silence = PEER_SILENT_TICKS * config.probe.tick;
+    let gate = GateFor {
+        me: observer.name.to_string(),
+        names: NamesInUse::default(),
+        metrics: metrics.clone(),
+    };
     for endpoint in endpoints {
-        let (endpoint, me, tx) = (endpoint.clone(), observer.name.to_string(), peer_tx.clone());
+        let (endpoint, gate, tx) = (endpoint.clone(), gate.clone(), peer_tx.clone());
         tasks.spawn(format!("peer follower {endpoint}"), async move {
-            follow_peer(endpoint, me, silence, tx).await;
+            follow_peer(endpoint, gate, silence, tx).await;
             Ok(())
         });
     }
