@@ -86,7 +86,17 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    /// tracefs is not at a configured path the agent would not mount it at.
+    #[error(
+        "probe.tracefs: no tracefs at {path}; the agent mounts it only at {} (mount it at {path} yourself, or use that path)",
+        STANDARD_TRACEFS.join(" or ")
+    )]
+    NoTracefs { path: PathBuf },
 }
+
+/// Where the agent may mount tracefs itself. A mount anywhere else would hide what is
+/// there (`tracefs = "/etc"` would have mounted over /etc).
+const STANDARD_TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// Where to find the kernel interfaces.
 #[derive(Debug, Clone)]
@@ -297,16 +307,21 @@ pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
     crate::mounts::first_of_type(&crate::mounts::read(), "cgroup2").map(|m| m.mount_point.clone())
 }
 
-/// Mounts tracefs at `path` if nothing is there yet, and says so.
+/// Mounts tracefs at `path` if nothing is there yet and `path` is a standard place
+/// for it, and says so.
 fn ensure_tracefs(path: &Path) -> Result<(), ProbeError> {
     if path.join("events").is_dir() {
         return Ok(());
+    }
+    if !STANDARD_TRACEFS.iter().any(|s| Path::new(s) == path) {
+        return Err(ProbeError::NoTracefs {
+            path: path.to_owned(),
+        });
     }
     let err = |source| ProbeError::Mount {
         path: path.to_owned(),
         source,
     };
-    std::fs::create_dir_all(path).map_err(err)?;
     let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| err(std::io::Error::other(e)))?;
     // SAFETY: all pointers are valid NUL-terminated strings; data is null as allowed.
@@ -336,4 +351,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracefs_is_never_mounted_outside_its_standard_places() {
+        let dir = std::env::temp_dir().join(format!("faultline-tracefs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = ensure_tracefs(&dir).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("probe.tracefs: no tracefs at {}", dir.display()))
+                && err.contains("/sys/kernel/tracing"),
+            "{err}"
+        );
+        assert!(!dir.join("events").exists(), "nothing mounted there");
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
