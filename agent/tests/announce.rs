@@ -213,14 +213,30 @@ impl Announcer {
     }
 }
 
-fn tempdir(name: &str) -> PathBuf {
+/// A test's directory (configs), removed when the test ends, failed or not.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(name: &str) -> TempDir {
     // The announcer's log lines, shown for a failing test.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir =
         std::env::temp_dir().join(format!("faultline-announce-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create a temp dir");
-    dir
+    TempDir(dir)
 }
 
 /// GET /metrics on the announcer's metrics port.
