@@ -265,15 +265,14 @@ impl Config {
             Some(p) => (p.to_owned(), true),
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
-        match capped_read::read_to_string(&path, MAX_CONFIG_BYTES) {
+        match read_config_file(&path) {
             Ok(text) => Self::parse(&path, &text).map(|config| (config, Some(path))),
-            Err(CappedReadError::Io(e))
-                if !required && e.kind() == std::io::ErrorKind::NotFound =>
+            Err(ConfigError::Read { source, .. })
+                if !required && source.kind() == std::io::ErrorKind::NotFound =>
             {
                 Ok((Self::default(), None))
             }
-            Err(CappedReadError::Io(source)) => Err(ConfigError::Read { path, source }),
-            Err(CappedReadError::TooLarge { cap }) => Err(ConfigError::TooLarge { path, cap }),
+            Err(e) => Err(e),
         }
     }
 
@@ -389,6 +388,20 @@ fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
 }
 
 /// Durations written as `"100ms"`, `"5s"` in TOML.
+/// A config file's text, read up to [`MAX_CONFIG_BYTES`].
+pub(crate) fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    capped_read::read_to_string(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        CappedReadError::Io(source) => ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        CappedReadError::TooLarge { cap } => ConfigError::TooLarge {
+            path: path.to_owned(),
+            cap,
+        },
+    })
+}
+
 /// The 1-based line holding byte `offset` of `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]

@@ -51,8 +51,29 @@ pub async fn watch(
 /// belongs to.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Resume {
-    pub(crate) after: Option<u64>,
-    pub(crate) incarnation: Option<u64>,
+    after: Option<u64>,
+    incarnation: Option<u64>,
+}
+
+impl Resume {
+    /// The Watch request that picks up where the last stream left off.
+    pub(crate) fn request(&self, filter: pb::Filter) -> pb::WatchRequest {
+        pb::WatchRequest {
+            filter: Some(filter),
+            resume_after: self.after,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// Notes where `event` leaves the stream.
+    pub(crate) fn note(&mut self, event: &pb::WatchEvent) {
+        self.incarnation = Some(event.incarnation);
+        match &event.event {
+            Some(Event::Snapshot(s)) => self.after = Some(s.sequence),
+            Some(Event::Change(c)) => self.after = Some(c.sequence),
+            None => {}
+        }
+    }
 }
 
 async fn stream_once(
@@ -68,36 +89,27 @@ async fn stream_once(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let request = pb::WatchRequest {
-        filter: Some(pb::Filter {
-            levels: options
-                .levels
-                .iter()
-                .map(|l| convert::level(*l) as i32)
-                .collect(),
-            path_prefix: options.path_prefix.clone(),
-        }),
-        resume_after: resume_after.after,
-        incarnation: resume_after.incarnation,
-    };
+    let request = resume_after.request(pb::Filter {
+        levels: options
+            .levels
+            .iter()
+            .map(|l| convert::level(*l) as i32)
+            .collect(),
+        path_prefix: options.path_prefix.clone(),
+    });
     let mut stream = VerdictsClient::new(channel)
         .max_decoding_message_size(MAX_SNAPSHOT)
         .watch(request)
         .await?
         .into_inner();
     while let Some(event) = stream.message().await? {
-        resume_after.incarnation = Some(event.incarnation);
+        resume_after.note(&event);
         let text = match event.event {
-            Some(Event::Snapshot(s)) => {
-                resume_after.after = Some(s.sequence);
-                render_snapshot(&s, options.json)
-            }
-            Some(Event::Change(c)) => {
-                resume_after.after = Some(c.sequence);
-                c.verdict
-                    .map(|v| render_change(c.sequence, &v, options.json))
-                    .unwrap_or_default()
-            }
+            Some(Event::Snapshot(s)) => render_snapshot(&s, options.json),
+            Some(Event::Change(c)) => c
+                .verdict
+                .map(|v| render_change(c.sequence, &v, options.json))
+                .unwrap_or_default(),
             None => String::new(),
         };
         if out

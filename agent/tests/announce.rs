@@ -64,20 +64,24 @@ impl Gobgpd {
         g
     }
 
+    /// gobgp's own CLI against this gobgpd: `gobgp global rib ARGS`.
+    fn rib_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("gobgp");
+        cmd.args([
+            "-p",
+            &self.port.to_string(),
+            "-u",
+            "127.0.0.1",
+            "global",
+            "rib",
+        ])
+        .args(args);
+        cmd
+    }
+
     /// The prefixes in gobgpd's global table, or None when it does not answer.
     fn rib(&self) -> Option<Vec<String>> {
-        let out = Command::new("gobgp")
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-u",
-                "127.0.0.1",
-                "global",
-                "rib",
-                "-j",
-            ])
-            .output()
-            .ok()?;
+        let out = self.rib_command(&["-j"]).output().ok()?;
         if !out.status.success() {
             return None;
         }
@@ -93,17 +97,8 @@ impl Gobgpd {
 
     /// Adds a path with gobgp's own CLI.
     fn add(&self, prefix: &str) {
-        let ok = Command::new("gobgp")
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-u",
-                "127.0.0.1",
-                "global",
-                "rib",
-                "add",
-                prefix,
-            ])
+        let ok = self
+            .rib_command(&["add", prefix])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "gobgp global rib add {prefix}");

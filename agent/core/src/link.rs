@@ -46,8 +46,9 @@ pub struct LinkCounters {
 }
 
 /// The most any counter may hold in one tick's delta: far beyond what a link carries
-/// in a tick, and small enough that sums of a few never overflow. Peers send deltas
-/// over the wire; one that sends `u64::MAX` must not wrap FAILED evidence into none.
+/// in a tick, and small enough that the detector's sums of a few never overflow. Peers
+/// send deltas over the wire; one that sends `u64::MAX` must not wrap FAILED evidence
+/// into none. Applied where they come in, not in the detector's per-link loop.
 pub const MAX_TICK_COUNT: u64 = 1 << 40;
 
 impl LinkCounters {

@@ -7,14 +7,11 @@ use std::{
     time::Duration,
 };
 
-use faultline_core::{
-    capped_read::{self, CappedReadError},
-    topology::{Level, Topology},
-};
+use faultline_core::topology::{Level, Topology};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{MAX_CONFIG_BYTES, line_of};
+use crate::config::line_of;
 
 /// A prefix a site serves, e.g. 198.51.100.10/32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,14 +73,9 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
 /// Why an announce config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceConfigError {
-    #[error("read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("read {path}: larger than the {} limit for config files", capped_read::human_bytes(*cap))]
-    TooLarge { path: PathBuf, cap: u64 },
+    /// The file could not be read, or is over the size limit of config files.
+    #[error(transparent)]
+    File(#[from] crate::config::ConfigError),
     /// Malformed TOML, or a value that is not allowed: the file, line and key.
     #[error("{path}:{line}: {key}: {message}")]
     At {
@@ -211,16 +203,7 @@ pub struct AnnounceConfig {
 
 impl AnnounceConfig {
     pub fn load(path: &Path) -> Result<Self, AnnounceConfigError> {
-        let text = capped_read::read_to_string(path, MAX_CONFIG_BYTES).map_err(|e| match e {
-            CappedReadError::Io(source) => AnnounceConfigError::Read {
-                path: path.to_owned(),
-                source,
-            },
-            CappedReadError::TooLarge { cap } => AnnounceConfigError::TooLarge {
-                path: path.to_owned(),
-                cap,
-            },
-        })?;
+        let text = crate::config::read_config_file(path)?;
         Self::parse(path, &text)
     }
 

@@ -70,17 +70,13 @@ async fn stream(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
-    let request = pb::WatchRequest {
-        filter: Some(pb::Filter {
-            // Hosts are not announced for: their verdicts are most of the traffic.
-            levels: [pb::Level::Rack, pb::Level::Cabinet, pb::Level::Site]
-                .map(|l| l as i32)
-                .to_vec(),
-            path_prefix: String::new(),
-        }),
-        resume_after: resume_after.after,
-        incarnation: resume_after.incarnation,
-    };
+    // Hosts are not announced for: their verdicts are most of the traffic.
+    let request = resume_after.request(pb::Filter {
+        levels: [pb::Level::Rack, pb::Level::Cabinet, pb::Level::Site]
+            .map(|l| l as i32)
+            .to_vec(),
+        path_prefix: String::new(),
+    });
     let mut stream = VerdictsClient::new(channel)
         .max_decoding_message_size(MAX_SNAPSHOT)
         .watch(request)
@@ -88,14 +84,10 @@ async fn stream(
         .into_inner();
     while let Some(message) = stream.message().await? {
         *backoff = BACKOFF_FIRST;
-        resume_after.incarnation = Some(message.incarnation);
+        resume_after.note(&message);
         let event = match message.event {
-            Some(Event::Snapshot(s)) => {
-                resume_after.after = Some(s.sequence);
-                FeedEvent::Snapshot(s.verdicts)
-            }
+            Some(Event::Snapshot(s)) => FeedEvent::Snapshot(s.verdicts),
             Some(Event::Change(c)) => {
-                resume_after.after = Some(c.sequence);
                 let resumed = message.resumed;
                 if resumed {
                     send(tx, agent, FeedEvent::Resumed).await?;

@@ -107,7 +107,8 @@ pub(crate) fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>
                         failed_connects: l.failed_connects,
                         resets_rx: l.resets_rx,
                         repeat_timeouts: l.repeat_timeouts,
-                    },
+                    }
+                    .clamped(),
                     rtt_p50_us: l.rtt_p50_us,
                     silent_ms: l.silent_ms,
                 },
@@ -346,5 +347,52 @@ mod tests {
         );
         assert_eq!(received[0].delta.counters.acked_segs, 0);
         assert_eq!(received[0].delta.counters.progress_segs, 9);
+    }
+
+    #[test]
+    fn counters_at_u64_max_from_a_peer_neither_wrap_nor_hide_a_failure() {
+        // Unchecked, rto + syn retries + failed connects wrapped to no hard timeout
+        // (release) or panicked (debug): the FAILED evidence became DEGRADED.
+        let batch = pb::ObservationBatch {
+            observer: "peer".into(),
+            sequence: 1,
+            links: vec![pb::LinkObservation {
+                local_address: "10.0.0.1".into(),
+                remote_address: "10.0.0.2".into(),
+                retrans_segs: u64::MAX,
+                rto_timeouts: u64::MAX,
+                syn_retrans: u64::MAX,
+                failed_connects: 2,
+                ..pb::LinkObservation::default()
+            }],
+        };
+        let received = from_wire(&batch).unwrap();
+        assert_eq!(
+            received[0].delta.counters.rto_timeouts,
+            faultline_core::link::MAX_TICK_COUNT
+        );
+        let cfg = crate::detector::DetectorConfig::default();
+        let mut health = crate::detector::LinkHealth::default();
+        let delivering = LinkDelta {
+            counters: LinkCounters {
+                progress_segs: 100,
+                ..LinkCounters::default()
+            },
+            rtt_p50_us: None,
+            silent_ms: None,
+        };
+        health.observe(&delivering, Duration::ZERO, &cfg);
+        health.observe(&received[0].delta, Duration::from_millis(100), &cfg);
+        assert_eq!(
+            health.status(Duration::from_millis(100), &cfg),
+            crate::detector::LinkStatus::Failed
+        );
+        assert!(health.stall_hard() > 0);
+        let mut sum = received[0].delta.counters;
+        sum.add(&LinkCounters {
+            rto_timeouts: u64::MAX,
+            ..LinkCounters::default()
+        });
+        assert_eq!(sum.rto_timeouts, u64::MAX, "per-CPU sums saturate");
     }
 }
