@@ -22,6 +22,9 @@ const TOPOLOGY: &str =
     "[[site]]\nname = \"dc-a\"\n[[site]]\nname = \"dc-b\"\n[[site]]\nname = \"dc-c\"\n";
 const VIP: &str = "198.51.100.10/32";
 const ONLY_A: &str = "203.0.113.0/24";
+/// An IPv6 VIP (an IPv6-only site serves only these): gobgpd takes it with an
+/// MP_REACH next hop, not the IPv4 NEXT_HOP.
+const VIP6: &str = "2001:db8::10/128";
 /// Every wait in these tests is bounded by this: a broken announcer fails, never hangs.
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -79,9 +82,18 @@ impl Gobgpd {
         cmd
     }
 
-    /// The prefixes in gobgpd's global table, or None when it does not answer.
+    /// The IPv4 prefixes in gobgpd's global table, or None when it does not answer.
     fn rib(&self) -> Option<Vec<String>> {
-        let out = self.rib_command(&["-j"]).output().ok()?;
+        self.rib_of(&["-j"])
+    }
+
+    /// The IPv6 ones.
+    fn rib6(&self) -> Option<Vec<String>> {
+        self.rib_of(&["-a", "ipv6", "-j"])
+    }
+
+    fn rib_of(&self, args: &[&str]) -> Option<Vec<String>> {
+        let out = self.rib_command(args).output().ok()?;
         if !out.status.success() {
             return None;
         }
@@ -173,8 +185,8 @@ fn config(dir: &Path, gobgp_port: u16, feeds: &Feeds, extra: &str) -> AnnounceCo
     let text = format!(
         "startup_wait = \"2s\"\n{extra}\n[gobgp]\nendpoint = \"http://127.0.0.1:{gobgp_port}\"\nresync = \"300ms\"\n\
          {agents}\
-         [[serve]]\nentity = \"dc-a\"\nprefixes = [\"{VIP}\", \"{ONLY_A}\"]\n\
-         [[serve]]\nentity = \"dc-b\"\nprefixes = [\"{VIP}\"]\nlocal = false\n"
+         [[serve]]\nentity = \"dc-a\"\nprefixes = [\"{VIP}\", \"{ONLY_A}\", \"{VIP6}\"]\n\
+         [[serve]]\nentity = \"dc-b\"\nprefixes = [\"{VIP}\", \"{VIP6}\"]\nlocal = false\n"
     );
     let path = dir.join("announce.toml");
     std::fs::write(&path, &text).expect("write announce config");
@@ -271,6 +283,7 @@ async fn a_site_failed_by_two_other_sites_is_withdrawn_and_announced_again_after
     let metrics = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"");
     let announcer = Announcer::start(config(&dir, gobgpd.port, &feeds, &metrics));
     until_holds(&gobgpd, &[VIP, ONLY_A], "dc-a's prefixes announced").await;
+    assert!(holds(gobgpd.rib6(), &[VIP6]), "{:?}", gobgpd.rib6());
 
     // Only one other site sees dc-a fail: not a quorum; its own agents do not count.
     feeds.say(&[0, 1], &[site("dc-a", State::Failed)]);
@@ -281,9 +294,11 @@ async fn a_site_failed_by_two_other_sites_is_withdrawn_and_announced_again_after
     // served by dc-a alone, stays (nothing else could take its users).
     feeds.say(&[2], &[site("dc-a", State::Failed)]);
     until_holds(&gobgpd, &[ONLY_A], "the VIP withdrawn").await;
+    assert!(holds(gobgpd.rib6(), &[]), "{:?}", gobgpd.rib6());
     let scraped = scrape(metrics_port).await;
     for line in [
-        "faultline_announce_withdrawals_total 1",
+        // Counted per prefix: the IPv4 and the IPv6 VIP.
+        "faultline_announce_withdrawals_total 2",
         "faultline_announce_announced{entity=\"dc-a\"} 1",
         "faultline_announce_gobgp_up 1",
         "faultline_announce_action_seconds_count 1",
@@ -303,6 +318,7 @@ async fn a_site_failed_by_two_other_sites_is_withdrawn_and_announced_again_after
     // dc-a recovers.
     feeds.say(&[1, 2], &[site("dc-a", State::Healthy)]);
     until_holds(&gobgpd, &[VIP, ONLY_A], "dc-a announced after recovery").await;
+    assert!(holds(gobgpd.rib6(), &[VIP6]), "{:?}", gobgpd.rib6());
     announcer.stop().await;
     assert!(
         holds(gobgpd.rib(), &[VIP, ONLY_A]),
