@@ -36,6 +36,9 @@ pub(crate) struct Metrics {
     /// malformed), and dropped because the run loop had no room.
     pub peer_batches_refused: AtomicU64,
     pub peer_batches_dropped: AtomicU64,
+    /// Links in peer batches left out: a local address not the peer's host's, or past
+    /// the cap on addresses outside the topology (see `feed::peer_identity`).
+    pub peer_links_refused: AtomicU64,
     /// Peer observations dropped: every observer id taken by observers still heard.
     pub observations_refused: AtomicU64,
 }
@@ -106,7 +109,7 @@ impl Metrics {
         metric(
             "faultline_peer_batches_refused_total",
             "counter",
-            "Peer batches refused: a name not the stream's own (this agent's, another live peer's, a rename), too many links, too many batches a second, or malformed.",
+            "Peer batches refused: too many links, too many batches a second, or malformed.",
             get(&self.peer_batches_refused).to_string(),
         );
         metric(
@@ -114,6 +117,12 @@ impl Metrics {
             "counter",
             "Peer batches dropped because the run loop had no room for them.",
             get(&self.peer_batches_dropped).to_string(),
+        );
+        metric(
+            "faultline_peer_links_refused_total",
+            "counter",
+            "Links in peer batches left out: the local address is not the peer's own host's, or past the cap on addresses outside the topology.",
+            get(&self.peer_links_refused).to_string(),
         );
         metric(
             "faultline_observations_refused_total",

@@ -5,6 +5,7 @@
 //! deletes it on drop (which also removes its veths and nft tables), so a failing test
 //! leaves nothing behind. Traffic helpers run in a thread that has entered the
 //! namespace, and every loop is bounded in time.
+pub mod agent;
 pub mod feed;
 pub mod netns;
 pub mod traffic;

@@ -11,6 +11,7 @@ pub(crate) mod health;
 pub(crate) mod hub;
 pub(crate) mod observations;
 pub(crate) mod peer_gate;
+pub(crate) mod peer_identity;
 pub(crate) mod verdicts;
 
 use std::{future::Future, sync::Arc, time::SystemTime};
@@ -55,7 +56,7 @@ impl Default for FeedLimits {
 pub struct Feed {
     pub hub: Arc<Hub>,
     pub observations: Publisher,
-    topology: Arc<Topology>,
+    pub(crate) topology: Arc<Topology>,
     limits: FeedLimits,
     agent_serving: Arc<watch::Sender<bool>>,
 }

@@ -18,7 +18,10 @@ use tokio::sync::{broadcast, broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::peer_gate::{NamesInUse, PeerGate, Refusal};
+use super::{
+    peer_gate::{NamesInUse, PeerGate},
+    peer_identity::{LinkFilter, PeerIdentity},
+};
 use crate::{
     detector::{LinkDelta, Observation},
     metrics::Metrics,
@@ -80,13 +83,12 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
     }
 }
 
-/// A peer's batch as detector observations; None if it names no observer or carries
-/// an address that does not parse.
-pub(crate) fn from_wire(batch: &pb::ObservationBatch) -> Option<Vec<Observation>> {
-    if batch.observer.is_empty() {
-        return None;
-    }
-    let observer: Arc<str> = batch.observer.as_str().into();
+/// A peer's batch as detector observations of `observer` (the peer's identity, not
+/// the name the batch gives); None if it carries an address that does not parse.
+pub(crate) fn from_wire(
+    batch: &pb::ObservationBatch,
+    observer: &Arc<str>,
+) -> Option<Vec<Observation>> {
     batch
         .links
         .iter()
@@ -182,10 +184,21 @@ pub(crate) async fn follow_peer(
     silence: Duration,
     to_detector: mpsc::Sender<PeerMessage>,
 ) {
+    let identity = PeerIdentity::of(&endpoint, &gate.topology);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut observer = None;
-        match subscribe_once(&endpoint, &gate, silence, &to_detector, &mut observer).await {
+        let mut followed = false;
+        let filter = LinkFilter::new(identity.clone(), gate.topology.clone());
+        match subscribe_once(
+            &endpoint,
+            &gate,
+            filter,
+            silence,
+            &to_detector,
+            &mut followed,
+        )
+        .await
+        {
             Ok(()) => {
                 tracing::warn!(peer = %endpoint, "peer closed the observation stream; reconnecting");
             }
@@ -193,9 +206,13 @@ pub(crate) async fn follow_peer(
                 tracing::warn!(peer = %endpoint, error = %e, retry_in = ?backoff, "peer unreachable");
             }
         }
-        if let Some(name) = observer {
+        if followed {
             backoff = Duration::from_millis(100);
-            if to_detector.send(PeerMessage::Lost(name)).await.is_err() {
+            if to_detector
+                .send(PeerMessage::Lost(identity.name.clone()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -207,11 +224,12 @@ pub(crate) async fn follow_peer(
     }
 }
 
-/// What every follower's gate shares: this agent's name, the names live streams hold,
-/// and the counters of what was refused or dropped.
+/// What every follower shares: this agent's name, the topology that names peers, the
+/// names live streams hold, and the counters of what was refused or dropped.
 #[derive(Clone)]
 pub(crate) struct GateFor {
     pub(crate) me: String,
+    pub(crate) topology: Arc<crate::topology::Topology>,
     pub(crate) names: NamesInUse,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -219,10 +237,14 @@ pub(crate) struct GateFor {
 async fn subscribe_once(
     endpoint: &str,
     gate_for: &GateFor,
+    mut filter: LinkFilter,
     silence: Duration,
     to_detector: &mpsc::Sender<PeerMessage>,
-    observer: &mut Option<Arc<str>>,
+    followed: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let name = filter.identity().name.clone();
+    let mut gate = PeerGate::claim(&gate_for.me, &name, gate_for.names.clone(), Instant::now())
+        .map_err(|refusal| format!("not followed: the endpoint {refusal:?}"))?;
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(silence)
@@ -236,9 +258,8 @@ async fn subscribe_once(
         })
         .await?
         .into_inner();
-    tracing::info!(peer = %endpoint, "following peer observations");
+    tracing::info!(peer = %endpoint, observer = %name, "following peer observations");
     let mut last = None;
-    let mut gate = PeerGate::new(&gate_for.me, gate_for.names.clone(), Instant::now());
     loop {
         let Ok(next) = tokio::time::timeout(silence, stream.message()).await else {
             return Err(format!("silent for {}", humantime::format_duration(silence)).into());
@@ -252,36 +273,30 @@ async fn subscribe_once(
             tracing::debug!(peer = %endpoint, skipped = batch.sequence - prev - 1, "missed peer batches");
         }
         last = Some(batch.sequence);
-        // A peer speaks for itself only (see `peer_gate`).
-        match gate.check(&batch.observer, batch.links.len(), Instant::now()) {
-            Ok(()) => {}
-            Err(Refusal::Impostor(why)) => {
-                Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
-                return Err(format!("refused: the peer {why}").into());
-            }
-            Err(refusal) => {
-                Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
-                tracing::debug!(peer = %endpoint, ?refusal, "peer batch refused");
-                continue;
-            }
+        if let Err(refusal) = gate.check(batch.links.len(), Instant::now()) {
+            Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
+            tracing::debug!(peer = %endpoint, ?refusal, "peer batch refused");
+            continue;
         }
-        match from_wire(&batch) {
-            Some(observations) => {
-                let name = observer.get_or_insert_with(|| batch.observer.as_str().into());
-                match to_detector.try_send(PeerMessage::Batch {
-                    observer: name.clone(),
-                    observations,
-                }) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        Metrics::add(&gate_for.metrics.peer_batches_dropped, 1);
-                    }
-                }
-            }
-            None => {
-                Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
-                tracing::warn!(peer = %endpoint, "malformed observation batch ignored");
+        let Some(mut observations) = from_wire(&batch, &name) else {
+            Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
+            tracing::warn!(peer = %endpoint, "malformed observation batch ignored");
+            continue;
+        };
+        let left_out = filter.retain(&mut observations);
+        if left_out > 0 {
+            Metrics::add(&gate_for.metrics.peer_links_refused, left_out as u64);
+            tracing::debug!(peer = %endpoint, left_out, "links the peer may not speak for left out");
+        }
+        *followed = true;
+        match to_detector.try_send(PeerMessage::Batch {
+            observer: name.clone(),
+            observations,
+        }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Metrics::add(&gate_for.metrics.peer_batches_dropped, 1);
             }
         }
     }
@@ -322,7 +337,7 @@ mod tests {
         };
         assert_eq!(batch.links[0].acked_segs, 2);
         assert_eq!(batch.links[0].repeat_timeouts, 3);
-        let received = from_wire(&batch).expect("a well-formed batch");
+        let received = from_wire(&batch, &"a".into()).expect("a well-formed batch");
         assert_eq!(received.len(), 1);
         assert_eq!(received[0].link, sent.link);
         assert_eq!(received[0].delta, sent.delta);
@@ -340,7 +355,7 @@ mod tests {
                 ..pb::LinkObservation::default()
             }],
         };
-        let received = from_wire(&batch).unwrap();
+        let received = from_wire(&batch, &"peer".into()).unwrap();
         assert_eq!(
             received[0].delta.silent_ms, None,
             "undated, not silent since 0 ms"
@@ -366,7 +381,7 @@ mod tests {
                 ..pb::LinkObservation::default()
             }],
         };
-        let received = from_wire(&batch).unwrap();
+        let received = from_wire(&batch, &"peer".into()).unwrap();
         assert_eq!(
             received[0].delta.counters.rto_timeouts,
             faultline_core::link::MAX_TICK_COUNT

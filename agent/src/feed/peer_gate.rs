@@ -1,8 +1,8 @@
-//! What a followed peer may send: one name per stream, never this agent's own nor
-//! one another live stream holds, batches of a bounded size, at a bounded rate. A
-//! peer names itself in each batch, so without this one confused or hostile peer
-//! could speak as another observer (wiping its evidence when its own stream ended),
-//! or flood the detector.
+//! What a followed peer may send: batches of a bounded size, at a bounded rate, over
+//! one stream per identity. The identity comes from the config (see
+//! `peer_identity`), never from the batches, so a peer cannot speak as another
+//! observer; a second endpoint that resolves to a host already followed is refused
+//! while the first stream lives, so no host counts twice.
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -37,71 +37,51 @@ impl NamesInUse {
     }
 }
 
-/// Why a batch was refused.
+/// Why a batch or a stream was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The stream must end: it speaks as someone it is not.
-    Impostor(String),
+    /// The stream must not be followed: its identity is this agent's own, or another
+    /// live stream's.
+    Duplicate(String),
     /// This batch only.
     TooLarge(usize),
     TooFast,
-    Renamed {
-        held: String,
-        got: String,
-    },
 }
 
-/// One stream's gate.
+/// One stream's gate; holds its identity's name while it lives.
 pub(crate) struct PeerGate {
-    me: String,
     names: NamesInUse,
-    /// The name this stream speaks as, once its first batch is accepted.
-    name: Option<String>,
+    name: String,
     window: (Instant, u32),
 }
 
 impl PeerGate {
-    pub(crate) fn new(me: &str, names: NamesInUse, now: Instant) -> Self {
-        Self {
-            me: me.to_owned(),
-            names,
-            name: None,
-            window: (now, 0),
+    /// Claims `name` for one stream; refused if it is `me` or held by a live stream.
+    pub(crate) fn claim(
+        me: &str,
+        name: &str,
+        names: NamesInUse,
+        now: Instant,
+    ) -> Result<Self, Refusal> {
+        if name == me {
+            return Err(Refusal::Duplicate(format!(
+                "is this agent itself (`{name}`)"
+            )));
         }
+        if !names.claim(name) {
+            return Err(Refusal::Duplicate(format!(
+                "is `{name}`, which another endpoint's stream already follows"
+            )));
+        }
+        Ok(Self {
+            names,
+            name: name.to_owned(),
+            window: (now, 0),
+        })
     }
 
-    /// Whether a batch named `observer` with `links` links, arriving at `now`, passes.
-    pub(crate) fn check(
-        &mut self,
-        observer: &str,
-        links: usize,
-        now: Instant,
-    ) -> Result<(), Refusal> {
-        match &self.name {
-            Some(held) if held != observer => {
-                return Err(Refusal::Renamed {
-                    held: held.clone(),
-                    got: observer.to_owned(),
-                });
-            }
-            Some(_) => {}
-            None if observer == self.me => {
-                return Err(Refusal::Impostor(format!(
-                    "claims this agent's own name `{observer}`"
-                )));
-            }
-            None if observer.is_empty() => {
-                return Err(Refusal::Impostor("names no observer".to_owned()));
-            }
-            None => {
-                if !self.names.claim(observer) {
-                    return Err(Refusal::Impostor(format!(
-                        "claims `{observer}`, which another peer's stream speaks as"
-                    )));
-                }
-                self.name = Some(observer.to_owned());
-            }
-        }
+    /// Whether a batch with `links` links, arriving at `now`, passes.
+    pub(crate) fn check(&mut self, links: usize, now: Instant) -> Result<(), Refusal> {
         // Every batch counts against the rate, refused or not: a flood is a flood.
         let (start, count) = &mut self.window;
         if now.duration_since(*start) >= Duration::from_secs(1) {
@@ -120,9 +100,7 @@ impl PeerGate {
 
 impl Drop for PeerGate {
     fn drop(&mut self) {
-        if let Some(name) = &self.name {
-            self.names.release(name);
-        }
+        self.names.release(&self.name);
     }
 }
 
@@ -131,50 +109,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_peer_may_not_speak_as_this_agent_or_as_another_live_peer() {
+    fn one_stream_per_identity_and_never_this_agent() {
         let names = NamesInUse::default();
         let t = Instant::now();
-        let mut a = PeerGate::new("me", names.clone(), t);
-        assert!(matches!(a.check("me", 1, t), Err(Refusal::Impostor(_))));
-        assert!(matches!(a.check("", 1, t), Err(Refusal::Impostor(_))));
-        assert_eq!(a.check("web-1", 1, t), Ok(()));
-        let mut b = PeerGate::new("me", names.clone(), t);
-        assert!(matches!(b.check("web-1", 1, t), Err(Refusal::Impostor(_))));
+        assert!(matches!(
+            PeerGate::claim("me", "me", names.clone(), t),
+            Err(Refusal::Duplicate(_))
+        ));
+        let a = PeerGate::claim("me", "dc-a/c1/r1/web-1", names.clone(), t).unwrap();
+        assert!(matches!(
+            PeerGate::claim("me", "dc-a/c1/r1/web-1", names.clone(), t),
+            Err(Refusal::Duplicate(_))
+        ));
         // Once the first stream ends, the name is free again.
         drop(a);
-        assert_eq!(b.check("web-1", 1, t), Ok(()));
-    }
-
-    #[test]
-    fn a_stream_keeps_its_name() {
-        let t = Instant::now();
-        let mut g = PeerGate::new("me", NamesInUse::default(), t);
-        assert_eq!(g.check("web-1", 1, t), Ok(()));
-        assert_eq!(
-            g.check("web-2", 1, t),
-            Err(Refusal::Renamed {
-                held: "web-1".into(),
-                got: "web-2".into()
-            })
-        );
+        assert!(PeerGate::claim("me", "dc-a/c1/r1/web-1", names, t).is_ok());
     }
 
     #[test]
     fn batches_are_bounded_in_size_and_rate() {
         let t = Instant::now();
-        let mut g = PeerGate::new("me", NamesInUse::default(), t);
+        let mut g = PeerGate::claim("me", "web-1", NamesInUse::default(), t).unwrap();
         assert_eq!(
-            g.check("web-1", MAX_BATCH_LINKS + 1, t),
+            g.check(MAX_BATCH_LINKS + 1, t),
             Err(Refusal::TooLarge(MAX_BATCH_LINKS + 1))
         );
         let mut passed = 0;
         for i in 0..200 {
-            if g.check("web-1", 10, t + Duration::from_millis(i)).is_ok() {
+            if g.check(10, t + Duration::from_millis(i)).is_ok() {
                 passed += 1;
             }
         }
         // The oversized batch counted against the rate too.
         assert_eq!(passed, MAX_BATCHES_PER_SECOND - 1);
-        assert_eq!(g.check("web-1", 10, t + Duration::from_secs(1)), Ok(()));
+        assert_eq!(g.check(10, t + Duration::from_secs(1)), Ok(()));
     }
 }

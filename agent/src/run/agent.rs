@@ -107,7 +107,14 @@ impl Agent {
         let stop_server =
             spawn_servers(&mut tasks, &feed, &metrics, grpc_listener, metrics_listener);
         let peer_count = peers.endpoints.len();
-        let peers = spawn_peer_followers(&mut tasks, config, &peers.endpoints, &observer, &metrics);
+        let peers = spawn_peer_followers(
+            &mut tasks,
+            config,
+            &peers.endpoints,
+            &observer,
+            &metrics,
+            &feed,
+        );
         tracing::info!(
             observer = %observer.name,
             local_addresses = observer.local_count(),
@@ -376,11 +383,13 @@ fn spawn_peer_followers(
     endpoints: &[String],
     observer: &Observer,
     metrics: &Arc<Metrics>,
+    feed: &Feed,
 ) -> mpsc::Receiver<PeerMessage> {
     let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
     let silence = PEER_SILENT_TICKS * config.probe.tick;
     let gate = GateFor {
         me: observer.name.to_string(),
+        topology: feed.topology.clone(),
         names: NamesInUse::default(),
         metrics: metrics.clone(),
     };

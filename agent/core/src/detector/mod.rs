@@ -28,7 +28,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use observers::Observer;
 use rollup::{Outcome, Totals, Vote};
-use views::{Outside, PooledLoss, TwoObservers, View};
+use views::{Outside, PooledLoss, View};
 
 use rustc_hash::FxHashMap;
 
@@ -103,7 +103,7 @@ type SlotId = u32;
 
 /// One host's vote for one enclosing entity: (entity, the host's ancestor just below
 /// it, its state from outside the entity, fresh, who saw it fail).
-type HostVote = (EntityId, EntityId, LinkStatus, (bool, bool), TwoObservers);
+type HostVote = (EntityId, EntityId, LinkStatus, (bool, bool), Outside);
 
 #[derive(Default)]
 struct Node {
@@ -724,15 +724,15 @@ impl Detector {
                         child,
                         o.status(now, &self.cfg),
                         (o.fresh, o.uncorroborated(now, &self.cfg)),
-                        o.failing_observers,
+                        *o,
                     ));
                     child = e;
                 }
             }
-            for (e, child, status, fresh, failing) in votes.0.into_iter().flatten() {
+            for (e, child, status, fresh, outside) in votes.0.into_iter().flatten() {
                 self.nodes[e.index()]
                     .vote
-                    .add(child, status, fresh, failing, host_level);
+                    .add(child, status, fresh, &outside, host_level);
             }
         }
         for level in [Level::Rack, Level::Cabinet, Level::Site] {
@@ -825,6 +825,8 @@ impl Detector {
             let mut by_one_that_sees_enough = false;
             for v in reaching(h) {
                 vote.failing_observers.add(v.observer);
+                vote.failing_racks
+                    .add(self.observers[usize::from(v.observer)].rack());
                 counted = true;
                 by_one_that_sees_enough |= sees_enough(v.observer);
             }
@@ -1028,9 +1030,12 @@ fn outside_of(
         }
         let b = &mut buckets[usize::from(v.outside)];
         if v.status == LinkStatus::Failed {
-            b.add_failing(v);
+            b.add_failing(v, o.rack());
         } else {
-            b.add_delivering(v.status == LinkStatus::Degraded && !o.discount_degraded);
+            b.add_delivering(
+                v.status == LinkStatus::Degraded && !o.discount_degraded,
+                o.rack(),
+            );
         }
     }
     let mut out = PerLevel::<Outside>::default();

@@ -287,6 +287,13 @@ impl Observer {
 
     /// Whether its view of a host enclosed by `host_around` counts: not while it is
     /// cut off from that host's side of the boundary.
+    /// The rack it stands in. Observers the topology places in no rack share one
+    /// stand-in: peers outside the topology never corroborate each other into a
+    /// verdict above host level; one in a rack must agree.
+    pub(super) fn rack(&self) -> EntityId {
+        self.around[Level::Rack].unwrap_or(EntityId(u32::MAX))
+    }
+
     pub(super) fn may_judge(&self, host_around: &PerLevel<Option<EntityId>>) -> bool {
         match self.judges_only_inside {
             Some((level, e)) => host_around[level] == Some(e),

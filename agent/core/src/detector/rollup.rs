@@ -3,7 +3,8 @@
 //! Quorum counts distinct hosts, whatever the number of children: an entity fails when
 //! at least `min_failed_hosts` of its hosts, and at least `min_failed_fraction` of those
 //! observed, are failing as seen from outside it; when `min_observers` distinct
-//! observers saw them fail (no verdict above host level rests on one observer); and
+//! observers saw them fail, standing in at least two racks (no verdict above host
+//! level rests on one observer, nor on one rack's, which may share its fault); and
 //! when some host elsewhere is still healthy (the observers still reach the rest).
 //!
 //! A failure that one smaller child explains is that child's, not the entity's: a
@@ -21,7 +22,11 @@
 //! DEGRADED is relative: an entity is degraded only when its share of degraded hosts
 //! stands out, `degraded_standout` times the share among the hosts outside it. A rise
 //! across the whole network, or every host an observer sees, is nobody's fault.
-use super::{DetectorConfig, link::LinkStatus, views::TwoObservers};
+use super::{
+    DetectorConfig,
+    link::LinkStatus,
+    views::{Outside, TwoObservers, TwoRacks},
+};
 use crate::topology::EntityId;
 
 /// One entity's hosts this tick.
@@ -38,6 +43,12 @@ pub(super) struct Vote {
     /// Some failing view has fresh loss evidence.
     pub(super) fresh: bool,
     pub(super) failing_observers: TwoObservers,
+    /// The racks of the observers of the failing hosts, and of the failing or
+    /// degraded ones.
+    pub(super) failing_racks: TwoRacks,
+    bad_racks: TwoRacks,
+    /// Some degraded host is degraded by pooled loss, which names no observer.
+    pooled_loss: bool,
     /// The same hosts judged at host level (from every observer but themselves):
     /// known, and degraded or failing. For the stand-out comparison and the
     /// "others are fine" check.
@@ -70,7 +81,7 @@ impl Vote {
         child: EntityId,
         outside: LinkStatus,
         (fresh, uncorroborated): (bool, bool),
-        failing_observers: TwoObservers,
+        seen: &Outside,
         host_level: LinkStatus,
     ) {
         if outside != LinkStatus::Unknown {
@@ -89,12 +100,17 @@ impl Vote {
                 }
             }
             LinkStatus::Failed => {
-                self.failing_observers.merge(failing_observers);
+                self.failing_observers.merge(seen.failing_observers);
+                self.failing_racks.merge(seen.failing_racks);
+                self.bad_racks.merge(seen.failing_racks);
                 self.fresh |= fresh;
                 self.add_failed(child);
             }
             LinkStatus::Degraded => {
                 self.degraded += 1;
+                self.bad_racks.merge(seen.failing_racks);
+                self.bad_racks.merge(seen.degraded_racks);
+                self.pooled_loss |= seen.lossy;
                 note(&mut self.bad_child, &mut self.bad_children_differ, child);
             }
         }
@@ -117,6 +133,7 @@ impl Vote {
     pub(super) fn clear_failed(&mut self) {
         self.failed = 0;
         self.failing_observers = TwoObservers::default();
+        self.failing_racks = TwoRacks::default();
         self.failed_child = None;
         self.failed_children_differ = false;
     }
@@ -163,17 +180,24 @@ pub(super) fn judge(v: &Vote, all: &Totals, cfg: &DetectorConfig) -> Outcome {
         n >= cfg.min_failed_hosts && f64::from(n) >= cfg.min_failed_fraction * f64::from(v.observed)
     };
     let healthy_elsewhere = all.healthy > v.host_level_healthy;
+    let racks = cfg.min_observers.min(2);
     // Every failing host in one child, while other children hold observed hosts.
     let one_child_explains = !v.failed_children_differ && v.observed_children_differ;
     if quorum(v.failed)
         && v.failing_observers.count() >= cfg.min_observers
+        && v.failing_racks.count() >= racks
         && healthy_elsewhere
         && !one_child_explains
     {
         return Outcome::Failed;
     }
     let one_child_is_bad = !v.bad_children_differ && v.observed_children_differ;
-    if quorum(v.failed + v.degraded) && stands_out(v, all, cfg) && !one_child_is_bad {
+    let from_racks_enough = v.bad_racks.count() >= racks || v.pooled_loss;
+    if quorum(v.failed + v.degraded)
+        && stands_out(v, all, cfg)
+        && !one_child_is_bad
+        && from_racks_enough
+    {
         return Outcome::Degraded;
     }
     Outcome::Healthy
@@ -200,13 +224,28 @@ fn stands_out(v: &Vote, all: &Totals, cfg: &DetectorConfig) -> bool {
 mod tests {
     use super::*;
 
-    /// Hosts as (state, observer that saw it, child it sits in).
+    /// Hosts as (state, observer that saw it, child it sits in); each observer in a
+    /// rack of its own.
     fn vote_in(hosts: &[(LinkStatus, u16, u32)]) -> Vote {
+        let racked: Vec<_> = hosts
+            .iter()
+            .map(|&(s, o, child)| (s, o, 1000 + u32::from(o), child))
+            .collect();
+        vote_racked(&racked)
+    }
+
+    /// Hosts as (state, observer that saw it, the observer's rack, child it sits in).
+    fn vote_racked(hosts: &[(LinkStatus, u16, u32, u32)]) -> Vote {
         let mut v = Vote::default();
-        for &(s, observer, child) in hosts {
-            let mut two = TwoObservers::default();
-            two.add(observer);
-            v.add(EntityId(child), s, (true, false), two, s);
+        for &(s, observer, rack, child) in hosts {
+            let mut seen = Outside::default();
+            seen.failing_observers.add(observer);
+            match s {
+                LinkStatus::Failed => seen.failing_racks.add(EntityId(rack)),
+                LinkStatus::Degraded => seen.degraded_racks.add(EntityId(rack)),
+                _ => {}
+            }
+            v.add(EntityId(child), s, (true, false), &seen, s);
         }
         v
     }
@@ -251,6 +290,20 @@ mod tests {
             judge(&v, &totals(&v, 5, 0), &DetectorConfig::default()),
             Outcome::Failed
         );
+    }
+
+    #[test]
+    fn observers_of_one_rack_alone_never_fail_or_degrade_an_entity() {
+        let cfg = DetectorConfig::default();
+        // Two observers, one rack: their ToR may be the fault.
+        let v = vote_racked(&[(Failed, 1, 7, 0), (Failed, 2, 7, 0)]);
+        assert_eq!(judge(&v, &totals(&v, 5, 0), &cfg), Outcome::Healthy);
+        let v = vote_racked(&[(Failed, 1, 7, 0), (Failed, 2, 8, 0)]);
+        assert_eq!(judge(&v, &totals(&v, 5, 0), &cfg), Outcome::Failed);
+        let v = vote_racked(&[(Degraded, 1, 7, 0), (Degraded, 2, 7, 0), (Healthy, 3, 9, 0)]);
+        assert_eq!(judge(&v, &totals(&v, 20, 1), &cfg), Outcome::Healthy);
+        let v = vote_racked(&[(Degraded, 1, 7, 0), (Degraded, 2, 8, 0), (Healthy, 3, 9, 0)]);
+        assert_eq!(judge(&v, &totals(&v, 20, 1), &cfg), Outcome::Degraded);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use super::{DetectorConfig, link::LinkStatus};
+use crate::topology::EntityId;
 
 /// One observer's view of one host this tick, from all its links to that host. 24
 /// bytes: a tick writes one per (observer, host) pair, 100k of them at fleet scale.
@@ -132,12 +133,18 @@ pub(super) fn view_of(
     }
 }
 
-/// Up to two distinct observers: enough to tell "one observer says so" from "several do".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct TwoObservers([Option<u16>; 2]);
+/// Up to two distinct values: enough to tell "one says so" from "several do".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TwoDistinct<T>([Option<T>; 2]);
 
-impl TwoObservers {
-    pub(super) fn add(&mut self, o: u16) {
+impl<T> Default for TwoDistinct<T> {
+    fn default() -> Self {
+        Self([None, None])
+    }
+}
+
+impl<T: Copy + PartialEq> TwoDistinct<T> {
+    pub(super) fn add(&mut self, o: T) {
         match self.0 {
             [None, _] => self.0[0] = Some(o),
             [Some(a), None] if a != o => self.0[1] = Some(o),
@@ -157,6 +164,12 @@ impl TwoObservers {
     }
 }
 
+/// Observers by id.
+pub(super) type TwoObservers = TwoDistinct<u16>;
+/// The racks observers stand in (their own host, when the topology places them in
+/// none): above host level, no verdict rests on observers of one rack.
+pub(super) type TwoRacks = TwoDistinct<EntityId>;
+
 /// A host as seen, this tick, from outside one of its enclosing entities.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Outside {
@@ -169,6 +182,9 @@ pub(super) struct Outside {
     pub(super) onset_ms: u64,
     pub(super) fresh: bool,
     pub(super) failing_observers: TwoObservers,
+    /// The racks of the failing views' observers, and of the degraded ones'.
+    pub(super) failing_racks: TwoRacks,
+    pub(super) degraded_racks: TwoRacks,
     /// Losing, pooled over every outside observer's links ([`PooledLoss`]).
     pub(super) lossy: bool,
 }
@@ -268,6 +284,8 @@ impl Default for Outside {
             onset_ms: NEVER,
             fresh: false,
             failing_observers: TwoObservers::default(),
+            failing_racks: TwoRacks::default(),
+            degraded_racks: TwoRacks::default(),
             lossy: false,
         }
     }
@@ -275,19 +293,22 @@ impl Default for Outside {
 
 impl Outside {
     /// A failing view: it sets the onset the witnesses are measured against.
-    pub(super) fn add_failing(&mut self, v: &View) {
+    /// A failing view from an observer standing in `rack`.
+    pub(super) fn add_failing(&mut self, v: &View, rack: EntityId) {
         self.failing += 1;
         self.onset_ms = self.onset_ms.min(v.onset_ms);
         self.fresh |= v.fresh;
         self.failing_observers.add(v.observer);
+        self.failing_racks.add(rack);
     }
 
     /// A delivering view; `degraded`: it counts as degraded. Witnesses are counted
     /// apart ([`Self::add_witness`]) once every onset is known.
-    pub(super) fn add_delivering(&mut self, degraded: bool) {
+    pub(super) fn add_delivering(&mut self, degraded: bool, rack: EntityId) {
         self.reached += 1;
         if degraded {
             self.degraded += 1;
+            self.degraded_racks.add(rack);
         }
     }
 
@@ -310,6 +331,8 @@ impl Outside {
         self.onset_ms = self.onset_ms.min(o.onset_ms);
         self.fresh |= o.fresh;
         self.failing_observers.merge(o.failing_observers);
+        self.failing_racks.merge(o.failing_racks);
+        self.degraded_racks.merge(o.degraded_racks);
     }
 
     /// Failing by one observer only, no witness against it, and not yet long enough
@@ -391,10 +414,10 @@ mod tests {
         let cfg = DetectorConfig::default();
         let mut o = Outside::default();
         for v in views.iter().filter(|v| v.status == LinkStatus::Failed) {
-            o.add_failing(v);
+            o.add_failing(v, EntityId(0));
         }
         for v in views.iter().filter(|v| v.status != LinkStatus::Failed) {
-            o.add_delivering(false);
+            o.add_delivering(false, EntityId(0));
             o.add_witness(v, &cfg);
         }
         o.status(Duration::from_millis(now), &cfg)
@@ -434,7 +457,7 @@ mod tests {
     fn degraded_of(degraded: u32, reached: u32) -> LinkStatus {
         let mut o = Outside::default();
         for i in 0..reached {
-            o.add_delivering(i < degraded);
+            o.add_delivering(i < degraded, EntityId(i));
         }
         o.status(Duration::from_secs(1), &DetectorConfig::default())
     }
