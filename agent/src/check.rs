@@ -97,7 +97,30 @@ pub fn run_with_config(path: Option<&Path>) -> Vec<Requirement> {
     let mut out = vec![line];
     out.extend(run(&CheckPaths::from_config(&config)));
     out.push(peers(&config));
+    if config.tls.is_some() {
+        out.push(tls(&config));
+    }
     out
+}
+
+/// The TLS files: readable, parsed, the key fitting the certificate.
+fn tls(config: &Config) -> Requirement {
+    match config.check_tls() {
+        Ok(()) => requirement(
+            "tls",
+            Need::Required,
+            true,
+            "certificate, key and CA load".into(),
+            None,
+        ),
+        Err(e) => requirement(
+            "tls",
+            Need::Required,
+            false,
+            e.to_string(),
+            Some("fix the file the key names: `faultline run` refuses it too".into()),
+        ),
+    }
 }
 
 /// The peers the agent would follow: as listed, or chosen from the topology for this

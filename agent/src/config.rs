@@ -9,7 +9,11 @@ use std::{
 use faultline_core::capped_read::{self, CappedReadError};
 use serde::{Deserialize, de};
 
-use crate::{detector::DetectorConfig, probe::ProbeOptions};
+use crate::{
+    detector::DetectorConfig,
+    probe::ProbeOptions,
+    tls::{TlsConfig, TlsProblem},
+};
 
 /// Where `faultline run` looks when `--config` is not given.
 pub(crate) const DEFAULT_PATH: &str = "/etc/faultline/faultline.toml";
@@ -71,6 +75,8 @@ pub struct Config {
     pub listen: ListenConfig,
     pub probe: ProbeConfig,
     pub detector: DetectorConfig,
+    /// TLS on the gRPC port and towards peers. Default: none (cleartext).
+    pub tls: Option<TlsConfig>,
     /// Where the config came from, for errors found after parsing (None: defaults).
     #[serde(skip)]
     pub(crate) origin: Option<Origin>,
@@ -82,6 +88,8 @@ pub struct Config {
 pub(crate) struct Origin {
     pub(crate) path: PathBuf,
     pub(crate) peers_line: usize,
+    /// The lines of `tls.cert`, `tls.key` and `tls.ca`, for files refused at start-up.
+    pub(crate) tls_lines: [Option<usize>; 3],
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -169,13 +177,22 @@ pub struct ListenConfig {
     pub grpc: SocketAddr,
     /// Prometheus `/metrics`. Default `[::]:7432`.
     pub metrics: SocketAddr,
+    /// Connections open at once on the gRPC port; more are closed at once. Default
+    /// 1024: a few dozen peers and routers, with room for a fleet's subscribers.
+    pub max_connections: usize,
+    /// Watch and Subscribe streams open at once, all connections together; more get
+    /// RESOURCE_EXHAUSTED. Default 4096.
+    pub max_streams: usize,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
+        let limits = crate::feed::FeedLimits::default();
         Self {
             grpc: SocketAddr::from(([0u16; 8], 7431)),
             metrics: SocketAddr::from(([0u16; 8], 7432)),
+            max_connections: limits.connections,
+            max_streams: limits.streams,
         }
     }
 }
@@ -234,9 +251,36 @@ impl Config {
         config.origin = Some(Origin {
             path: path.to_owned(),
             peers_line: line_of(text, config.agent.peers.span().start),
+            tls_lines: TLS_KEYS.map(|k| line_of_key(text, k)),
         });
         config.validate(path, text)?;
         Ok(config)
+    }
+
+    /// Reads and checks the TLS files, if `[tls]` is set; a refusal names the config
+    /// file, the line and the key whose file is at fault.
+    pub(crate) fn check_tls(&self) -> Result<(), ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        crate::tls::check(tls).map_err(|p| self.tls_refused(p))
+    }
+
+    /// A [`ConfigError::Invalid`] for a TLS file, naming the config file, line and key.
+    pub(crate) fn tls_refused(&self, problem: TlsProblem) -> ConfigError {
+        let (path, line) = self.origin.as_ref().map_or_else(
+            || (PathBuf::from("(built-in defaults)"), None),
+            |o| {
+                let at = TLS_KEYS.iter().position(|k| *k == problem.key);
+                (o.path.clone(), at.and_then(|i| o.tls_lines[i]))
+            },
+        );
+        ConfigError::Invalid {
+            path,
+            line,
+            key: problem.key,
+            reason: problem.reason,
+        }
     }
 
     /// An [`ConfigError::Unusable`] about `agent.peers`, naming its file and line.
@@ -308,9 +352,10 @@ impl Config {
         }
         match self.agent.peers.get_ref() {
             Peers::List(list) => {
+                let tls = self.tls.is_some();
                 if let Some((bad, why)) = list
                     .iter()
-                    .find_map(|p| peer_uri_problem(p).map(|w| (p, w)))
+                    .find_map(|p| peer_uri_problem(p, tls).map(|w| (p, w)))
                 {
                     return Err(ConfigError::Invalid {
                         path: path.to_owned(),
@@ -326,6 +371,18 @@ impl Config {
                 ));
             }
             Peers::Auto => {}
+        }
+        if !(1..=65_536).contains(&self.listen.max_connections) {
+            return Err(invalid(
+                "listen.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.listen.max_streams) {
+            return Err(invalid(
+                "listen.max_streams",
+                "must be between 1 and 1048576".into(),
+            ));
         }
         if self.agent.peer_port == 0 {
             return Err(invalid(
@@ -345,14 +402,21 @@ impl Config {
 /// kernel, after the ports were bound.
 const MAX_LINKS: u32 = 1 << 20;
 
-/// Why a peer endpoint cannot be used, if it cannot: it must be `http://HOST:PORT`.
-/// `https://` is refused: this agent has no TLS, and would speak cleartext to it.
-fn peer_uri_problem(peer: &str) -> Option<&'static str> {
-    if peer.starts_with("https://") {
-        return Some("https needs TLS, which this agent does not speak yet: use http://");
-    }
-    let Some(rest) = peer.strip_prefix("http://") else {
-        return Some("not an endpoint like http://10.1.2.11:7431");
+/// The keys of `[tls]`, in `Origin::tls_lines` order.
+const TLS_KEYS: [&str; 3] = ["tls.cert", "tls.key", "tls.ca"];
+
+/// Why a peer endpoint cannot be used, if it cannot: it must be `http://HOST:PORT`,
+/// or `https://HOST:PORT` when `[tls]` gives this agent a certificate and a CA.
+fn peer_uri_problem(peer: &str, tls: bool) -> Option<&'static str> {
+    let rest = match (peer.strip_prefix("http://"), peer.strip_prefix("https://")) {
+        (Some(rest), _) => rest,
+        (None, Some(_)) if !tls => {
+            return Some(
+                "https needs [tls] (cert, key, ca) in this config: set it, or use http://",
+            );
+        }
+        (None, Some(rest)) => rest,
+        (None, None) => return Some("not an endpoint like http://10.1.2.11:7431"),
     };
     let Ok(uri) = peer.parse::<tonic::transport::Uri>() else {
         return Some("not a valid URI; an endpoint is like http://10.1.2.11:7431");
@@ -412,11 +476,17 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// The dotted key assigned on the line holding byte `offset` (its table's name, a dot,
-/// the key), or None when that line assigns nothing (a malformed header, say).
+/// the key), the table's name on its header line, or None when that line assigns
+/// nothing (a malformed header, say).
 pub(crate) fn key_at(text: &str, offset: usize) -> Option<String> {
     let upto = &text[..offset.min(text.len())];
     let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or_default();
+    // A table's header: a missing key of the table is reported there.
+    let header = line.trim();
+    if header.starts_with('[') && header.ends_with(']') && !header.starts_with("[[") {
+        return Some(header.trim_matches(['[', ']']).trim().to_owned());
+    }
     let key = line.split_once('=')?.0.trim();
     let table = upto[..line_start]
         .lines()
@@ -607,7 +677,19 @@ peers = [\"http://10.0.0.1:7431\"]\npeer_port = 9000\n",
             ),
             (
                 "[agent]\npeers = [\"https://10.0.0.1:7431\"]\n",
-                "f.toml:2: agent.peers: `https://10.0.0.1:7431`: https needs TLS",
+                "f.toml:2: agent.peers: `https://10.0.0.1:7431`: https needs [tls]",
+            ),
+            (
+                "[listen]\nmax_connections = 0\n",
+                "f.toml:2: listen.max_connections: must be between 1 and 65536",
+            ),
+            (
+                "[listen]\nmax_streams = 2000000\n",
+                "f.toml:2: listen.max_streams: must be between 1 and 1048576",
+            ),
+            (
+                "[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n",
+                "f.toml:1: tls: missing field `ca`",
             ),
             (
                 "[agent]\npeers = [\"http://10.0.0.1\"]\n",

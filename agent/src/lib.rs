@@ -12,6 +12,7 @@ mod netif;
 mod peers;
 mod probe;
 mod run;
+mod tls;
 mod watch;
 
 // The pure core: topology, link types and the verdict engine.
@@ -42,4 +43,5 @@ pub use config::{Config, ConfigError, Peers};
 pub use feed::{Feed, FeedLimits};
 pub use probe::{Probe, ProbeError, ProbeOptions, UrgentEvents, UrgentRecord};
 pub use run::{Agent, RunError, observe_links, run};
+pub use tls::TlsConfig;
 pub use watch::{WatchOptions, watch};

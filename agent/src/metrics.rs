@@ -17,7 +17,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{detector::State, feed::hub::Hub, topology::Level};
+use crate::{detector::State, feed::Feed, topology::Level};
 
 /// Counters the run loop updates.
 #[derive(Debug, Default)]
@@ -53,7 +53,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of these counters and the hub's verdicts.
-    pub(crate) fn render(&self, hub: &Hub) -> String {
+    pub(crate) fn render(&self, feed: &Feed) -> String {
+        let hub = &feed.hub;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
@@ -129,6 +130,47 @@ impl Metrics {
             "counter",
             "Peer observations dropped because all 65,536 observer ids were taken by observers still heard from.",
             get(&self.observations_refused).to_string(),
+        );
+        let server = &feed.counters;
+        for (name, help, counter) in [
+            (
+                "faultline_grpc_connections_refused_total",
+                "gRPC connections closed at once: listen.max_connections were open.",
+                &server.connections_refused,
+            ),
+            (
+                "faultline_grpc_streams_refused_total",
+                "Watch and Subscribe streams refused with RESOURCE_EXHAUSTED: listen.max_streams were open.",
+                &server.streams_refused,
+            ),
+            (
+                "faultline_tls_handshakes_failed_total",
+                "TLS handshakes on the gRPC port that failed or timed out (a client certificate the CA did not sign, a client that said nothing).",
+                &server.handshakes_failed,
+            ),
+            (
+                "faultline_observations_unauthenticated_total",
+                "Subscriptions to observations refused: with TLS, the client had no certificate the CA signed.",
+                &server.observations_unauthenticated,
+            ),
+            (
+                "faultline_tls_reloads_total",
+                "Times changed TLS files were loaded and served.",
+                &server.tls_reloads,
+            ),
+            (
+                "faultline_tls_reloads_refused_total",
+                "Times changed TLS files were refused (the previous certificate kept).",
+                &server.tls_reloads_refused,
+            ),
+        ] {
+            metric(name, "counter", help, get(counter).to_string());
+        }
+        metric(
+            "faultline_grpc_streams",
+            "gauge",
+            "Watch and Subscribe streams open now.",
+            feed.streams.open().to_string(),
         );
         let (sequence, verdicts) = hub.snapshot();
         metric(
@@ -235,13 +277,18 @@ mod tests {
 
     #[tokio::test]
     async fn scrape_shows_counters_and_entities() {
-        let hub = Arc::new(Hub::new(8, 8, std::time::SystemTime::UNIX_EPOCH));
-        hub.publish(&[Verdict::scripted(Level::Rack, "dc-a/c1/r1", State::Failed)]);
+        let feed = Feed::new(
+            "me".into(),
+            Arc::default(),
+            std::time::SystemTime::UNIX_EPOCH,
+            crate::feed::FeedLimits::default(),
+        );
+        feed.publish(&[Verdict::scripted(Level::Rack, "dc-a/c1/r1", State::Failed)]);
         let metrics = Arc::new(Metrics::default());
         Metrics::add(&metrics.ticks, 3);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, move || metrics.render(&hub)));
+        tokio::spawn(serve(listener, move || metrics.render(&feed)));
         let get = |path: &'static str| async move {
             let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
             c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

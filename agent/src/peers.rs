@@ -152,9 +152,15 @@ pub(crate) fn resolve(
                 .map_or_else(|| "the topology".to_owned(), |p| p.display().to_string());
             let me = find_self(topology, &file, locals)
                 .map_err(|why| config.unusable_peers(format!("\"auto\": {why}")))?;
+            // With TLS, peers are followed over it.
+            let scheme = if config.tls.is_some() {
+                "https://"
+            } else {
+                "http://"
+            };
             let endpoints = choose(topology, me, DEFAULT_FANOUT, config.agent.peer_port)
                 .into_iter()
-                .map(|p| p.endpoint)
+                .map(|p| p.endpoint.replacen("http://", scheme, 1))
                 .collect();
             Ok(Resolved {
                 me: Some(topology.entity(me).path.to_string()),

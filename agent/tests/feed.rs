@@ -264,6 +264,7 @@ async fn a_stalled_subscriber_gets_the_latest_state_and_slows_no_one() {
         history: 64,
         backlog: 32,
         queue: 4,
+        ..FeedLimits::default()
     })
     .await;
     let mut client = server.client().await;
@@ -542,4 +543,91 @@ async fn health_check_watch_and_list_follow_verdicts() {
         status(health.check(check("")).await.unwrap()),
         ServingStatus::NotServing
     );
+}
+
+#[tokio::test]
+async fn streams_past_the_limit_are_refused_and_freed_when_clients_leave() {
+    let server = Server::start(FeedLimits {
+        streams: 2,
+        ..FeedLimits::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let first = client
+        .watch(watch(&[], "", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut health = HealthClient::new(server.channel().await);
+    let second = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = client.watch(watch(&[], "", None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("listen.max_streams"),
+        "{refused:?}"
+    );
+    // A snapshot is not a stream: still served.
+    client
+        .snapshot(pb::SnapshotRequest::default())
+        .await
+        .unwrap();
+    drop(first);
+    drop(second);
+    // The slots come back once the server notices the streams are gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.watch(watch(&[], "", None)).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "slots never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_at_once() {
+    let server = Server::start(FeedLimits {
+        connections: 2,
+        ..FeedLimits::default()
+    })
+    .await;
+    let (mut a, mut b) = (server.client().await, server.client().await);
+    a.snapshot(pb::SnapshotRequest::default()).await.unwrap();
+    b.snapshot(pb::SnapshotRequest::default()).await.unwrap();
+    let third = match Channel::from_shared(server.url()).unwrap().connect().await {
+        Err(_) => true,
+        Ok(ch) => VerdictsClient::new(ch)
+            .snapshot(pb::SnapshotRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(third, "a third connection was served");
+    // Counted (a client may try again at once, so at least once).
+    assert!(server.feed.connections_refused() >= 1);
+    drop(a);
+    // The freed slot serves a new client.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = match Channel::from_shared(server.url()).unwrap().connect().await {
+            Ok(ch) => VerdictsClient::new(ch)
+                .snapshot(pb::SnapshotRequest::default())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if served {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod feed;
 pub mod netns;
+pub mod pki;
 pub mod traffic;
 
 pub use netns::{Lab, Netns, require_root};

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::hub::Hub;
+use super::{hub::Hub, listener::StreamSlots};
 use crate::{
     detector::State,
     topology::{Level, Topology},
@@ -26,6 +26,7 @@ pub(crate) struct HealthService {
     topology: Arc<Topology>,
     /// The agent's own status: true while serving, false once shutting down.
     agent: watch::Receiver<bool>,
+    streams: StreamSlots,
 }
 
 impl HealthService {
@@ -33,11 +34,13 @@ impl HealthService {
         hub: Arc<Hub>,
         topology: Arc<Topology>,
         agent: watch::Receiver<bool>,
+        streams: StreamSlots,
     ) -> Self {
         Self {
             hub,
             topology,
             agent,
+            streams,
         }
     }
 
@@ -102,12 +105,19 @@ impl Health for HealthService {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let name = request.into_inner().service;
+        let slot = self.streams.take()?;
         let (tx, rx) = mpsc::channel(4);
         // Subscribe before reading the current status, so no change falls in between.
         let mut live = self.hub.live();
         let mut agent = self.agent.clone();
-        let me = Self::new(self.hub.clone(), self.topology.clone(), self.agent.clone());
+        let me = Self::new(
+            self.hub.clone(),
+            self.topology.clone(),
+            self.agent.clone(),
+            self.streams.clone(),
+        );
         tokio::spawn(async move {
+            let _slot = slot;
             let current = |me: &Self| me.status(&name).unwrap_or(ServingStatus::ServiceUnknown);
             let mut last = current(&me);
             if tx.send(Ok(response(last))).await.is_err() {

@@ -9,6 +9,7 @@ pub(crate) mod convert;
 pub(crate) mod filter;
 pub(crate) mod health;
 pub(crate) mod hub;
+pub(crate) mod listener;
 pub(crate) mod observations;
 pub(crate) mod peer_gate;
 pub(crate) mod peer_identity;
@@ -21,14 +22,20 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     detector::{Observation, Verdict},
+    tls::ServerTls,
     topology::Topology,
 };
 use hub::Hub;
+use listener::{ServerCounters, StreamSlots};
 use observations::Publisher;
 
 /// Largest request the services decode (bytes). Real requests are tiny; a larger
 /// one is refused by the transport.
 pub(crate) const MAX_REQUEST: usize = 64 * 1024;
+
+/// HTTP/2 streams one connection may open at once: a router watching every entity it
+/// cares about on one connection needs a few dozen.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Buffer sizes of the feed; the defaults suit thousands of subscribers.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +46,10 @@ pub struct FeedLimits {
     pub backlog: usize,
     /// Messages queued towards one client.
     pub queue: usize,
+    /// Connections open at once on the gRPC port (`listen.max_connections`).
+    pub connections: usize,
+    /// Watch and Subscribe streams open at once (`listen.max_streams`).
+    pub streams: usize,
 }
 
 impl Default for FeedLimits {
@@ -47,6 +58,8 @@ impl Default for FeedLimits {
             history: 4096,
             backlog: 1024,
             queue: 64,
+            connections: 1024,
+            streams: 4096,
         }
     }
 }
@@ -59,6 +72,9 @@ pub struct Feed {
     pub(crate) topology: Arc<Topology>,
     limits: FeedLimits,
     agent_serving: Arc<watch::Sender<bool>>,
+    tls: Option<ServerTls>,
+    pub(crate) counters: Arc<ServerCounters>,
+    pub(crate) streams: StreamSlots,
 }
 
 impl Feed {
@@ -69,13 +85,34 @@ impl Feed {
         epoch: SystemTime,
         limits: FeedLimits,
     ) -> Self {
+        let counters = Arc::new(ServerCounters::default());
+        let streams = StreamSlots::new(limits.streams.max(1), counters.clone());
         Self {
             hub: Arc::new(Hub::new(limits.history, limits.backlog, epoch)),
-            observations: Publisher::new(observer, 64),
+            observations: Publisher::new(observer, 64, streams.clone()),
             topology,
             limits,
             agent_serving: Arc::new(watch::channel(true).0),
+            tls: None,
+            counters,
+            streams,
         }
+    }
+
+    /// Connections closed at once because `connections` were open (also in `/metrics`).
+    pub fn connections_refused(&self) -> u64 {
+        self.counters
+            .connections_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Serves over TLS: only clients with a certificate the CA signed may subscribe
+    /// to observations.
+    #[must_use]
+    pub(crate) fn with_tls(mut self, tls: ServerTls) -> Self {
+        self.observations.require_client_certificate();
+        self.tls = Some(tls);
+        self
     }
 
     pub fn publish(&self, changes: &[Verdict]) {
@@ -101,12 +138,14 @@ impl Feed {
         let verdicts = v1::verdicts_server::VerdictsServer::new(verdicts::VerdictService::new(
             self.hub.clone(),
             self.limits.queue,
+            self.streams.clone(),
         ))
         .max_decoding_message_size(MAX_REQUEST);
         let health = HealthServer::new(health::HealthService::new(
             self.hub.clone(),
             self.topology.clone(),
             self.agent_serving.subscribe(),
+            self.streams.clone(),
         ))
         .max_decoding_message_size(MAX_REQUEST);
         let observations =
@@ -121,15 +160,20 @@ impl Feed {
             .build_v1alpha()
             .expect("the generated descriptor set is valid");
         tonic::transport::Server::builder()
+            // Per connection; `listen.max_streams` bounds them all together.
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(verdicts)
             .add_service(health)
             .add_service(observations)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
-                // TCP_NODELAY: a change is a small write; Nagle would hold it back until
-                // the client's delayed ACK (40 ms) releases it.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                listener::incoming(
+                    listener,
+                    self.tls.clone(),
+                    self.limits.connections.max(1),
+                    self.counters.clone(),
+                ),
                 shutdown,
             )
             .await

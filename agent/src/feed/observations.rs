@@ -19,8 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
+    listener::{StreamSlots, conn_info},
     peer_gate::{NamesInUse, PeerGate},
-    peer_identity::{LinkFilter, PeerIdentity},
+    peer_identity::{LinkFilter, PeerIdentity, endpoint_host},
 };
 use crate::{
     detector::{LinkDelta, Observation},
@@ -34,17 +35,27 @@ pub struct Publisher {
     observer: Arc<str>,
     tx: broadcast::Sender<Arc<pb::ObservationBatch>>,
     sequence: Arc<std::sync::atomic::AtomicU64>,
+    streams: StreamSlots,
+    /// With TLS: only clients with a certificate the CA signed may subscribe. Every
+    /// link of this host, with its peers' addresses, is in these batches.
+    require_client_certificate: bool,
 }
 
 impl Publisher {
     /// `backlog`: batches a subscriber may fall behind before it skips.
-    pub fn new(observer: Arc<str>, backlog: usize) -> Self {
+    pub(crate) fn new(observer: Arc<str>, backlog: usize, streams: StreamSlots) -> Self {
         let (tx, _) = broadcast::channel(backlog.max(1));
         Self {
             observer,
             tx,
             sequence: Arc::default(),
+            streams,
+            require_client_certificate: false,
         }
+    }
+
+    pub(crate) fn require_client_certificate(&mut self) {
+        self.require_client_certificate = true;
     }
 
     /// Publishes this agent's own observations of one tick.
@@ -127,14 +138,23 @@ impl Observations for Publisher {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let conn = conn_info(&request);
+        if self.require_client_certificate && !conn.is_some_and(|c| c.client_certified) {
+            self.streams.count_unauthenticated();
+            return Err(Status::unauthenticated(
+                "observations are only for agents: present a client certificate signed by this agent's tls.ca",
+            ));
+        }
         let subscriber = request.into_inner().subscriber;
         if subscriber.len() > 256 {
             return Err(Status::invalid_argument("subscriber: at most 256 bytes"));
         }
+        let slot = self.streams.take()?;
         let mut rx = self.tx.subscribe();
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
-            tracing::info!(%subscriber, "peer subscribed to observations");
+            let _slot = slot;
+            tracing::info!(%subscriber, remote = ?conn.and_then(|c| c.remote), "peer subscribed to observations");
             loop {
                 let next = tokio::select! {
                     () = tx.closed() => break,
@@ -229,6 +249,8 @@ pub(crate) async fn follow_peer(
 #[derive(Clone)]
 pub(crate) struct GateFor {
     pub(crate) me: String,
+    /// This agent's certificate and CA, for `https://` peers.
+    pub(crate) tls: Option<crate::tls::TlsConfig>,
     pub(crate) topology: Arc<crate::topology::Topology>,
     pub(crate) names: NamesInUse,
     pub(crate) metrics: Arc<Metrics>,
@@ -245,7 +267,17 @@ async fn subscribe_once(
     let name = filter.identity().name.clone();
     let mut gate = PeerGate::claim(&gate_for.me, &name, gate_for.names.clone(), Instant::now())
         .map_err(|refusal| format!("not followed: the endpoint {refusal:?}"))?;
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?;
+    if endpoint.starts_with("https://") {
+        let files = gate_for
+            .tls
+            .as_ref()
+            .ok_or("https:// needs [tls] in this agent's config")?;
+        let tls = crate::tls::client_config(files, endpoint_host(endpoint))
+            .map_err(|p| format!("{}: {}", p.key, p.reason))?;
+        channel = channel.tls_config(tls)?;
+    }
+    let channel = channel
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(silence)
         .keep_alive_timeout(silence)

@@ -35,21 +35,8 @@ pub(crate) struct PeerIdentity {
 impl PeerIdentity {
     /// The identity of the agent at `endpoint` (`http://10.0.0.5:7431`).
     pub(crate) fn of(endpoint: &str, topology: &Topology) -> Self {
-        let authority = endpoint
-            .split_once("://")
-            .map_or(endpoint, |(_, rest)| rest)
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let host = authority
-            .rsplit_once(':')
-            .filter(|(_, port)| port.parse::<u16>().is_ok())
-            .map_or(authority, |(host, _)| host);
-        let ip = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .ok();
+        let authority = authority(endpoint);
+        let ip = endpoint_host(endpoint).parse::<IpAddr>().ok();
         match ip.map(|ip| topology.locate(ip)) {
             Some(Placement::Host(id)) => Self {
                 name: topology.entity(id).path.clone(),
@@ -61,6 +48,28 @@ impl PeerIdentity {
             },
         }
     }
+}
+
+/// `HOST:PORT` of `http://HOST:PORT/`.
+fn authority(endpoint: &str) -> &str {
+    endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// The host of an endpoint, an address without brackets or a name: what the peer's
+/// certificate must be valid for.
+pub(crate) fn endpoint_host(endpoint: &str) -> &str {
+    let authority = authority(endpoint);
+    authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }
 
 /// Why a link of a peer's batch was left out.

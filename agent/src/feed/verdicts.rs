@@ -15,19 +15,22 @@ use tonic::{Request, Response, Status};
 use super::{
     filter::Filter,
     hub::{Hub, Numbered, Start},
+    listener::StreamSlots,
 };
 
 pub(crate) struct VerdictService {
     hub: Arc<Hub>,
     /// Messages queued per subscriber before it counts as slow.
     queue: usize,
+    streams: StreamSlots,
 }
 
 impl VerdictService {
-    pub(crate) fn new(hub: Arc<Hub>, queue: usize) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, queue: usize, streams: StreamSlots) -> Self {
         Self {
             hub,
             queue: queue.max(1),
+            streams,
         }
     }
 }
@@ -44,6 +47,7 @@ impl Verdicts for VerdictService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
         let filter = Filter::parse(request.filter.as_ref())?;
+        let slot = self.streams.take()?;
         let (start, live) = self
             .hub
             .subscribe(request.resume_after, request.incarnation);
@@ -53,7 +57,11 @@ impl Verdicts for VerdictService {
             filter,
             tx,
         };
-        tokio::spawn(subscriber.forward(start, request.resume_after.unwrap_or(0), live));
+        let forward = subscriber.forward(start, request.resume_after.unwrap_or(0), live);
+        tokio::spawn(async move {
+            forward.await;
+            drop(slot);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

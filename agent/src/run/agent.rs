@@ -16,6 +16,8 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
+use std::sync::atomic::Ordering;
+
 use super::{
     Observer, RunError, error_chain, load_topology, log_verdict,
     tasks::{Tasks, panic_message},
@@ -23,6 +25,7 @@ use super::{
 use crate::{
     config::Config,
     detector::Detector,
+    feed::listener::ServerCounters,
     feed::{
         Feed, FeedLimits,
         observations::{GateFor, PeerMessage, follow_peer},
@@ -30,6 +33,7 @@ use crate::{
     },
     metrics::Metrics,
     probe::{Probe, SockOpsStatus, UrgentEvents, UrgentRecord},
+    tls::{RELOAD_CHECK, Reload, ServerTls},
 };
 
 /// The least time between two evaluations woken by urgent events. 20 ms: fast next to
@@ -88,6 +92,10 @@ impl Agent {
             );
         }
         let peers = crate::peers::resolve(config, &topology, &observer.addresses())?;
+        let tls = match &config.tls {
+            Some(files) => Some(ServerTls::load(files).map_err(|p| config.tls_refused(p))?),
+            None => None,
+        };
         if let Some(me) = &peers.me {
             tracing::info!(host = %me, peers = peers.endpoints.len(), "peers chosen from the topology");
         }
@@ -96,14 +104,22 @@ impl Agent {
             bind(config.listen.metrics, "listen.metrics").await?;
         let detector = Detector::new(topology.clone(), config.detector.clone());
         let (probe, urgent) = attach_probe(config)?;
-        let feed = Feed::new(
+        let mut tasks = Tasks::default();
+        let mut feed = Feed::new(
             observer.name.clone(),
             Arc::new(topology),
             SystemTime::now(),
-            FeedLimits::default(),
+            FeedLimits {
+                connections: config.listen.max_connections,
+                streams: config.listen.max_streams,
+                ..FeedLimits::default()
+            },
         );
+        if let Some(tls) = tls {
+            spawn_tls_reload(&mut tasks, tls.clone(), feed.counters.clone());
+            feed = feed.with_tls(tls);
+        }
         let metrics = Arc::new(Metrics::default());
-        let mut tasks = Tasks::default();
         let stop_server =
             spawn_servers(&mut tasks, &feed, &metrics, grpc_listener, metrics_listener);
         let peer_count = peers.endpoints.len();
@@ -368,12 +384,40 @@ fn spawn_servers(
             .await
             .map_err(|e| format!("{e:#}"))
     });
-    let (serve_metrics, hub) = (metrics.clone(), feed.hub.clone());
+    let (serve_metrics, served) = (metrics.clone(), feed.clone());
     tasks.spawn("metrics server", async move {
-        crate::metrics::serve(metrics_listener, move || serve_metrics.render(&hub)).await;
+        crate::metrics::serve(metrics_listener, move || serve_metrics.render(&served)).await;
         Ok(())
     });
     stop_server
+}
+
+/// Serves rotated certificates without a restart: the files are checked every
+/// [`RELOAD_CHECK`]; new ones that fail to load are refused and the current kept.
+fn spawn_tls_reload(tasks: &mut Tasks, tls: ServerTls, counters: Arc<ServerCounters>) {
+    tasks.spawn("TLS reload", async move {
+        let mut every = tokio::time::interval(RELOAD_CHECK);
+        every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            note_tls_reload(&tls.reload(false), &counters);
+        }
+    });
+}
+
+/// Logs and counts what a reload of the TLS files did.
+pub(super) fn note_tls_reload(outcome: &Reload, counters: &ServerCounters) {
+    match outcome {
+        Reload::Unchanged => {}
+        Reload::Reloaded => {
+            counters.tls_reloads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("TLS files changed: serving the new certificate to new connections");
+        }
+        Reload::Refused(p) => {
+            counters.tls_reloads_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(key = p.key, reason = %p.reason, "TLS files changed but were refused; still serving the previous certificate");
+        }
+    }
 }
 
 /// One follower per peer endpoint; their batches arrive on the returned channel.
@@ -389,6 +433,7 @@ fn spawn_peer_followers(
     let silence = PEER_SILENT_TICKS * config.probe.tick;
     let gate = GateFor {
         me: observer.name.to_string(),
+        tls: config.tls.clone(),
         topology: feed.topology.clone(),
         names: NamesInUse::default(),
         metrics: metrics.clone(),
