@@ -5,6 +5,8 @@ mod announce;
 mod check;
 mod config;
 mod feed;
+#[doc(hidden)]
+pub mod fuzzing;
 mod links_report;
 mod metrics;
 mod mounts;
