@@ -12,7 +12,7 @@ use prost::Message as _;
 use tonic::Request;
 
 use crate::{
-    detector::{Detector, DetectorConfig, Verdict},
+    detector::{Detector, DetectorConfig, Entity, Evidence, State, Verdict},
     feed::{
         Feed, FeedLimits,
         health::HealthService,
@@ -97,12 +97,29 @@ fn served() -> &'static Mutex<Served> {
             FeedLimits::default(),
         );
         feed.publish(&[
-            Verdict::scripted(Level::Rack, "dc-a/c1/r1", crate::detector::State::Failed),
-            Verdict::scripted(Level::Site, "dc-b", crate::detector::State::Healthy),
+            verdict(Level::Rack, "dc-a/c1/r1", State::Failed),
+            verdict(Level::Site, "dc-b", State::Healthy),
         ]);
         Mutex::new(Served { runtime, feed })
     });
     &SERVED
+}
+
+fn verdict(level: Level, path: &str, state: State) -> Verdict {
+    Verdict {
+        entity: Entity {
+            level,
+            path: path.into(),
+        },
+        state,
+        since: Duration::from_secs(1),
+        confidence: 1.0,
+        reason: "fuzzing".into(),
+        cause: None,
+        evidence: Evidence::default(),
+        observers: vec!["me".into()],
+        local_fault: false,
+    }
 }
 
 /// Decodes `data` as each request message of the agent's gRPC services and hands

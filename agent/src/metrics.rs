@@ -27,6 +27,9 @@ pub(crate) struct Metrics {
     pub last_tick_ns: AtomicU64,
     /// Links with evidence in the latest tick.
     pub links_in_tick: AtomicU64,
+    /// Links the detector tracks (all observers), and hosts outside the topology.
+    pub tracked_links: AtomicU64,
+    pub unlisted_hosts: AtomicU64,
     pub urgent_events: AtomicU64,
     /// Urgent events the kernel suppressed (rate limit or full ring), as last read.
     pub urgent_dropped: AtomicU64,
@@ -82,6 +85,18 @@ impl Metrics {
             "gauge",
             "Links with evidence in the latest tick.",
             get(&self.links_in_tick).to_string(),
+        );
+        metric(
+            "faultline_detector_links",
+            "gauge",
+            "Links the detector tracks, from every observer; forgotten after detector.forget_after without evidence.",
+            get(&self.tracked_links).to_string(),
+        );
+        metric(
+            "faultline_detector_unlisted_hosts",
+            "gauge",
+            "Hosts outside the topology the detector tracks; at most detector.max_unlisted_hosts.",
+            get(&self.unlisted_hosts).to_string(),
         );
         metric(
             "faultline_urgent_events_total",

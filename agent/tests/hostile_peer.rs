@@ -97,7 +97,10 @@ impl FakePeer {
         links.push(link("10.9.3.11", "10.9.2.11", failing));
         let names = ["victim", "s/c1/r1/h1", "s/c2/r2/h2"];
         ObservationBatch {
-            observer: format!("{}-{conn}", names[usize::try_from((u64::from(conn) + n) % 3).unwrap()]),
+            observer: format!(
+                "{}-{conn}",
+                names[usize::try_from((u64::from(conn) + n) % 3).unwrap()]
+            ),
             sequence: n + 1,
             links,
         }

@@ -327,7 +327,8 @@ fn unusable_tls_files_are_refused_naming_file_line_and_key() {
     let config = write_config(&dir.0, "mismatch", &mismatched, &ca_path, &[]);
     let err = refused(&config);
     assert!(
-        err.contains(&format!("{}:10: tls.key: ", config.display())) && err.contains("does not fit"),
+        err.contains(&format!("{}:10: tls.key: ", config.display()))
+            && err.contains("does not fit"),
         "{err}"
     );
 

@@ -78,6 +78,18 @@ impl Hub {
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 
+    /// Drops the latest verdicts of entities the detector forgot (their UNKNOWN was
+    /// published first), so snapshots hold only what is tracked.
+    pub fn forget(&self, gone: &[crate::detector::Entity]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock().expect("hub lock");
+        for e in gone {
+            state.latest.remove(&e.service_name());
+        }
+    }
+
     /// Records and broadcasts changes, in order. Never blocks on subscribers.
     pub fn publish(&self, changes: &[Verdict]) {
         let mut state = self.state.lock().expect("hub lock");
@@ -211,5 +223,16 @@ mod tests {
         assert_eq!(seq, 3);
         assert_eq!(all.len(), 2);
         assert_eq!(hub.latest("rack/a").unwrap().state, VState::Healthy);
+    }
+
+    #[test]
+    fn forgotten_entities_leave_the_snapshot() {
+        let hub = Hub::new(8, 8, SystemTime::UNIX_EPOCH);
+        hub.publish(&[verdict("a", VState::Healthy), verdict("b", VState::Unknown)]);
+        let b = hub.latest("rack/b").unwrap().entity.clone();
+        hub.forget(&[b]);
+        let (seq, all) = hub.snapshot();
+        assert_eq!((seq, all.len()), (2, 1), "no new sequence, one entity left");
+        assert!(hub.latest("rack/b").is_none());
     }
 }

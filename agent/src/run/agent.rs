@@ -297,10 +297,14 @@ impl Agent {
         if !changes.is_empty() {
             self.feed.publish(&changes);
         }
+        self.feed.hub.forget(&self.detector.take_forgotten());
         let m = &self.metrics;
         Metrics::add(&m.ticks, 1);
         Metrics::add(&m.verdict_changes, changes.len() as u64);
         Metrics::set(&m.links_in_tick, own.len() as u64);
+        let tracked = self.detector.tracked();
+        Metrics::set(&m.tracked_links, tracked.links as u64);
+        Metrics::set(&m.unlisted_hosts, tracked.unlisted_hosts as u64);
         Metrics::set(
             &m.last_tick_ns,
             u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),

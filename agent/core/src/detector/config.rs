@@ -126,6 +126,16 @@ pub struct DetectorConfig {
     pub local_fault_max_healthy_fraction: f64,
     /// Most peers (links, hosts) listed as evidence in one verdict. 16.
     pub max_evidence: usize,
+    /// A link with no evidence for this long is forgotten, and a host the topology
+    /// does not list is forgotten with its last link (its verdict with it). 60 s:
+    /// twice `stale_after`, so what is forgotten had long been UNKNOWN.
+    #[serde(with = "crate::duration")]
+    pub forget_after: Duration,
+    /// Most hosts the topology does not list tracked at once (a front-end's clients,
+    /// addresses inside a rack's prefix); past it the least recently seen are
+    /// forgotten first. 16,384, as many as the kernel's link table holds by default:
+    /// a few MB, whatever the churn of remote addresses.
+    pub max_unlisted_hosts: usize,
 }
 
 impl Default for DetectorConfig {
@@ -160,6 +170,8 @@ impl Default for DetectorConfig {
             local_fault_min_hosts: 3,
             local_fault_max_healthy_fraction: 0.2,
             max_evidence: 16,
+            forget_after: Duration::from_secs(60),
+            max_unlisted_hosts: 16_384,
         }
     }
 }
@@ -326,6 +338,18 @@ impl DetectorConfig {
         }
         if !(1..=1024).contains(&self.max_evidence) {
             return Some(("detector.max_evidence", "must be between 1 and 1024".into()));
+        }
+        if !(16..=1 << 22).contains(&self.max_unlisted_hosts) {
+            return Some((
+                "detector.max_unlisted_hosts",
+                "must be between 16 and 4194304".into(),
+            ));
+        }
+        if self.forget_after < self.stale_after || self.forget_after > DAY {
+            return Some((
+                "detector.forget_after",
+                "must be at least stale_after and at most 1 day".into(),
+            ));
         }
         if self.max_recovery_hold < self.recovery_hold {
             return Some((

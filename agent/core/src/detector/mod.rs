@@ -17,6 +17,7 @@
 //!    and only fresh evidence raises a new FAILED.
 pub mod config;
 mod evidence;
+mod forget;
 mod hold;
 pub mod link;
 mod observers;
@@ -183,6 +184,7 @@ pub struct Detector {
     by_level: PerLevel<Vec<EntityId>>,
     /// See [`Self::refused_observations`].
     refused_observations: u64,
+    forgetting: forget::Forgetting,
 }
 
 impl Detector {
@@ -206,6 +208,7 @@ impl Detector {
             last_tick_ms: u64::MAX,
             host_of_ip: HashMap::new(),
             by_level: PerLevel::default(),
+            forgetting: forget::Forgetting::new(topology.len()),
             topology: Topology::default(),
             refused_observations: 0,
         };
@@ -283,9 +286,7 @@ impl Detector {
             Some(&id) => id,
             None => {
                 let host = self.host_entity(link.remote);
-                let id = SlotId::try_from(self.slots.len()).expect("fewer than 2^32 links");
-                self.slots.push(LinkSlot { observer, link });
-                self.health.push(LinkHealth::default());
+                let id = self.new_slot(observer, link);
                 let links = &mut self.nodes[host.index()].links;
                 let at = links.partition_point(|&(ob, _)| ob <= observer);
                 links.insert(at, (observer, id));
@@ -425,26 +426,23 @@ impl Detector {
         if let Some(id) = self.topology.find(&path) {
             return id;
         }
-        let id = self.topology.push(EntityInfo {
+        self.new_unlisted_host(EntityInfo {
             level: Level::Host,
             path: path.into(),
             parent,
-        });
-        self.nodes.push(Node {
-            around: self.topology.ancestors(id),
-            ..Node::default()
-        });
-        self.by_level[Level::Host].push(id);
-        id
+        })
     }
 
     /// Evaluates every rule at `now` and returns the verdicts that changed.
     pub fn tick(&mut self, now: Duration) -> Vec<Verdict> {
+        self.forget(now);
         self.host_views(now);
         self.judge_observers(now);
         self.judge_hosts(now);
         self.roll_up(now);
-        self.publish(now)
+        let mut changes = self.forgotten_changes();
+        changes.extend(self.publish(now));
+        changes
     }
 
     /// When a failure pending now is confirmed if it still holds, None if none is

@@ -296,6 +296,22 @@ impl Topology {
         id
     }
 
+    /// Puts another entity in an appended one's place (the detector reuses the ids of
+    /// hosts it forgot): the old path no longer finds it, the new one does.
+    pub fn reuse(&mut self, id: EntityId, info: EntityInfo) {
+        self.unlist(id);
+        self.by_path.insert(info.path.clone(), id);
+        self.entities[id.index()] = info;
+    }
+
+    /// Makes an appended entity unfindable by its path (forgotten, kept for reuse).
+    pub fn unlist(&mut self, id: EntityId) {
+        let path = self.entities[id.index()].path.clone();
+        if self.by_path.get(&path) == Some(&id) {
+            self.by_path.remove(&path);
+        }
+    }
+
     fn parent(
         &self,
         src: &Source<'_>,
