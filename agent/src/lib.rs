@@ -44,6 +44,6 @@ pub use announce::{
 pub use config::{Config, ConfigError, Peers};
 pub use feed::{Feed, FeedLimits};
 pub use probe::{Probe, ProbeError, ProbeOptions, UrgentEvents, UrgentRecord};
-pub use run::{Agent, RunError, observe_links, run};
+pub use run::{Agent, ReloadFrom, RunError, observe_links, run, run_reloading};
 pub use tls::TlsConfig;
 pub use watch::{WatchOptions, watch};

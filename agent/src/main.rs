@@ -115,11 +115,15 @@ fn main() -> ExitCode {
 fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let config = Config::load(config.as_deref())?;
+            let loaded = Config::load(config.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(faultline::run(&config, shutdown_signal()))?;
+            rt.block_on(faultline::run_reloading(
+                &loaded,
+                faultline::ReloadFrom(config),
+                stop_signal(),
+            ))?;
         }
         Command::Announce { config, dry_run } => {
             let mut config = faultline::AnnounceConfig::load(&config)?;
@@ -204,6 +208,23 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 fn parse_level(text: &str) -> Result<Level, String> {
     Level::parse(text).ok_or_else(|| format!("`{text}` is not a level (host, rack, cabinet, site)"))
+}
+
+/// Completes on SIGINT or SIGTERM with the signal's name: `faultline run` reloads on
+/// SIGHUP instead of stopping.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
 }
 
 /// Completes on SIGINT, SIGTERM or SIGHUP with the signal's name. SIGHUP stops the

@@ -27,6 +27,9 @@ pub(crate) struct Metrics {
     pub last_tick_ns: AtomicU64,
     /// Links with evidence in the latest tick.
     pub links_in_tick: AtomicU64,
+    /// SIGHUP reloads applied, and refused (nothing changed).
+    pub reloads: AtomicU64,
+    pub reloads_refused: AtomicU64,
     /// Links the detector tracks (all observers), and hosts outside the topology.
     pub tracked_links: AtomicU64,
     pub unlisted_hosts: AtomicU64,
@@ -85,6 +88,18 @@ impl Metrics {
             "gauge",
             "Links with evidence in the latest tick.",
             get(&self.links_in_tick).to_string(),
+        );
+        metric(
+            "faultline_config_reloads_total",
+            "counter",
+            "SIGHUP reloads of the config, topology and TLS files that were applied.",
+            get(&self.reloads).to_string(),
+        );
+        metric(
+            "faultline_config_reloads_refused_total",
+            "counter",
+            "SIGHUP reloads refused because a file was bad (nothing changed; the log names file, line and key).",
+            get(&self.reloads_refused).to_string(),
         );
         metric(
             "faultline_detector_links",

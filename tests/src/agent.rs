@@ -95,6 +95,12 @@ impl AgentProcess {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with a valid pid of our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), signal) };
+    }
+
     pub fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill with a valid pid of our own child.
         unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM) };

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{hub::Hub, listener::StreamSlots};
+use super::{SharedTopology, hub::Hub, listener::StreamSlots};
 use crate::{
     detector::State,
     topology::{Level, Topology},
@@ -23,7 +23,7 @@ use crate::{
 
 pub(crate) struct HealthService {
     hub: Arc<Hub>,
-    topology: Arc<Topology>,
+    topology: SharedTopology,
     /// The agent's own status: true while serving, false once shutting down.
     agent: watch::Receiver<bool>,
     streams: StreamSlots,
@@ -32,7 +32,7 @@ pub(crate) struct HealthService {
 impl HealthService {
     pub(crate) fn new(
         hub: Arc<Hub>,
-        topology: Arc<Topology>,
+        topology: SharedTopology,
         agent: watch::Receiver<bool>,
         streams: StreamSlots,
     ) -> Self {
@@ -60,7 +60,7 @@ impl HealthService {
                 ServingStatus::Serving
             });
         }
-        in_topology(&self.topology, name).then_some(ServingStatus::Serving)
+        in_topology(&self.topology.get(), name).then_some(ServingStatus::Serving)
     }
 }
 
@@ -154,7 +154,8 @@ impl Health for HealthService {
             String::new(),
             self.status("").unwrap_or(ServingStatus::Unknown),
         );
-        for e in self.topology.entities() {
+        let topology = self.topology.get();
+        for e in topology.entities() {
             let name = format!("{}/{}", e.level, e.path);
             let status = self.status(&name).unwrap_or(ServingStatus::Serving);
             statuses.insert(name, status);

@@ -64,12 +64,36 @@ impl Default for FeedLimits {
     }
 }
 
+/// The topology the services name entities by; replaced when SIGHUP reloads it.
+#[derive(Clone)]
+pub(crate) struct SharedTopology(Arc<std::sync::RwLock<Arc<Topology>>>);
+
+impl SharedTopology {
+    pub(crate) fn new(topology: Arc<Topology>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(topology)))
+    }
+
+    pub(crate) fn get(&self) -> Arc<Topology> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set(&self, topology: Arc<Topology>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = topology;
+    }
+}
+
 /// Handles shared between the run loop and the gRPC services.
 #[derive(Clone)]
 pub struct Feed {
     pub hub: Arc<Hub>,
     pub observations: Publisher,
-    pub(crate) topology: Arc<Topology>,
+    pub(crate) topology: SharedTopology,
     limits: FeedLimits,
     agent_serving: Arc<watch::Sender<bool>>,
     tls: Option<ServerTls>,
@@ -90,7 +114,7 @@ impl Feed {
         Self {
             hub: Arc::new(Hub::new(limits.history, limits.backlog, epoch)),
             observations: Publisher::new(observer, 64, streams.clone()),
-            topology,
+            topology: SharedTopology::new(topology),
             limits,
             agent_serving: Arc::new(watch::channel(true).0),
             tls: None,

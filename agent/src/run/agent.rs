@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 
 use super::{
     Observer, RunError, error_chain, load_topology, log_verdict,
+    reload::ReloadFrom,
     tasks::{Tasks, panic_message},
 };
 use crate::{
@@ -56,16 +57,28 @@ const PEER_QUEUE: usize = 64;
 
 const GRPC_SERVER: &str = "gRPC server";
 
+/// The name prefix of peer follower tasks (a reload replaces them).
+pub(super) const PEER_FOLLOWER: &str = "peer follower ";
+
 /// A running agent: kernel probe, detector, feed and the tasks serving them.
 pub struct Agent {
-    observer: Observer,
-    detector: Detector,
+    pub(super) observer: Observer,
+    pub(super) detector: Detector,
     probe: Probe,
     urgent: Option<UrgentEvents>,
-    feed: Feed,
-    metrics: Arc<Metrics>,
+    pub(super) feed: Feed,
+    pub(super) metrics: Arc<Metrics>,
     peers: mpsc::Receiver<PeerMessage>,
-    tasks: Tasks,
+    peer_tx: mpsc::Sender<PeerMessage>,
+    /// What peer followers share, and the endpoints they follow.
+    pub(super) gate: GateFor,
+    pub(super) endpoints: Vec<String>,
+    silence: Duration,
+    pub(super) tasks: Tasks,
+    /// The config as running, and where SIGHUP reads it again (None: not from a file).
+    pub(super) config: Config,
+    pub(super) reload_from: Option<ReloadFrom>,
+    pub(super) tls: Option<ServerTls>,
     stop_server: Option<oneshot::Sender<()>>,
     /// The detector's clock starts here.
     epoch: Instant,
@@ -115,22 +128,22 @@ impl Agent {
                 ..FeedLimits::default()
             },
         );
-        if let Some(tls) = tls {
+        if let Some(tls) = &tls {
             spawn_tls_reload(&mut tasks, tls.clone(), feed.counters.clone());
-            feed = feed.with_tls(tls);
+            feed = feed.with_tls(tls.clone());
         }
         let metrics = Arc::new(Metrics::default());
         let stop_server =
             spawn_servers(&mut tasks, &feed, &metrics, grpc_listener, metrics_listener);
         let peer_count = peers.endpoints.len();
-        let peers = spawn_peer_followers(
-            &mut tasks,
-            config,
-            &peers.endpoints,
-            &observer,
-            &metrics,
-            &feed,
-        );
+        let (peer_tx, peer_rx) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
+        let gate = GateFor {
+            me: observer.name.to_string(),
+            tls: config.tls.clone(),
+            topology: feed.topology.get(),
+            names: NamesInUse::default(),
+            metrics: metrics.clone(),
+        };
         tracing::info!(
             observer = %observer.name,
             local_addresses = observer.local_count(),
@@ -141,19 +154,49 @@ impl Agent {
             tick = ?config.probe.tick,
             "probe attached, watching TCP links"
         );
-        Ok(Self {
+        let mut agent = Self {
             observer,
             detector,
             probe,
             urgent,
             feed,
             metrics,
-            peers,
+            peers: peer_rx,
+            peer_tx,
+            gate,
+            endpoints: peers.endpoints,
+            silence: PEER_SILENT_TICKS * config.probe.tick,
             tasks,
+            config: config.clone(),
+            reload_from: None,
+            tls,
             stop_server: Some(stop_server),
             epoch: Instant::now(),
             tick: config.probe.tick,
-        })
+        };
+        agent.spawn_followers();
+        Ok(agent)
+    }
+
+    /// SIGHUP reloads the config from `from` (see `reload`); without this, SIGHUP is
+    /// ignored with a warning.
+    #[must_use]
+    pub fn reloading_from(mut self, from: ReloadFrom) -> Self {
+        self.reload_from = Some(from);
+        self
+    }
+
+    /// One follower per endpoint; their batches arrive on `peers`.
+    pub(super) fn spawn_followers(&mut self) {
+        for endpoint in &self.endpoints {
+            let (endpoint, gate, tx) = (endpoint.clone(), self.gate.clone(), self.peer_tx.clone());
+            let silence = self.silence;
+            self.tasks
+                .spawn(format!("{PEER_FOLLOWER}{endpoint}"), async move {
+                    follow_peer(endpoint, gate, silence, tx).await;
+                    Ok(())
+                });
+        }
     }
 
     /// Evaluates until `shutdown` completes or something fails, then shuts down.
@@ -171,9 +214,14 @@ impl Agent {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         let mut pacing = UrgentPacing::new();
+        let mut hangup = hangups();
         loop {
             tokio::select! {
                 asked = &mut shutdown => return Stop::Asked(asked),
+                Some(()) = next_hangup(hangup.as_mut()) => {
+                    self.reload();
+                    continue;
+                }
                 Some((task, outcome)) = self.tasks.next_end() => {
                     let reason = outcome.err().unwrap_or_else(|| "ended".to_owned());
                     return Stop::Failed(RunError::Task { task, reason });
@@ -424,40 +472,30 @@ pub(super) fn note_tls_reload(outcome: &Reload, counters: &ServerCounters) {
     }
 }
 
-/// One follower per peer endpoint; their batches arrive on the returned channel.
-fn spawn_peer_followers(
-    tasks: &mut Tasks,
-    config: &Config,
-    endpoints: &[String],
-    observer: &Observer,
-    metrics: &Arc<Metrics>,
-    feed: &Feed,
-) -> mpsc::Receiver<PeerMessage> {
-    let (peer_tx, peers) = mpsc::channel::<PeerMessage>(PEER_QUEUE);
-    let silence = PEER_SILENT_TICKS * config.probe.tick;
-    let gate = GateFor {
-        me: observer.name.to_string(),
-        tls: config.tls.clone(),
-        topology: feed.topology.clone(),
-        names: NamesInUse::default(),
-        metrics: metrics.clone(),
-    };
-    for endpoint in endpoints {
-        let (endpoint, gate, tx) = (endpoint.clone(), gate.clone(), peer_tx.clone());
-        tasks.spawn(format!("peer follower {endpoint}"), async move {
-            follow_peer(endpoint, gate, silence, tx).await;
-            Ok(())
-        });
-    }
-    peers
-}
-
 /// Binds `addr`; errors name the config key that set it.
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<(TcpListener, SocketAddr), RunError> {
     let listen = |source| RunError::Listen { key, addr, source };
     let listener = TcpListener::bind(addr).await.map_err(listen)?;
     let bound = listener.local_addr().map_err(listen)?;
     Ok((listener, bound))
+}
+
+/// SIGHUP, if a handler can be installed.
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGHUP: no reload");
+            None
+        }
+    }
+}
+
+async fn next_hangup(hangup: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_urgent(urgent: Option<&mut UrgentEvents>) -> std::io::Result<Vec<UrgentRecord>> {

@@ -2,12 +2,14 @@
 //! shutdown); this module holds what the other commands share with it.
 mod agent;
 mod observer;
+mod reload;
 mod tasks;
 
 use std::{net::SocketAddr, time::Duration};
 
 pub use agent::Agent;
 pub(crate) use observer::Observer;
+pub use reload::ReloadFrom;
 
 use crate::{
     config::{Config, ConfigError},
@@ -66,6 +68,20 @@ pub async fn run(
     shutdown: impl Future<Output = &'static str>,
 ) -> Result<(), RunError> {
     Agent::start(config).await?.run(shutdown).await
+}
+
+/// [`run`], with SIGHUP reloading the config from `from` (the `--config` path, or the
+/// default path).
+pub async fn run_reloading(
+    config: &Config,
+    from: ReloadFrom,
+    shutdown: impl Future<Output = &'static str>,
+) -> Result<(), RunError> {
+    Agent::start(config)
+        .await?
+        .reloading_from(from)
+        .run(shutdown)
+        .await
 }
 
 /// An error and its causes on one line, `outer: inner: root`. Messages never repeat

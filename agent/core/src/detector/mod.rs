@@ -224,6 +224,13 @@ impl Detector {
         d
     }
 
+    /// New thresholds, keeping what was observed (a reload that changes only them).
+    pub fn reconfigure(&mut self, cfg: DetectorConfig) {
+        self.limits = link::Limits::new(&cfg);
+        self.weights = link::DecayWeights::default();
+        self.cfg = cfg;
+    }
+
     pub fn config(&self) -> &DetectorConfig {
         &self.cfg
     }

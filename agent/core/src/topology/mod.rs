@@ -135,6 +135,16 @@ pub struct Topology {
     lengths_v6: Vec<u8>,
 }
 
+/// Two topologies are the same when they place every address the same way: the same
+/// entities, host addresses and rack prefixes (indexes derived from them aside).
+impl PartialEq for Topology {
+    fn eq(&self, other: &Self) -> bool {
+        self.entities == other.entities
+            && self.addresses_of == other.addresses_of
+            && self.prefixes == other.prefixes
+    }
+}
+
 impl Topology {
     /// Reads and validates a topology file, refusing one over [`MAX_TOPOLOGY_BYTES`].
     pub fn load(path: &Path) -> Result<Self, TopologyError> {
