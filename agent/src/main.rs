@@ -39,9 +39,12 @@ enum Command {
     },
     /// Follow an agent's verdict feed: a table, then one line per change.
     Watch {
-        /// The agent's gRPC endpoint.
+        /// The agent's gRPC endpoint (`https://…` when the agent has `[tls]`).
         #[arg(long, default_value = "http://127.0.0.1:7431")]
         endpoint: String,
+        /// For an https endpoint: the CA (PEM) that signed the agent's certificate.
+        #[arg(long, value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
         /// Only this level (repeatable): host, rack, cabinet, site.
         #[arg(long, value_parser = parse_level)]
         level: Vec<Level>,
@@ -137,12 +140,14 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Watch {
             endpoint,
+            tls_ca,
             level,
             prefix,
             json,
         } => {
             let options = faultline::WatchOptions {
                 endpoint,
+                tls_ca,
                 levels: level,
                 path_prefix: prefix,
                 json,

@@ -238,3 +238,40 @@ pub(crate) fn client_config(
         .identity(tonic::transport::Identity::from_pem(pem.cert, pem.key))
         .domain_name(host))
 }
+
+/// tonic's client config for a verdict client (`faultline watch`, `faultline
+/// announce`) of the agent at `endpoint`: trusting the CA in `ca`. Verdicts need no
+/// client certificate.
+pub(crate) fn trusting(
+    ca: &Path,
+    endpoint: &str,
+) -> Result<tonic::transport::ClientTlsConfig, String> {
+    let pem = read_pem("tls.ca", ca).map_err(|p| p.reason)?;
+    let parsed = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", ca.display()))?;
+    if parsed.is_empty() {
+        return Err(format!("{}: no certificate in the file", ca.display()));
+    }
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+        .domain_name(crate::feed::peer_identity::endpoint_host(endpoint)))
+}
+
+/// An endpoint to `endpoint`, over TLS trusting `ca` when it is `https://`.
+pub(crate) fn endpoint_trusting(
+    endpoint: &str,
+    ca: Option<&Path>,
+) -> Result<tonic::transport::Endpoint, String> {
+    let mut e = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| format!("endpoint `{endpoint}`: {e}"))?;
+    if endpoint.starts_with("https://") {
+        let ca = ca.ok_or_else(|| {
+            format!("endpoint `{endpoint}`: https needs the CA that signed the agent's certificate")
+        })?;
+        e = e
+            .tls_config(trusting(ca, endpoint)?)
+            .map_err(|e| format!("endpoint `{endpoint}`: {e}"))?;
+    }
+    Ok(e)
+}

@@ -16,6 +16,8 @@ pub(crate) const MAX_SNAPSHOT: usize = 256 << 20;
 /// What to watch and how to print it.
 pub struct WatchOptions {
     pub endpoint: String,
+    /// The CA that signed the agent's certificate, for an `https://` endpoint.
+    pub tls_ca: Option<std::path::PathBuf>,
     pub levels: Vec<Level>,
     pub path_prefix: String,
     pub json: bool,
@@ -81,10 +83,8 @@ async fn stream_once(
     resume_after: &mut Resume,
     out: &mut impl std::io::Write,
 ) -> Result<(), tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
-        .map_err(|e| {
-            tonic::Status::invalid_argument(format!("endpoint `{}`: {e}", options.endpoint))
-        })?
+    let channel = crate::tls::endpoint_trusting(&options.endpoint, options.tls_ca.as_deref())
+        .map_err(tonic::Status::invalid_argument)?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await

@@ -147,6 +147,40 @@ fn observations_need_a_client_certificate_verdicts_do_not() {
             "cleartext answered on a TLS port"
         );
     });
+    // `faultline watch` over TLS: with the CA it follows; without it, it says why.
+    let watch = |ca: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_faultline"));
+        cmd.args([
+            "watch",
+            "--json",
+            "--endpoint",
+            &format!("https://{}", agent.grpc),
+        ]);
+        if let Some(ca) = ca {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut with_ca = watch(Some(&ca_path));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        with_ca.try_wait().unwrap().is_none(),
+        "watch with the CA keeps following"
+    );
+    with_ca.kill().unwrap();
+    let out = with_ca.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !said.contains("retrying") && !said.contains("reconnecting"),
+        "{said}"
+    );
+    let out = watch(None).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("https needs the CA"), "{said}");
     assert!(
         agent
             .metric("faultline_observations_unauthenticated_total")

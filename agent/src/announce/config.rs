@@ -103,6 +103,13 @@ struct Raw {
     agent: Vec<Spanned<RawAgent>>,
     #[serde(default)]
     serve: Vec<Spanned<RawServe>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Spanned<PathBuf>,
 }
 
 fn default_quorum() -> Spanned<u32> {
@@ -199,6 +206,8 @@ pub struct AnnounceConfig {
     pub metrics: Option<SocketAddr>,
     pub agents: Vec<FeedAgent>,
     pub served: Vec<Served>,
+    /// `[tls] ca`: the CA that signed the agents' certificates, for `https://` agents.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl AnnounceConfig {
@@ -238,7 +247,7 @@ impl AnnounceConfig {
                 "missing: the gobgpd to drive, e.g. \"http://127.0.0.1:50051\"".into(),
             )
         })?;
-        check_endpoint(&endpoint, "gobgp.endpoint", &at)?;
+        check_endpoint(&endpoint, "gobgp.endpoint", false, &at)?;
         let next_hop = |value: Option<Spanned<String>>, key: &str, default: IpAddr, v4: bool| {
             let Some(v) = value else {
                 return Ok(default);
@@ -292,10 +301,18 @@ impl AnnounceConfig {
                     .map_err(|e| at(t.span(), "topology", format!("{:#}", anyhow::Error::new(e))))
             })
             .transpose()?;
+        let tls_ca = raw
+            .tls
+            .map(|t| {
+                crate::tls::trusting(t.ca.get_ref(), "https://localhost")
+                    .map(|_| t.ca.get_ref().clone())
+                    .map_err(|why| at(t.ca.span(), "tls.ca", why))
+            })
+            .transpose()?;
         let mut agents = Vec::new();
         for a in raw.agent {
             let a = a.into_inner();
-            check_endpoint(&a.endpoint, "agent.endpoint", &at)?;
+            check_endpoint(&a.endpoint, "agent.endpoint", tls_ca.is_some(), &at)?;
             if let Some(t) = &topology {
                 check_entity(t, &a.site, Some(Level::Site), "agent.site", &at)?;
             }
@@ -384,19 +401,30 @@ impl AnnounceConfig {
             metrics,
             agents,
             served,
+            tls_ca,
         })
     }
 }
 
+/// `http://HOST:PORT`, or `https://` when `https` is allowed (`[tls] ca` is set).
 fn check_endpoint(
     endpoint: &Spanned<String>,
     key: &str,
+    https: bool,
     at: &impl Fn(std::ops::Range<usize>, &str, String) -> AnnounceConfigError,
 ) -> Result<(), AnnounceConfigError> {
     let e = endpoint.get_ref();
-    let ok = e
+    if e.starts_with("https://") && !https {
+        return Err(at(
+            endpoint.span(),
+            key,
+            format!("`{e}`: https needs [tls] ca (the CA that signed the agents' certificates)"),
+        ));
+    }
+    let rest = e
         .strip_prefix("http://")
-        .is_some_and(|rest| !rest.is_empty())
+        .or_else(|| e.strip_prefix("https://"));
+    let ok = rest.is_some_and(|rest| !rest.is_empty())
         && tonic::transport::Endpoint::from_shared(e.clone()).is_ok();
     if ok {
         Ok(())

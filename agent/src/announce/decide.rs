@@ -155,6 +155,7 @@ mod tests {
             metrics: None,
             agents: vec![agent("dc-a"), agent("dc-b"), agent("dc-c")],
             served: vec![served("dc-a", true), served("dc-b", false)],
+            tls_ca: None,
         }
     }
 

@@ -33,11 +33,17 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Follows `endpoint` until the receiver is dropped.
-pub(super) async fn follow(agent: usize, endpoint: String, tx: mpsc::Sender<FeedUpdate>) {
+pub(super) async fn follow(
+    agent: usize,
+    endpoint: String,
+    tls_ca: Option<std::path::PathBuf>,
+    tx: mpsc::Sender<FeedUpdate>,
+) {
     let mut resume_after = Resume::default();
     let mut backoff = BACKOFF_FIRST;
     loop {
-        let why = match stream(agent, &endpoint, &mut resume_after, &tx, &mut backoff).await {
+        let connect = crate::tls::endpoint_trusting(&endpoint, tls_ca.as_deref());
+        let why = match stream(agent, connect, &mut resume_after, &tx, &mut backoff).await {
             Ok(()) => "stream ended".to_owned(),
             Err(status) => status.message().to_owned(),
         };
@@ -56,13 +62,13 @@ pub(super) async fn follow(agent: usize, endpoint: String, tx: mpsc::Sender<Feed
 
 async fn stream(
     agent: usize,
-    endpoint: &str,
+    endpoint: Result<Endpoint, String>,
     resume_after: &mut Resume,
     tx: &mpsc::Sender<FeedUpdate>,
     backoff: &mut Duration,
 ) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+    let channel = endpoint
+        .map_err(tonic::Status::invalid_argument)?
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_millis(300))
         .keep_alive_timeout(Duration::from_millis(700))

@@ -60,7 +60,14 @@ pub async fn run(
         .agents
         .iter()
         .enumerate()
-        .map(|(i, a)| tokio::spawn(feed::follow(i, a.endpoint.clone(), tx.clone())))
+        .map(|(i, a)| {
+            tokio::spawn(feed::follow(
+                i,
+                a.endpoint.clone(),
+                cfg.tls_ca.clone(),
+                tx.clone(),
+            ))
+        })
         .collect();
     drop(tx);
     info!(

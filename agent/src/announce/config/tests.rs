@@ -195,3 +195,38 @@ fn unknown_sites_are_refused_against_the_topology() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn https_agents_need_a_ca_that_loads() {
+    refused(
+        "endpoint = \"http://10.72.11.11:7431\"",
+        "endpoint = \"https://10.72.11.11:7431\"",
+        6,
+        "agent.endpoint",
+        "https needs [tls] ca",
+    );
+    let text = format!("{GOOD}[tls]\nca = \"/nonexistent/ca.pem\"\n");
+    let err = parse(&text).unwrap_err();
+    assert!(
+        err.starts_with("announce.toml:22: tls.ca: /nonexistent/ca.pem"),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join(format!("faultline-announce-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        faultline_integration::pki::TestCa::new("fleet CA").pem(),
+    )
+    .unwrap();
+    let text = format!(
+        "{}[tls]\nca = \"{}\"\n",
+        GOOD.replacen("http://10.72.11.11", "https://10.72.11.11", 1),
+        ca.display()
+    );
+    let c = parse(&text);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let c = c.unwrap();
+    assert_eq!(c.tls_ca.as_deref(), Some(ca.as_path()));
+    assert!(c.agents[0].endpoint.starts_with("https://"));
+}
