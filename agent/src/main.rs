@@ -105,6 +105,7 @@ enum TopologyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    log_panics();
     match execute(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -250,6 +251,26 @@ async fn shutdown_signal() -> &'static str {
         _ = int.recv() => "SIGINT",
         _ = hup.recv() => "SIGHUP",
     }
+}
+
+/// Every panic goes to the log too, with where it happened: one in the evaluation
+/// is caught and drained by the run loop, but one elsewhere (a thread, start-up)
+/// ends the process without a drain, and the log is where an operator looks.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let at = info
+            .location()
+            .map_or_else(String::new, |l| format!("{}:{}", l.file(), l.line()));
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%at, %message, "panic");
+        default(info);
+    }));
 }
 
 fn init_logging(json: bool) {
