@@ -106,9 +106,10 @@ pub(crate) fn from_wire(
         .map(|l| {
             Some(Observation {
                 observer: observer.clone(),
+                // Mapped IPv6 folded to IPv4, as the kernel's own links are.
                 link: Link {
-                    local: l.local_address.parse::<IpAddr>().ok()?,
-                    remote: l.remote_address.parse::<IpAddr>().ok()?,
+                    local: l.local_address.parse::<IpAddr>().ok()?.to_canonical(),
+                    remote: l.remote_address.parse::<IpAddr>().ok()?.to_canonical(),
                 },
                 delta: LinkDelta {
                     counters: LinkCounters {
@@ -373,6 +374,22 @@ mod tests {
         assert_eq!(received.len(), 1);
         assert_eq!(received[0].link, sent.link);
         assert_eq!(received[0].delta, sent.delta);
+    }
+
+    #[test]
+    fn mapped_addresses_from_a_peer_are_folded_to_ipv4() {
+        let batch = pb::ObservationBatch {
+            observer: "p".into(),
+            sequence: 1,
+            links: vec![pb::LinkObservation {
+                local_address: "::ffff:10.72.12.11".into(),
+                remote_address: "::ffff:10.71.11.11".into(),
+                ..pb::LinkObservation::default()
+            }],
+        };
+        let received = from_wire(&batch, &"p".into()).unwrap();
+        assert_eq!(received[0].link.local.to_string(), "10.72.12.11");
+        assert_eq!(received[0].link.remote.to_string(), "10.71.11.11");
     }
 
     #[test]

@@ -15,13 +15,15 @@ use faultline_ebpf::{AF_INET, LinkKey, LinkStats};
 // The detector's histogram type mirrors the kernel's buckets one for one.
 const _: () = assert!(RTT_BUCKETS == faultline_ebpf::RTT_BUCKETS);
 
-/// The link a kernel key names.
+/// The link a kernel key names. A dual-stack socket talking IPv4 carries
+/// IPv4-mapped IPv6 addresses (`::ffff:10.1.1.10`): folded to IPv4, the form the
+/// topology lists and peers report.
 pub(crate) fn link_of(key: &LinkKey) -> Link {
     let addr = |bytes: &[u8; 16]| -> IpAddr {
         if key.family == AF_INET {
             IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
         } else {
-            IpAddr::V6(Ipv6Addr::from(*bytes))
+            IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()
         }
     };
     Link {
@@ -218,5 +220,8 @@ mod tests {
         };
         v6.remote = "fd00::7".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(link_of(&v6).remote.to_string(), "fd00::7");
+        // A dual-stack socket's IPv4 peer, as the topology lists it.
+        v6.remote = "::ffff:10.1.1.10".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(link_of(&v6).remote.to_string(), "10.1.1.10");
     }
 }
