@@ -14,6 +14,7 @@ mod netif;
 mod peers;
 mod probe;
 mod run;
+mod status;
 mod tls;
 mod watch;
 
@@ -46,4 +47,5 @@ pub use feed::{Feed, FeedLimits};
 pub use probe::{Probe, ProbeError, ProbeOptions, UrgentEvents, UrgentRecord};
 pub use run::{Agent, ReloadFrom, RunError, observe_links, run, run_reloading};
 pub use tls::TlsConfig;
+pub use status::{Status, StatusOptions, status};
 pub use watch::{WatchOptions, watch};

@@ -55,6 +55,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One line and an exit code for ENTITY's verdict, or the agent's own status:
+    /// 0 healthy, 1 degraded, 2 failed, 3 unknown, 4 agent unreachable. For
+    /// script checks (node-problem-detector, Consul, Nomad, keepalived MISC_CHECK).
+    Status {
+        /// `rack/dc-a/c1/r1` or `dc-a/c1/r1`; without it, the agent itself.
+        entity: Option<String>,
+        /// The agent's gRPC endpoint (`https://…` when the agent has `[tls]`).
+        #[arg(long, default_value = "http://127.0.0.1:7431")]
+        endpoint: String,
+        /// For an https endpoint: the CA (PEM) that signed the agent's certificate.
+        #[arg(long, value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+        /// How long to wait for the agent before exit code 4.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Withdraw and announce a site's prefixes through the local gobgpd as the
     /// agents' verdicts say (see `announce.toml` in examples/).
     Announce {
@@ -128,6 +144,25 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 faultline::ReloadFrom(config),
                 stop_signal(),
             ))?;
+        }
+        Command::Status {
+            entity,
+            endpoint,
+            tls_ca,
+            timeout,
+        } => {
+            let options = faultline::StatusOptions {
+                endpoint,
+                tls_ca,
+                entity,
+                timeout,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let status = rt.block_on(faultline::status(&options));
+            println!("{}", status.line);
+            return Ok(ExitCode::from(status.code));
         }
         Command::Announce { config, dry_run } => {
             let mut config = faultline::AnnounceConfig::load(&config)?;

@@ -430,3 +430,62 @@ fn check_prints_how_many_peers_auto_chooses() {
         "{line}"
     );
 }
+
+#[test]
+fn status_prints_one_line_and_exits_with_the_state() {
+    use faultline::{
+        FeedLimits,
+        detector::{State, Verdict},
+        topology::Level,
+    };
+    use faultline_integration::feed::FeedServer;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let topology = "[[site]]\nname = \"dc-a\"\n[[cabinet]]\nname = \"c1\"\nsite = \"dc-a\"\n\
+                    [[rack]]\nname = \"r1\"\ncabinet = \"dc-a/c1\"\n[[rack]]\nname = \"r2\"\ncabinet = \"dc-a/c1\"\n";
+    let server = rt.block_on(FeedServer::start(topology, FeedLimits::default()));
+    server.feed.publish(&[
+        Verdict::scripted(Level::Rack, "dc-a/c1/r1", State::Failed),
+        Verdict::scripted(Level::Rack, "dc-a/c1/r2", State::Degraded),
+        Verdict::scripted(Level::Cabinet, "dc-a/c1", State::Healthy),
+    ]);
+    let status = |args: &[&str]| {
+        let out = output_within(
+            faultline()
+                .arg("status")
+                .args(args)
+                .args(["--endpoint", &server.url()]),
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let (code, line) = status(&["rack/dc-a/c1/r1"]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(
+        line.starts_with("rack/dc-a/c1/r1 FAILED 0.60 scripted"),
+        "{line}"
+    );
+    assert_eq!(status(&["dc-a/c1/r2"]).0, Some(1), "a bare path");
+    assert_eq!(status(&["cabinet/dc-a/c1"]).0, Some(0));
+    let (code, line) = status(&["dc-a/c1/r9"]);
+    assert_eq!(code, Some(3), "{line}");
+    assert_eq!(status(&[]), (Some(0), "agent SERVING".to_owned()));
+    // Nobody listening: 4, saying where it looked.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out =
+        output_within(faultline().args(["status", "--endpoint", &format!("http://{closed}")]));
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("agent unreachable at http://127.0.0.1:"),
+        "{out:?}"
+    );
+}
