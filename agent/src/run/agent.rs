@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 
 use super::{
     Observer, RunError, error_chain, load_topology, log_verdict,
+    notify::Notifier,
     reload::ReloadFrom,
     tasks::{Tasks, panic_message},
 };
@@ -79,6 +80,7 @@ pub struct Agent {
     pub(super) config: Config,
     pub(super) reload_from: Option<ReloadFrom>,
     pub(super) tls: Option<ServerTls>,
+    notifier: Notifier,
     stop_server: Option<oneshot::Sender<()>>,
     /// The detector's clock starts here.
     epoch: Instant,
@@ -170,6 +172,7 @@ impl Agent {
             config: config.clone(),
             reload_from: None,
             tls,
+            notifier: Notifier::from_env(),
             stop_server: Some(stop_server),
             epoch: Instant::now(),
             tick: config.probe.tick,
@@ -215,6 +218,7 @@ impl Agent {
         tokio::pin!(shutdown);
         let mut pacing = UrgentPacing::new();
         let mut hangup = hangups();
+        let mut ready = false;
         loop {
             tokio::select! {
                 asked = &mut shutdown => return Stop::Asked(asked),
@@ -243,6 +247,12 @@ impl Agent {
             if let Err(e) = self.evaluate_catching_panics() {
                 return Stop::Failed(e);
             }
+            if !ready {
+                // Attached, and the first evaluation ran: serving for real.
+                self.notifier.ready();
+                ready = true;
+            }
+            self.notifier.evaluated();
             let now = self.epoch.elapsed();
             if let Some(due) = self.detector.silence_due(&self.observer.name)
                 && due > now
@@ -374,6 +384,7 @@ impl Agent {
                 tracing::error!(reason = %error_chain(e), "shutting down on an error: agent NOT_SERVING, draining gRPC, detaching programs");
             }
         }
+        self.notifier.stopping();
         self.feed.stop_serving();
         tokio::time::sleep(NOT_SERVING_GRACE).await;
         if let Some(stop_server) = self.stop_server.take() {
