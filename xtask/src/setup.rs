@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, describe, is_root, run_output, run_status, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and bench drive.
-const APT_PACKAGES: [&str; 14] = [
+const APT_PACKAGES: [&str; 16] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -31,6 +31,10 @@ const APT_PACKAGES: [&str; 14] = [
     // and bird as the client network's edge router.
     "gobgpd",
     "bird2",
+    // The packaging tests: `systemd-analyze verify` of the unit, and setpriv to run
+    // the agent with only the unit's capabilities.
+    "systemd",
+    "util-linux",
 ];
 /// bpf-linker must be built against this LLVM's `llvm-config`, first on PATH.
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -1,0 +1,108 @@
+//! The systemd unit in `packaging/`: it verifies, and the capabilities it grants are
+//! exactly enough for the agent to attach everything.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use faultline_integration::require_root;
+
+const UNIT: &str = include_str!("../../packaging/faultline.service");
+
+/// Removes the test's files, failed or not.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("faultline-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_unit_verifies_without_a_warning() {
+    let dir = TempDir::new("unit");
+    // The unit names the installed binary; here, the one just built.
+    let unit = dir.0.join("faultline.service");
+    std::fs::write(
+        &unit,
+        UNIT.replace("/usr/bin/faultline", env!("CARGO_BIN_EXE_faultline")),
+    )
+    .unwrap();
+    // The man page comes with the package (checked where it is installed).
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (cargo xtask setup installs systemd)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.trim().is_empty(), "warnings: {said}");
+}
+
+/// The unit's `CapabilityBoundingSet`, as setpriv's `+cap` list.
+fn unit_capabilities() -> String {
+    let line = UNIT
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds capabilities");
+    line.split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn the_units_capabilities_are_enough_to_attach_everything() {
+    require_root();
+    let dir = TempDir::new("caps");
+    let config = dir.0.join("agent.toml");
+    std::fs::write(
+        &config,
+        "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\
+         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let caps = unit_capabilities();
+    assert_eq!(caps, "+bpf,+perfmon,+net_admin");
+    let mut child = Command::new("setpriv")
+        .arg(format!("--inh-caps=-all,{caps}"))
+        .arg(format!("--ambient-caps=-all,{caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(env!("CARGO_BIN_EXE_faultline"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let (mut sock_ops, mut attached) = (false, false);
+    while !(sock_ops && attached) {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+            break;
+        };
+        sock_ops |= line.contains("sock_ops attached");
+        attached |= line.contains("probe attached, watching TCP links");
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(sock_ops && attached, "with {caps} only: {seen:#?}");
+}
