@@ -106,3 +106,64 @@ fn the_units_capabilities_are_enough_to_attach_everything() {
     let _ = child.wait();
     assert!(sock_ops && attached, "with {caps} only: {seen:#?}");
 }
+
+#[test]
+fn the_agents_metrics_pass_promtool() {
+    require_root();
+    let dir = TempDir::new("promtool");
+    let config = dir.0.join("agent.toml");
+    std::fs::write(
+        &config,
+        "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\
+         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let agent = faultline_integration::agent::AgentProcess::start_binary(
+        env!("CARGO_BIN_EXE_faultline"),
+        &config,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent.metric("faultline_ticks_total").unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never ticked"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = agent.metrics_text().unwrap();
+    for family in [
+        "faultline_build_info{version=",
+        "faultline_kernel_links ",
+        "faultline_kernel_evictions_total ",
+        "faultline_urgent_to_verdict_seconds_bucket{le=\"0.3\"}",
+        "faultline_verdict_to_subscriber_seconds_count ",
+        "faultline_grpc_streams{service=\"faultline.v1.Verdicts\"}",
+    ] {
+        assert!(body.contains(family), "{family} missing:\n{body}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+    assert!(agent.terminate().success());
+}

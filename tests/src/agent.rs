@@ -84,15 +84,22 @@ impl AgentProcess {
 
     /// The value of one metric in its `/metrics` (None: not exported).
     pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics_text()?
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Its whole `/metrics` body.
+    pub fn metrics_text(&self) -> Option<String> {
         use std::io::{Read as _, Write as _};
         let mut conn = std::net::TcpStream::connect(&self.metrics).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
             .ok()?;
-        let mut body = String::new();
-        conn.read_to_string(&mut body).ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        let mut response = String::new();
+        conn.read_to_string(&mut response).ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        Some(body.to_owned())
     }
 
     /// Sends `signal` (e.g. `libc::SIGHUP`).

@@ -15,7 +15,11 @@ use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{SharedTopology, hub::Hub, listener::StreamSlots};
+use super::{
+    SharedTopology,
+    hub::Hub,
+    listener::{StreamKind, StreamSlots},
+};
 use crate::{
     detector::State,
     topology::{Level, Topology},
@@ -105,7 +109,7 @@ impl Health for HealthService {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let name = request.into_inner().service;
-        let slot = self.streams.take()?;
+        let slot = self.streams.take(StreamKind::Health)?;
         let (tx, rx) = mpsc::channel(4);
         // Subscribe before reading the current status, so no change falls in between.
         let mut live = self.hub.live();

@@ -23,6 +23,8 @@ pub struct Numbered {
     pub sequence: u64,
     pub verdict: Arc<Verdict>,
     pub wire: Arc<pb::Verdict>,
+    /// When it was published, for the verdict → subscriber latency.
+    pub published: std::time::Instant,
 }
 
 /// What a new subscriber starts from.
@@ -99,6 +101,7 @@ impl Hub {
                 sequence: state.sequence,
                 verdict: Arc::new(v.clone()),
                 wire: Arc::new(convert::verdict(v, self.epoch)),
+                published: std::time::Instant::now(),
             };
             state
                 .latest

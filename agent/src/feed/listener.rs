@@ -39,6 +39,44 @@ pub(crate) struct ServerCounters {
     pub(crate) observations_unauthenticated: AtomicU64,
     pub(crate) tls_reloads: AtomicU64,
     pub(crate) tls_reloads_refused: AtomicU64,
+    /// Streams open now, by [`StreamKind`].
+    pub(crate) open_streams: [AtomicU64; 3],
+    /// From a verdict's publication to its change queued towards each live Watch
+    /// subscriber.
+    pub(crate) verdict_to_subscriber: crate::metrics::latency::Latency,
+}
+
+/// What a stream serves, for the subscriber counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StreamKind {
+    Verdicts = 0,
+    Health = 1,
+    Observations = 2,
+}
+
+impl StreamKind {
+    pub(crate) const ALL: [Self; 3] = [Self::Verdicts, Self::Health, Self::Observations];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Verdicts => "faultline.v1.Verdicts",
+            Self::Health => "grpc.health.v1.Health",
+            Self::Observations => "faultline.v1.Observations",
+        }
+    }
+}
+
+/// A stream's slot: held by its task, counted while it lives.
+pub(crate) struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<ServerCounters>,
+    kind: StreamKind,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.counters.open_streams[self.kind as usize].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What the services learn about the connection a request came on.
@@ -221,8 +259,8 @@ impl StreamSlots {
     }
 
     /// A slot for one stream, held until its task ends; RESOURCE_EXHAUSTED at the limit.
-    pub(crate) fn take(&self) -> Result<OwnedSemaphorePermit, tonic::Status> {
-        self.slots.clone().try_acquire_owned().map_err(|_| {
+    pub(crate) fn take(&self, kind: StreamKind) -> Result<StreamSlot, tonic::Status> {
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
             self.counters
                 .streams_refused
                 .fetch_add(1, Ordering::Relaxed);
@@ -230,7 +268,17 @@ impl StreamSlots {
                 "this agent serves at most {} streams at once (listen.max_streams)",
                 self.max
             ))
+        })?;
+        self.counters.open_streams[kind as usize].fetch_add(1, Ordering::Relaxed);
+        Ok(StreamSlot {
+            _permit: permit,
+            counters: self.counters.clone(),
+            kind,
         })
+    }
+
+    pub(crate) fn counters(&self) -> Arc<ServerCounters> {
+        self.counters.clone()
     }
 
     /// A client without a certificate asked for observations.
@@ -241,6 +289,7 @@ impl StreamSlots {
     }
 
     /// Streams open now.
+    #[cfg(test)]
     pub(crate) fn open(&self) -> usize {
         self.max - self.slots.available_permits()
     }

@@ -130,6 +130,64 @@ impl Feed {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The gRPC side's metrics: refusals, TLS, streams open by service, and the
+    /// verdict → subscriber latency.
+    pub(crate) fn render_metrics(&self, e: &mut crate::metrics::Exposition) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counters;
+        for (name, help, counter) in [
+            (
+                "faultline_grpc_connections_refused_total",
+                "gRPC connections closed at once: listen.max_connections were open.",
+                &c.connections_refused,
+            ),
+            (
+                "faultline_grpc_streams_refused_total",
+                "Watch and Subscribe streams refused with RESOURCE_EXHAUSTED: listen.max_streams were open.",
+                &c.streams_refused,
+            ),
+            (
+                "faultline_tls_handshakes_failed_total",
+                "TLS handshakes on the gRPC port that failed or timed out (a client certificate the CA did not sign, a client that said nothing).",
+                &c.handshakes_failed,
+            ),
+            (
+                "faultline_observations_unauthenticated_total",
+                "Subscriptions to observations refused: with TLS, the client had no certificate the CA signed.",
+                &c.observations_unauthenticated,
+            ),
+            (
+                "faultline_tls_reloads_total",
+                "Times changed TLS files were loaded and served.",
+                &c.tls_reloads,
+            ),
+            (
+                "faultline_tls_reloads_refused_total",
+                "Times changed TLS files were refused (the previous certificate kept).",
+                &c.tls_reloads_refused,
+            ),
+        ] {
+            e.counter(name, help, counter.load(Relaxed));
+        }
+        e.family(
+            "faultline_grpc_streams",
+            "gauge",
+            "Streams open now (subscribers), by service.",
+        );
+        for kind in listener::StreamKind::ALL {
+            e.sample(
+                "faultline_grpc_streams",
+                &[("service", kind.as_str())],
+                c.open_streams[kind as usize].load(Relaxed),
+            );
+        }
+        e.histogram(
+            "faultline_verdict_to_subscriber_seconds",
+            "From a verdict change's publication to its being queued towards each live Watch subscriber.",
+            &c.verdict_to_subscriber,
+        );
+    }
+
     /// Serves over TLS: only clients with a certificate the CA signed may subscribe
     /// to observations.
     #[must_use]

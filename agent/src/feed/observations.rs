@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    listener::{StreamSlots, conn_info},
+    listener::{StreamKind, StreamSlots, conn_info},
     peer_gate::{NamesInUse, PeerGate},
     peer_identity::{LinkFilter, PeerIdentity, endpoint_host},
 };
@@ -150,7 +150,7 @@ impl Observations for Publisher {
         if subscriber.len() > 256 {
             return Err(Status::invalid_argument("subscriber: at most 256 bytes"));
         }
-        let slot = self.streams.take()?;
+        let slot = self.streams.take(StreamKind::Observations)?;
         let mut rx = self.tx.subscribe();
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -227,6 +227,7 @@ pub(crate) async fn follow_peer(
                 tracing::warn!(peer = %endpoint, error = %e, retry_in = ?backoff, "peer unreachable");
             }
         }
+        gate.metrics.peer_up(&identity.name, false);
         if followed {
             backoff = Duration::from_millis(100);
             if to_detector
@@ -292,6 +293,7 @@ async fn subscribe_once(
         .await?
         .into_inner();
     tracing::info!(peer = %endpoint, observer = %name, "following peer observations");
+    gate_for.metrics.peer_up(&name, true);
     let mut last = None;
     loop {
         let Ok(next) = tokio::time::timeout(silence, stream.message()).await else {

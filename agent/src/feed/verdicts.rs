@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::{
     filter::Filter,
     hub::{Hub, Numbered, Start},
-    listener::StreamSlots,
+    listener::{ServerCounters, StreamKind, StreamSlots},
 };
 
 pub(crate) struct VerdictService {
@@ -47,7 +47,7 @@ impl Verdicts for VerdictService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
         let filter = Filter::parse(request.filter.as_ref())?;
-        let slot = self.streams.take()?;
+        let slot = self.streams.take(StreamKind::Verdicts)?;
         let (start, live) = self
             .hub
             .subscribe(request.resume_after, request.incarnation);
@@ -56,6 +56,7 @@ impl Verdicts for VerdictService {
             hub: self.hub.clone(),
             filter,
             tx,
+            counters: self.streams.counters(),
         };
         let forward = subscriber.forward(start, request.resume_after.unwrap_or(0), live);
         tokio::spawn(async move {
@@ -90,6 +91,7 @@ struct Subscriber {
     hub: Arc<Hub>,
     filter: Filter,
     tx: mpsc::Sender<EventResult>,
+    counters: Arc<ServerCounters>,
 }
 
 impl Subscriber {
@@ -142,8 +144,13 @@ impl Subscriber {
                 Ok(n) if n.sequence <= last => {}
                 Ok(n) => {
                     last = n.sequence;
-                    if self.filter.matches(&n.verdict) && !self.send(self.change(&n, false)).await {
-                        return;
+                    if self.filter.matches(&n.verdict) {
+                        if !self.send(self.change(&n, false)).await {
+                            return;
+                        }
+                        self.counters
+                            .verdict_to_subscriber
+                            .record(n.published.elapsed());
                     }
                 }
                 Err(RecvError::Lagged(_)) => {

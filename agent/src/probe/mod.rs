@@ -242,6 +242,12 @@ impl Probe {
         Ok(self.tracker.update(totals, sample::monotonic_now_ns()))
     }
 
+    /// Links in the kernel's table at the last sample, and how many the LRU evicted
+    /// since start (a table too small for the host's peers shows as a steady rise).
+    pub fn occupancy(&self) -> (usize, u64) {
+        self.tracker.occupancy()
+    }
+
     /// Forwards the kernel log records waiting in the programs' log ring to `tracing`.
     pub fn flush_kernel_log(&mut self) {
         if let Some(logger) = &mut self.kernel_log {

@@ -77,6 +77,8 @@ impl LinkTotals {
 #[derive(Debug, Default)]
 pub(crate) struct SampleTracker {
     previous: HashMap<LinkKey, LinkTotals>,
+    /// Links the LRU evicted since start.
+    evicted: u64,
 }
 
 impl SampleTracker {
@@ -112,8 +114,21 @@ impl SampleTracker {
             });
         }
         samples.sort_by_key(|s| s.link);
+        // A key never leaves the map but by the LRU making room: what was there last
+        // time and is gone now was evicted.
+        let evicted = self
+            .previous
+            .keys()
+            .filter(|k| !current.contains_key(k))
+            .count();
+        self.evicted = self.evicted.saturating_add(evicted as u64);
         self.previous = current;
         samples
+    }
+
+    /// Links in the kernel's table at the last sample, and evicted since start.
+    pub(crate) fn occupancy(&self) -> (usize, u64) {
+        (self.previous.len(), self.evicted)
     }
 }
 

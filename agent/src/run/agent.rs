@@ -50,6 +50,9 @@ const NOT_SERVING_GRACE: Duration = Duration::from_millis(200);
 /// what is still open then is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Urgent events that led to no verdict change within this long were noise.
+const URGENT_NEWS_EXPIRY: Duration = Duration::from_secs(5);
+
 /// A peer that sends no batch for this many ticks is lost (batches come every tick).
 const PEER_SILENT_TICKS: u32 = 3;
 
@@ -81,6 +84,8 @@ pub struct Agent {
     pub(super) reload_from: Option<ReloadFrom>,
     pub(super) tls: Option<ServerTls>,
     notifier: Notifier,
+    /// The first urgent kernel event not yet evaluated.
+    urgent_since: Option<Instant>,
     stop_server: Option<oneshot::Sender<()>>,
     /// The detector's clock starts here.
     epoch: Instant,
@@ -173,6 +178,7 @@ impl Agent {
             reload_from: None,
             tls,
             notifier: Notifier::from_env(),
+            urgent_since: None,
             stop_server: Some(stop_server),
             epoch: Instant::now(),
             tick: config.probe.tick,
@@ -191,7 +197,11 @@ impl Agent {
 
     /// One follower per endpoint; their batches arrive on `peers`.
     pub(super) fn spawn_followers(&mut self) {
+        self.metrics.clear_peers();
         for endpoint in &self.endpoints {
+            let identity =
+                crate::feed::peer_identity::PeerIdentity::of(endpoint, &self.gate.topology);
+            self.metrics.peer_up(&identity.name, false);
             let (endpoint, gate, tx) = (endpoint.clone(), self.gate.clone(), self.peer_tx.clone());
             let silence = self.silence;
             self.tasks
@@ -312,6 +322,9 @@ impl Agent {
         match batch {
             Ok(events) => {
                 Metrics::add(&self.metrics.urgent_events, events.len() as u64);
+                if !events.is_empty() {
+                    self.urgent_since.get_or_insert_with(Instant::now);
+                }
                 for e in events {
                     tracing::debug!(kind = ?e.kind, local = %e.link.local, peer = %e.link.remote, "urgent");
                 }
@@ -355,6 +368,16 @@ impl Agent {
         if !changes.is_empty() {
             self.feed.publish(&changes);
         }
+        // Urgent events that led to verdicts within a few seconds (a confirm, the
+        // peers' corroboration): how long that took. Events that led to none expire.
+        if let Some(since) = self.urgent_since {
+            if !changes.is_empty() {
+                self.metrics.urgent_to_verdict.record(since.elapsed());
+                self.urgent_since = None;
+            } else if since.elapsed() > URGENT_NEWS_EXPIRY {
+                self.urgent_since = None;
+            }
+        }
         self.feed.hub.forget(&self.detector.take_forgotten());
         let m = &self.metrics;
         Metrics::add(&m.ticks, 1);
@@ -367,6 +390,9 @@ impl Agent {
             &m.last_tick_ns,
             u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
         );
+        let (kernel_links, evicted) = self.probe.occupancy();
+        Metrics::set(&m.kernel_links, kernel_links as u64);
+        Metrics::set(&m.kernel_evictions, evicted);
         if let Ok(dropped) = self.probe.urgent_dropped() {
             Metrics::set(&m.urgent_dropped, dropped);
         }
