@@ -46,6 +46,6 @@ pub use config::{Config, ConfigError, Peers};
 pub use feed::{Feed, FeedLimits};
 pub use probe::{Probe, ProbeError, ProbeOptions, UrgentEvents, UrgentRecord};
 pub use run::{Agent, ReloadFrom, RunError, observe_links, run, run_reloading};
-pub use tls::TlsConfig;
 pub use status::{Status, StatusOptions, status};
+pub use tls::TlsConfig;
 pub use watch::{WatchOptions, watch};
