@@ -138,6 +138,8 @@ fn the_agents_metrics_pass_promtool() {
         "faultline_urgent_to_verdict_seconds_bucket{le=\"0.3\"}",
         "faultline_verdict_to_subscriber_seconds_count ",
         "faultline_grpc_streams{service=\"faultline.v1.Verdicts\"}",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
     ] {
         assert!(body.contains(family), "{family} missing:\n{body}");
     }

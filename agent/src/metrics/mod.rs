@@ -7,6 +7,7 @@
 mod exposition;
 mod http;
 pub(crate) mod latency;
+mod process;
 
 use std::{
     collections::BTreeMap,
@@ -201,6 +202,7 @@ impl Metrics {
         );
         feed.render_metrics(&mut e);
         render_verdicts(&mut e, feed);
+        process::render(&mut e);
         e.into_text()
     }
 
