@@ -45,7 +45,9 @@ fn check_error(e: &TopologyError, text: &str) {
                 "line {line} of {lines}: {message}"
             );
         }
-        TopologyError::Read { .. } => panic!("parse does not read files: {message}"),
+        TopologyError::Read { .. } | TopologyError::TooLarge { .. } => {
+            panic!("parse does not read files: {message}")
+        }
     }
 }
 
