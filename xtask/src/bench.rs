@@ -19,11 +19,15 @@
 //! Parts 3 and 4 are pure CPU: `--detector-only` runs just them (no root, no
 //! namespaces); `--skip-detector` leaves them out.
 //!
+//! `cargo xtask bench memory` is separate: the agent's RSS under a churn of a million
+//! distinct remote addresses ([`memory`]); `cargo xtask bench lab` the namespace lab.
+//!
 //! Prints a table and writes `target/bench/latest.json`. Namespaces, the iperf3 server
 //! and agents are removed by guards even on error, panic or Ctrl-C.
 mod agent;
 mod detector;
 pub(crate) mod lab;
+mod memory;
 mod topology;
 
 use std::{
@@ -78,11 +82,16 @@ enum What {
     /// subscribers, recovery, user impact, each agent's CPU and RSS; then a soak of
     /// core-noise plus cpu-contention counting false verdicts (as root).
     Lab(crate::lab::BenchOptions),
+    /// The agent's RSS while its host connects to 1,000,000 distinct remote addresses
+    /// over 10 minutes (real TCP between two namespaces); passes under 64 MiB (as root).
+    Memory(memory::Options),
 }
 
 pub(crate) fn run(opts: &Options) -> Result<()> {
-    if let Some(What::Lab(lab)) = &opts.what {
-        return crate::lab::bench(lab);
+    match &opts.what {
+        Some(What::Lab(lab)) => return crate::lab::bench(lab),
+        Some(What::Memory(memory)) => return memory::run(memory),
+        None => {}
     }
     if !opts.detector_only && !is_root() {
         bail!(
@@ -133,9 +142,9 @@ fn network(opts: &Options, out_dir: &Path) -> Result<NetworkReport> {
         "bench: {} × {} s iperf3 pairs, {} ({}) → {} ({}); agent log in {}",
         opts.runs,
         opts.seconds,
-        lab.ns_a,
+        lab.pair.ns_a,
         lab::ADDR_A,
-        lab.ns_b,
+        lab.pair.ns_b,
         lab::ADDR_B,
         relative(&log)
     );

@@ -38,26 +38,48 @@ pub(super) struct Agent {
 impl Agent {
     /// Starts the agent, appending its stderr to `log`, and waits until it has attached.
     pub(super) fn start(bin: &Path, log: &Path) -> Result<Self> {
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let mut child = die_with_parent(&mut Command::new(bin))
-            .arg("run")
+        let child = die_with_parent(&mut Self::command(bin))
+            .spawn()
+            .with_context(|| format!("start {} run", bin.display()))?;
+        Self::attached(child, bin, log)
+    }
+
+    /// [`Agent::start`] with `--config config`, inside network namespace `ns` (entered
+    /// with setns before exec, so the agent keeps the host's tracefs and cgroup2 mounts).
+    pub(super) fn start_in(bin: &Path, log: &Path, config: &Path, ns: &str) -> Result<Self> {
+        let mut cmd = Self::command(bin);
+        cmd.arg("--config").arg(config);
+        let child = crate::lab::spawn_in(&mut cmd, ns)?;
+        Self::attached(child, bin, log)
+    }
+
+    /// `faultline run`, logging at info to a pipe.
+    fn command(bin: &Path) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {} run", bin.display()))?;
-        let stderr = child.stderr.take().context("agent stderr is piped")?;
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Copies the just-started agent's stderr to `log` and waits until it has attached.
+    fn attached(mut child: Child, bin: &Path, log: &Path) -> Result<Self> {
+        // The guard first, so the agent is stopped if anything below fails.
+        let stderr = child.stderr.take();
         let agent = Self {
             child,
             log: log.to_owned(),
             stopped: false,
         };
+        let stderr = stderr.context("agent stderr is piped")?;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
         let _ = writeln!(file, "=== {} run (pid {}) ===", bin.display(), agent.pid());
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -70,6 +92,19 @@ impl Agent {
         });
         agent.wait_ready(&ready_rx)?;
         Ok(agent)
+    }
+
+    /// Fails, with the end of its log, once the agent has exited.
+    pub(super) fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("wait for the agent")? {
+            self.stopped = true;
+            bail!(
+                "the agent exited ({status}); its log ({}):\n{}",
+                self.log.display(),
+                tail(&self.log, 15)
+            );
+        }
+        Ok(())
     }
 
     fn wait_ready(&self, ready: &mpsc::Receiver<()>) -> Result<()> {

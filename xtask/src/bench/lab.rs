@@ -1,5 +1,5 @@
-//! Two network namespaces joined by a veth pair, an iperf3 server in the second.
-//! Traffic never leaves them. [`Lab`]'s Drop removes everything it created.
+//! Two network namespaces joined by a veth pair ([`Pair`]), an iperf3 server in the
+//! second ([`Lab`]). Traffic never leaves them. Drop removes everything they created.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -17,28 +17,29 @@ pub(super) const ADDR_B: &str = "10.250.0.2/24";
 const SERVER_IP: &str = "10.250.0.2";
 const NS_PREFIX: &str = "flb-";
 
-pub(super) struct Lab {
+/// Two namespaces, `flb-<pid>-a` (`va`, [`ADDR_A`]) and `flb-<pid>-b` (`vb`,
+/// [`ADDR_B`]), joined by a veth pair. Drop deletes them (and so the pair), even
+/// when building them failed halfway.
+pub(super) struct Pair {
     pub(super) ns_a: String,
     pub(super) ns_b: String,
     /// Namespaces that exist and must be deleted.
     created: Vec<String>,
-    server: Option<Child>,
 }
 
-impl Lab {
+impl Pair {
     pub(super) fn new() -> Result<Self> {
         let pid = std::process::id();
-        let mut lab = Self {
+        let mut pair = Self {
             ns_a: format!("{NS_PREFIX}{pid}-a"),
             ns_b: format!("{NS_PREFIX}{pid}-b"),
             created: Vec::new(),
-            server: None,
         };
-        for ns in [lab.ns_a.clone(), lab.ns_b.clone()] {
+        for ns in [pair.ns_a.clone(), pair.ns_b.clone()] {
             ip(&["netns", "add", &ns])?;
-            lab.created.push(ns);
+            pair.created.push(ns);
         }
-        let (a, b) = (lab.ns_a.as_str(), lab.ns_b.as_str());
+        let (a, b) = (pair.ns_a.as_str(), pair.ns_b.as_str());
         ip(&[
             "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b,
         ])?;
@@ -47,8 +48,41 @@ impl Lab {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
+        Ok(pair)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth, and so the pair.
+        for ns in self.created.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
+
+/// A [`Pair`] with an iperf3 server in `b`. Drop stops the server, then the pair goes.
+pub(super) struct Lab {
+    pub(super) pair: Pair,
+    server: Option<Child>,
+}
+
+impl Lab {
+    pub(super) fn new() -> Result<Self> {
+        let mut lab = Self {
+            pair: Pair::new()?,
+            server: None,
+        };
         let server = die_with_parent(&mut Command::new("ip"))
-            .args(["netns", "exec", b, "iperf3", "-s", "-B", SERVER_IP])
+            .args([
+                "netns",
+                "exec",
+                &lab.pair.ns_b,
+                "iperf3",
+                "-s",
+                "-B",
+                SERVER_IP,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -65,7 +99,7 @@ impl Lab {
             let listening = run_output(Command::new("ip").args([
                 "netns",
                 "exec",
-                &self.ns_b,
+                &self.pair.ns_b,
                 "ss",
                 "-Hltn",
                 "sport = :5201",
@@ -79,7 +113,7 @@ impl Lab {
                 bail!("iperf3 -s exited at once ({status})");
             }
             if Instant::now() > deadline {
-                bail!("iperf3 -s in {} is not listening after 5 s", self.ns_b);
+                bail!("iperf3 -s in {} is not listening after 5 s", self.pair.ns_b);
             }
             check_interrupted()?;
             sleep(Duration::from_millis(50));
@@ -91,7 +125,15 @@ impl Lab {
         let secs = seconds.to_string();
         let mut cmd = Command::new("ip");
         cmd.args([
-            "netns", "exec", &self.ns_a, "iperf3", "-c", SERVER_IP, "-t", &secs, "-J",
+            "netns",
+            "exec",
+            &self.pair.ns_a,
+            "iperf3",
+            "-c",
+            SERVER_IP,
+            "-t",
+            &secs,
+            "-J",
         ]);
         for attempt in 1..=3 {
             let out = cmd
@@ -130,10 +172,7 @@ impl Drop for Lab {
         if let Some(mut server) = self.server.take() {
             let _ = terminate(&mut server, Duration::from_secs(2));
         }
-        // Deleting a namespace deletes its end of the veth, and so the pair.
-        for ns in self.created.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        }
+        // `pair` is dropped after this, with the server gone.
     }
 }
 
@@ -173,6 +212,7 @@ pub(crate) fn remove_stale_namespaces(prefix: &str) -> usize {
     removed
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// `ip ARGS…`, failing with its stderr.
+pub(super) fn ip(args: &[&str]) -> Result<()> {
     run_output(Command::new("ip").args(args)).map(drop)
 }

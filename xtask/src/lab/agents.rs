@@ -185,7 +185,7 @@ impl Drop for Agents {
 
 /// Spawns `cmd` inside the network namespace `ns` (setns before exec, so the mount
 /// namespace stays the host's), dying with us.
-pub(super) fn spawn_in(cmd: &mut Command, ns: &str) -> Result<Child> {
+pub(crate) fn spawn_in(cmd: &mut Command, ns: &str) -> Result<Child> {
     let path = format!("/run/netns/{ns}");
     let file = File::open(&path).with_context(|| format!("open {path}"))?;
     let fd = file.as_raw_fd();

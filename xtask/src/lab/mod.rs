@@ -42,8 +42,10 @@ use self::{
     subscribe::Subscribers, topology::Topology, traffic::Traffic,
 };
 pub(crate) use self::{
+    agents::spawn_in,
     bench::{Options as BenchOptions, run as bench},
     delay::{DelayArgs, serve as serve_delay},
+    traffic::enter as enter_namespace,
 };
 use crate::{
     bench::{check_interrupted, install_signal_handlers},

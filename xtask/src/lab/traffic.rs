@@ -399,7 +399,7 @@ fn handle(mut s: TcpStream, echo: bool, stop: &AtomicBool) {
 }
 
 /// Moves the calling thread into namespace `ns` for good.
-pub(super) fn enter(ns: &str) -> std::io::Result<()> {
+pub(crate) fn enter(ns: &str) -> std::io::Result<()> {
     let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
     // SAFETY: a valid namespace fd; CLONE_NEWNET changes only the calling thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == -1 {
