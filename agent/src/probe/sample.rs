@@ -79,6 +79,9 @@ pub(crate) struct SampleTracker {
     previous: HashMap<LinkKey, LinkTotals>,
     /// Links the LRU evicted since start.
     evicted: u64,
+    /// The table before `previous`, kept for the next sample to fill: two tables
+    /// of 16,384 links each, allocated once.
+    spare: HashMap<LinkKey, LinkTotals>,
 }
 
 impl SampleTracker {
@@ -122,8 +125,13 @@ impl SampleTracker {
             .filter(|k| !current.contains_key(k))
             .count();
         self.evicted = self.evicted.saturating_add(evicted as u64);
-        self.previous = current;
+        self.spare = std::mem::replace(&mut self.previous, current);
         samples
+    }
+
+    /// A table to fill with the next sample (its allocation reused).
+    pub(crate) fn take_spare(&mut self) -> HashMap<LinkKey, LinkTotals> {
+        std::mem::take(&mut self.spare)
     }
 
     /// Links in the kernel's table at the last sample, and evicted since start.

@@ -106,8 +106,31 @@ pub(crate) fn load_topology(config: &Config) -> Result<Topology, TopologyError> 
     }
 }
 
-/// One structured line per verdict change.
+/// One structured line per verdict change: at info, except a host outside the
+/// topology coming and going HEALTHY or UNKNOWN (at debug), which on a front-end is
+/// two lines per client address.
 pub(crate) fn log_verdict(v: &Verdict) {
+    let churn = v.entity.level == crate::topology::Level::Host
+        && matches!(
+            v.state,
+            crate::detector::State::Healthy | crate::detector::State::Unknown
+        )
+        && v.entity
+            .path
+            .rsplit('/')
+            .next()
+            .is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok());
+    if churn {
+        tracing::debug!(
+            target: "faultline::verdict",
+            level = %v.entity.level,
+            path = %v.entity.path,
+            state = v.state.as_str(),
+            reason = %v.reason,
+            "verdict"
+        );
+        return;
+    }
     tracing::info!(
         target: "faultline::verdict",
         level = %v.entity.level,

@@ -58,6 +58,11 @@ impl Detector {
                 id
             }
             None => {
+                if self.slots.len() == self.slots.capacity() {
+                    let more = (self.slots.len() / 2).max(64);
+                    self.slots.reserve_exact(more);
+                    self.health.reserve_exact(more);
+                }
                 let id = SlotId::try_from(self.slots.len()).expect("fewer than 2^32 links");
                 self.slots.push(slot);
                 self.health.push(LinkHealth::default());
@@ -70,6 +75,11 @@ impl Detector {
     pub(super) fn new_unlisted_host(&mut self, info: EntityInfo) -> EntityId {
         self.forgetting.unlisted += 1;
         let Some(id) = self.forgetting.free_hosts.pop() else {
+            // Grown by half, not doubled: at the cap, a doubling would hold twice the
+            // nodes the cap allows (and both copies while it moves them).
+            if self.nodes.len() == self.nodes.capacity() {
+                self.nodes.reserve_exact((self.nodes.len() / 2).max(64));
+            }
             let id = self.topology.push(info);
             self.nodes.push(Node {
                 around: self.topology.ancestors(id),
