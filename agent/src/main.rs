@@ -1,7 +1,7 @@
 //! The `faultline` command line. Only argument handling lives here.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use faultline::{
     Config, links, peer_choice, preflight,
     topology::{DEFAULT_FANOUT, Level, Topology},
@@ -96,6 +96,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the man page or shell completions (the Debian package is built with them).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// The man page (roff), faultline.1.
+    Man,
+    /// Completions for SHELL.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -243,8 +257,85 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", links::render_table(&rows));
             }
         }
+        Command::Generate { what } => {
+            let mut out = std::io::stdout().lock();
+            match what {
+                Generate::Man => man_page(&mut out)?,
+                Generate::Completions { shell } => {
+                    clap_complete::generate(shell, &mut shown_cli(), "faultline", &mut out);
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `faultline.1`: clap_mangen's page, with every command's synopsis, description and
+/// options in it (rather than pointers to `faultline-run(1)` pages that do not exist).
+fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut cli = shown_cli().disable_help_subcommand(true);
+    cli.build();
+    let man = clap_mangen::Man::new(cli.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    for command in leaf_commands(&cli) {
+        let name = command.get_bin_name().unwrap_or(command.get_name());
+        writeln!(out, ".SS \"{name}\"")?;
+        // The global --log-json and -h are listed once, at the top.
+        let page = clap_mangen::Man::new(
+            command
+                .clone()
+                .mut_arg("log_json", |a| a.hide(true))
+                .mut_arg("help", |a| a.hide(true)),
+        );
+        let mut text = Vec::new();
+        page.render_synopsis_section(&mut text)?;
+        page.render_description_section(&mut text)?;
+        page.render_options_section(&mut text)?;
+        // In the command's subsection: paragraphs instead of section headings, and
+        // without the preamble each render repeats.
+        for line in String::from_utf8_lossy(&text).lines() {
+            match line {
+                _ if line.starts_with(".SH ") => writeln!(out, ".PP")?,
+                _ if line.starts_with(".ie ") || line.starts_with(".el ") => {}
+                _ => writeln!(out, "{line}")?,
+            }
+        }
+    }
+    man.render_version_section(out)
+}
+
+/// `topology check`, not `topology`: the commands that do something, in order.
+fn leaf_commands(command: &clap::Command) -> Vec<&clap::Command> {
+    command
+        .get_subcommands()
+        .flat_map(|c| {
+            if c.has_subcommands() {
+                leaf_commands(c)
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// `Cli` without its hidden commands, which clap_complete would offer otherwise.
+fn shown_cli() -> clap::Command {
+    let cli = Cli::command();
+    let shown: Vec<_> = cli
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new("faultline")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(cli.get_about().cloned().unwrap_or_default())
+        .args(cli.get_arguments().cloned())
+        .subcommands(shown)
 }
 
 fn parse_level(text: &str) -> Result<Level, String> {

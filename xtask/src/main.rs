@@ -6,6 +6,7 @@ mod build;
 mod fuzz;
 mod lab;
 mod lint;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -59,10 +60,14 @@ enum Cmd {
     /// the detector engine's cost per tick at 10k and 100k links; `bench lab`: detection,
     /// recovery and cost in the namespace lab, and a soak (as root).
     Bench(bench::Options),
+    /// Set up, build in release and make the Debian package (cargo-deb, installed if
+    /// missing): binary, systemd unit, conffile, examples, man page, completions.
+    Package,
     /// rustfmt check, clippy with warnings denied (host crates and the kernel programs
     /// for their own target), and a check that the pure core stays free of I/O crates.
     Lint,
-    /// Fuzz the topology parser (cargo-fuzz on nightly) for --seconds (default 60).
+    /// Fuzz (cargo-fuzz on nightly) the topology parser, the config file, peer batches
+    /// and gRPC requests, --seconds each (default 60), or only --target NAME.
     Fuzz(fuzz::Options),
     /// Build a data center of network namespaces (agents, traffic, inter-site delay),
     /// inject faults and time what gRPC health subscribers see (as root); `--check`
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Cmd::Test { args, no_lab } => test::run(&args, !no_lab),
         Cmd::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
         Cmd::Fuzz(options) => fuzz::run(&options),
+        Cmd::Package => package::run().map(|()| ExitCode::SUCCESS),
         Cmd::Lint => lint::run().map(|()| ExitCode::SUCCESS),
         Cmd::Lab(options) => lab::run(&options).map(|o| {
             if o.failed > 0 {
@@ -122,6 +128,22 @@ fn is_root() -> bool {
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    // `cargo xtask` runs with the variables cargo sets for the xtask itself; passed on,
+    // they change build scripts' inputs (ring's among them) and rebuild the tree above
+    // them on every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_BIN_NAME"
+            || name == "OUT_DIR"
+            || name.starts_with("CARGO_PKG_")
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     cmd
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, describe, is_root, run_output, run_status, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and bench drive.
-const APT_PACKAGES: [&str; 17] = [
+const APT_PACKAGES: [&str; 18] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -35,6 +35,8 @@ const APT_PACKAGES: [&str; 17] = [
     // the agent with only the unit's capabilities.
     "systemd",
     "util-linux",
+    // `lintian` on the Debian package (`cargo xtask package`) in its test.
+    "lintian",
     // promtool, which checks the agent's /metrics and the alert rules.
     "prometheus",
 ];
