@@ -1,5 +1,5 @@
 //! The real agent's way out (root: it attaches the kernel programs). On SIGTERM, and the
-//! same on SIGHUP, `""` goes NOT_SERVING at a health watcher before the server drains,
+//! same on SIGINT, `""` goes NOT_SERVING at a health watcher before the server drains,
 //! open Watch streams are then closed, and the agent exits 0 having logged why.
 use std::{
     io::{BufRead, BufReader},
@@ -214,7 +214,8 @@ fn sigterm_goes_not_serving_then_drains_then_exits() {
     stops_in_order(libc::SIGTERM, "SIGTERM");
 }
 
+/// SIGHUP reloads instead (tests/reload.rs); Ctrl-C stops like SIGTERM.
 #[test]
-fn sighup_takes_the_same_way_out() {
-    stops_in_order(libc::SIGHUP, "SIGHUP");
+fn sigint_takes_the_same_way_out() {
+    stops_in_order(libc::SIGINT, "SIGINT");
 }

@@ -94,7 +94,7 @@ pub struct Agent {
 
 /// Why the run loop ended.
 enum Stop {
-    /// SIGTERM, SIGINT, SIGHUP, or whatever the caller's shutdown future names.
+    /// SIGTERM, SIGINT, or whatever the caller's shutdown future names.
     Asked(&'static str),
     Failed(RunError),
 }
