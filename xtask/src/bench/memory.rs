@@ -63,7 +63,7 @@ pub(crate) struct Options {
           value_parser = clap::value_parser!(u32).range(1000..=i64::from(MAX_ADDRESSES)))]
     addresses: u32,
     /// Sets the agent's `detector.max_unlisted_hosts` (default: the agent's own,
-    /// 16384), to see what the cap costs in memory.
+    /// 4096), to see what the cap costs in memory.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=1 << 22))]
     max_unlisted_hosts: Option<u32>,
 }
@@ -180,7 +180,7 @@ fn write_config(dir: &Path, max_unlisted_hosts: Option<u32>) -> Result<PathBuf> 
     let mut text = format!(
         "# Written by `cargo xtask bench memory`. No topology: every remote address is a\n\
          # host outside it. probe.max_links and detector.forget_after are the defaults\n\
-         # (16384, 60s); so is detector.max_unlisted_hosts (16384) unless set below.\n\
+         # (16384, 60s); so is detector.max_unlisted_hosts (4096) unless set below.\n\
          [agent]\nname = \"memory-bench\"\nlocal_addresses = [\"{local}\"]\n\n\
          [listen]\ngrpc = \"{GRPC}\"\nmetrics = \"{METRICS}\"\n",
         local = host(ADDR_A),
@@ -724,7 +724,7 @@ impl Report {
         row(
             "agent config",
             self.max_unlisted_hosts.map_or_else(
-                || "defaults (max_unlisted_hosts 16384, forget_after 60s)".to_owned(),
+                || "defaults (max_unlisted_hosts 4096, forget_after 60s)".to_owned(),
                 |n| format!("max_unlisted_hosts {n}, otherwise defaults"),
             ),
         );
