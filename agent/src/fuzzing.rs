@@ -68,7 +68,7 @@ pub fn peer_batches(mut data: &[u8]) {
         let Some(mut observations) = from_wire(&batch, &name) else {
             continue;
         };
-        filter.retain(&mut observations);
+        filter.retain(&mut observations, start + now);
         detector.observe(&observations, now);
         detector.heard_from(&name, now);
         let _ = detector.silence_due(&name);

@@ -318,7 +318,7 @@ async fn subscribe_once(
             tracing::warn!(peer = %endpoint, "malformed observation batch ignored");
             continue;
         };
-        let left_out = filter.retain(&mut observations);
+        let left_out = filter.retain(&mut observations, Instant::now());
         if left_out > 0 {
             Metrics::add(&gate_for.metrics.peer_links_refused, left_out as u64);
             tracing::debug!(peer = %endpoint, left_out, "links the peer may not speak for left out");

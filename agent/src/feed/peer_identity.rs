@@ -10,7 +10,7 @@
 //! not use a listed host's address, and what it can invent is capped: a few local
 //! addresses, and a bounded number of remote addresses that belong to no listed host
 //! (each becomes a host the detector tracks).
-use std::{collections::HashSet, net::IpAddr, sync::Arc};
+use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Instant};
 
 use faultline_core::topology::{Placement, Topology};
 
@@ -19,8 +19,13 @@ use crate::detector::Observation;
 /// The most local addresses a peer the topology does not list may report links from.
 pub(crate) const MAX_UNLISTED_LOCALS: usize = 16;
 /// The most distinct remote addresses outside the topology's hosts one peer may
-/// report: a front-end's few thousand clients fit, a peer inventing hosts does not.
+/// report per [`CAP_WINDOW`]: a front-end's few thousand clients fit, a peer inventing
+/// hosts does not.
 pub(crate) const MAX_UNLISTED_REMOTES: usize = 4096;
+/// The caps count afresh every minute (the detector forgets a host without evidence
+/// after `forget_after`, 60 s): a peer whose clients churn keeps reporting new ones,
+/// instead of being cut off for good once it has met 4,096.
+const CAP_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A followed peer, as this agent's config and topology name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +92,7 @@ pub(crate) struct LinkFilter {
     topology: Arc<Topology>,
     unlisted_locals: HashSet<IpAddr>,
     unlisted_remotes: HashSet<IpAddr>,
+    window_start: Instant,
 }
 
 impl LinkFilter {
@@ -96,6 +102,7 @@ impl LinkFilter {
             topology,
             unlisted_locals: HashSet::new(),
             unlisted_remotes: HashSet::new(),
+            window_start: Instant::now(),
         }
     }
 
@@ -122,8 +129,14 @@ impl LinkFilter {
         Ok(())
     }
 
-    /// Keeps the admissible observations of a batch; returns how many were left out.
-    pub(crate) fn retain(&mut self, observations: &mut Vec<Observation>) -> usize {
+    /// Keeps the admissible observations of a batch arriving at `now`; returns how
+    /// many were left out.
+    pub(crate) fn retain(&mut self, observations: &mut Vec<Observation>, now: Instant) -> usize {
+        if now.saturating_duration_since(self.window_start) >= CAP_WINDOW {
+            self.unlisted_locals.clear();
+            self.unlisted_remotes.clear();
+            self.window_start = now;
+        }
         let before = observations.len();
         observations.retain(|o| self.admit(o).is_ok());
         before - observations.len()
@@ -229,9 +242,13 @@ mod tests {
             })
             .collect();
         batch.push(link("192.0.2.1", "10.72.12.11"));
-        assert_eq!(f.retain(&mut batch), 100);
+        let t = Instant::now();
+        assert_eq!(f.retain(&mut batch, t), 100);
         assert_eq!(batch.len(), MAX_UNLISTED_REMOTES + 1);
         // What was admitted once stays admitted.
         assert_eq!(f.admit(&link("192.0.2.1", "198.51.0.0")), Ok(()));
+        // A minute later the cap counts afresh: churning clients are not cut off for good.
+        let mut later = vec![link("192.0.2.1", "203.0.113.9")];
+        assert_eq!(f.retain(&mut later, t + CAP_WINDOW), 0);
     }
 }
