@@ -2,6 +2,7 @@
 //! setup`) and real verdict feeds (the agent's feed server in-process, driven by
 //! scripted verdicts). What gobgpd holds is read back with its own CLI, `gobgp`: an
 //! independent client of its API.
+use faultline_integration::TempDir;
 use std::{
     net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
@@ -220,30 +221,10 @@ impl Announcer {
     }
 }
 
-/// A test's directory (configs), removed when the test ends, failed or not.
-struct TempDir(PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn tempdir(name: &str) -> TempDir {
     // The announcer's log lines, shown for a failing test.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let dir =
-        std::env::temp_dir().join(format!("faultline-announce-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temp dir");
-    TempDir(dir)
+    TempDir::new(&format!("announce-{name}"))
 }
 
 /// GET /metrics on the announcer's metrics port.

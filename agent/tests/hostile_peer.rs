@@ -4,6 +4,7 @@
 //! addresses as their own, invent hosts that all fail, flood, and send an oversized
 //! batch. None of it may change a verdict above host level or about a listed host,
 //! and all of it must show in the metrics.
+use faultline_integration::TempDir;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -164,15 +165,6 @@ async fn serve_fake(peer: FakePeer) -> SocketAddr {
     addr
 }
 
-/// Removes the test's files, failed or not.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn write_config(dir: &Path, peers: &[SocketAddr]) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("topology.toml"), TOPOLOGY).unwrap();
@@ -205,12 +197,9 @@ fn hostile_peers_change_no_verdict_above_host_level_and_show_in_metrics() {
             }))
         })
         .collect();
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("faultline-hostile-{}", std::process::id())));
-    let agent = AgentProcess::start_binary(
-        env!("CARGO_BIN_EXE_faultline"),
-        &write_config(&dir.0, &fakes),
-    );
+    let dir = TempDir::new("hostile");
+    let agent =
+        AgentProcess::start_binary(env!("CARGO_BIN_EXE_faultline"), &write_config(&dir, &fakes));
     let mut seen = Vec::new();
     agent.wait_for(&mut seen, Duration::from_secs(6), |_| false);
     let metric = |name: &str| {

@@ -1,6 +1,7 @@
 //! `Type=notify` without systemd as PID 1: the agent run with a real `NOTIFY_SOCKET`
 //! (a datagram socket this test binds) says READY once attached and evaluating,
 //! WATCHDOG=1 from its evaluation loop, and STOPPING=1 on SIGTERM.
+use faultline_integration::TempDir;
 use std::{
     os::unix::net::UnixDatagram,
     process::{Command, Stdio},
@@ -8,15 +9,6 @@ use std::{
 };
 
 use faultline_integration::require_root;
-
-/// Removes the socket and config, failed or not.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The next message on `socket`, within `within`.
 fn next(socket: &UnixDatagram, within: Duration) -> Option<String> {
@@ -29,12 +21,10 @@ fn next(socket: &UnixDatagram, within: Duration) -> Option<String> {
 #[test]
 fn ready_then_watchdog_from_the_loop_then_stopping() {
     require_root();
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("faultline-notify-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let path = dir.0.join("notify.sock");
+    let dir = TempDir::new("notify");
+    let path = dir.join("notify.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
-    let config = dir.0.join("agent.toml");
+    let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\

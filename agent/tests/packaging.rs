@@ -1,5 +1,6 @@
 //! The systemd unit in `packaging/`: it verifies, and the capabilities it grants are
 //! exactly enough for the agent to attach everything.
+use faultline_integration::TempDir;
 use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
@@ -11,28 +12,11 @@ use faultline_integration::require_root;
 
 const UNIT: &str = include_str!("../../packaging/faultline.service");
 
-/// Removes the test's files, failed or not.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("faultline-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn the_unit_verifies_without_a_warning() {
     let dir = TempDir::new("unit");
     // The unit names the installed binary; here, the one just built.
-    let unit = dir.0.join("faultline.service");
+    let unit = dir.join("faultline.service");
     std::fs::write(
         &unit,
         UNIT.replace("/usr/bin/faultline", env!("CARGO_BIN_EXE_faultline")),
@@ -65,7 +49,7 @@ fn unit_capabilities() -> String {
 fn the_units_capabilities_are_enough_to_attach_everything() {
     require_root();
     let dir = TempDir::new("caps");
-    let config = dir.0.join("agent.toml");
+    let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\
@@ -111,7 +95,7 @@ fn the_units_capabilities_are_enough_to_attach_everything() {
 fn the_agents_metrics_pass_promtool() {
     require_root();
     let dir = TempDir::new("promtool");
-    let config = dir.0.join("agent.toml");
+    let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\

@@ -1,7 +1,8 @@
 //! SIGHUP reloads `faultline run`'s config and topology: what is valid is applied,
 //! a bad file is refused and changes nothing, and the agent keeps serving.
+use faultline_integration::TempDir;
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -9,14 +10,6 @@ use faultline_integration::{agent::AgentProcess, require_root};
 use faultline_proto::health::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn topology(racks: &[&str]) -> String {
     let mut t = "[[site]]\nname = \"s\"\n[[cabinet]]\nname = \"c\"\nsite = \"s\"\n".to_owned();
@@ -70,12 +63,10 @@ fn wait_metric(agent: &AgentProcess, name: &str, value: f64) {
 #[test]
 fn sighup_applies_a_good_config_and_refuses_a_bad_one_changing_nothing() {
     require_root();
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("faultline-reload-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let path = dir.0.join("agent.toml");
-    std::fs::write(dir.0.join("topology.toml"), topology(&["r1"])).unwrap();
-    std::fs::write(&path, config(&dir.0, "")).unwrap();
+    let dir = TempDir::new("reload");
+    let path = dir.join("agent.toml");
+    std::fs::write(dir.join("topology.toml"), topology(&["r1"])).unwrap();
+    std::fs::write(&path, config(&dir, "")).unwrap();
     let agent = AgentProcess::start_binary(env!("CARGO_BIN_EXE_faultline"), &path);
     assert_eq!(
         health(&agent.grpc, "rack/s/c/r1"),
@@ -87,12 +78,8 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one_changing_nothing() {
     );
 
     // A new rack and new thresholds: applied.
-    std::fs::write(dir.0.join("topology.toml"), topology(&["r1", "r2"])).unwrap();
-    std::fs::write(
-        &path,
-        config(&dir.0, "[detector]\nrecovery_hold = \"7s\"\n"),
-    )
-    .unwrap();
+    std::fs::write(dir.join("topology.toml"), topology(&["r1", "r2"])).unwrap();
+    std::fs::write(&path, config(&dir, "[detector]\nrecovery_hold = \"7s\"\n")).unwrap();
     agent.signal(libc::SIGHUP);
     wait_metric(&agent, "faultline_config_reloads_total", 1.0);
     assert_eq!(
@@ -101,12 +88,12 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one_changing_nothing() {
     );
 
     // A bad value, then a broken topology: refused, nothing changes, still serving.
-    std::fs::write(&path, config(&dir.0, "[detector]\nrtt_factor = nan\n")).unwrap();
+    std::fs::write(&path, config(&dir, "[detector]\nrtt_factor = nan\n")).unwrap();
     agent.signal(libc::SIGHUP);
     wait_metric(&agent, "faultline_config_reloads_refused_total", 1.0);
-    std::fs::write(&path, config(&dir.0, "")).unwrap();
+    std::fs::write(&path, config(&dir, "")).unwrap();
     std::fs::write(
-        dir.0.join("topology.toml"),
+        dir.join("topology.toml"),
         "[[rack]]\nname = \"r3\"\ncabinet = \"nowhere\"\n",
     )
     .unwrap();
@@ -119,10 +106,10 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one_changing_nothing() {
     assert_eq!(agent.metric("faultline_config_reloads_total"), Some(1.0));
 
     // A key that needs a restart is kept as it runs: the agent stays on its port.
-    std::fs::write(dir.0.join("topology.toml"), topology(&["r1", "r2"])).unwrap();
+    std::fs::write(dir.join("topology.toml"), topology(&["r1", "r2"])).unwrap();
     std::fs::write(
         &path,
-        config(&dir.0, "").replace("grpc = \"127.0.0.1:0\"", "grpc = \"127.0.0.1:1\""),
+        config(&dir, "").replace("grpc = \"127.0.0.1:0\"", "grpc = \"127.0.0.1:1\""),
     )
     .unwrap();
     agent.signal(libc::SIGHUP);

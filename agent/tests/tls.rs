@@ -2,6 +2,7 @@
 //! test issues itself: observations only for clients with a certificate the CA
 //! signed, verdicts for anyone who trusts the server, peers followed over mutual TLS,
 //! a rotated certificate served without a restart, bad files refused.
+use faultline_integration::TempDir;
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -20,23 +21,6 @@ use faultline_proto::v1::{
 };
 use tokio_rustls::rustls::{self, pki_types::CertificateDer};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-/// Removes the test's files, failed or not.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("faultline-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// An agent config with `[tls]` and `peers`, written to `dir/NAME.toml`.
 fn write_config(dir: &Path, name: &str, issued: &Issued, ca: &Path, peers: &[String]) -> PathBuf {
@@ -100,13 +84,13 @@ async fn first_batch(channel: Channel) -> Result<(), tonic::Status> {
 #[test]
 fn observations_need_a_client_certificate_verdicts_do_not() {
     require_root();
-    let dir = TempDir::new("auth");
+    let dir = TempDir::new("tls-auth");
     let ca = TestCa::new("fleet CA");
-    let ca_path = ca.write(&dir.0, "ca");
-    let server = ca.issue(&dir.0, "server", &["127.0.0.1"]);
-    let client = ca.issue(&dir.0, "client", &["peer-1.example"]);
-    let stranger = TestCa::new("someone else's CA").issue(&dir.0, "stranger", &["127.0.0.1"]);
-    let agent = start(&write_config(&dir.0, "tls-a", &server, &ca_path, &[]));
+    let ca_path = ca.write(&dir, "ca");
+    let server = ca.issue(&dir, "server", &["127.0.0.1"]);
+    let client = ca.issue(&dir, "client", &["peer-1.example"]);
+    let stranger = TestCa::new("someone else's CA").issue(&dir, "stranger", &["127.0.0.1"]);
+    let agent = start(&write_config(&dir, "tls-a", &server, &ca_path, &[]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // No client certificate: verdicts yes, observations no.
@@ -229,12 +213,12 @@ fn der_of(pem: &str) -> CertificateDer<'static> {
 #[test]
 fn a_rotated_certificate_is_served_without_a_restart_and_a_bad_one_refused() {
     require_root();
-    let dir = TempDir::new("rotate");
+    let dir = TempDir::new("tls-rotate");
     let ca = TestCa::new("fleet CA");
-    let ca_path = ca.write(&dir.0, "ca");
-    let server = ca.issue(&dir.0, "server", &["127.0.0.1"]);
+    let ca_path = ca.write(&dir, "ca");
+    let server = ca.issue(&dir, "server", &["127.0.0.1"]);
     let first = der_of(&std::fs::read_to_string(&server.cert).unwrap());
-    let agent = start(&write_config(&dir.0, "tls-r", &server, &ca_path, &[]));
+    let agent = start(&write_config(&dir, "tls-r", &server, &ca_path, &[]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     assert_eq!(
         rt.block_on(served_certificate(&agent.grpc, &ca.pem())),
@@ -276,31 +260,31 @@ fn a_rotated_certificate_is_served_without_a_restart_and_a_bad_one_refused() {
 #[test]
 fn agents_follow_each_other_over_mutual_tls_and_strangers_do_not() {
     require_root();
-    let dir = TempDir::new("peers");
+    let dir = TempDir::new("tls-peers");
     let ca = TestCa::new("fleet CA");
-    let ca_path = ca.write(&dir.0, "ca");
+    let ca_path = ca.write(&dir, "ca");
     let a = start(&write_config(
-        &dir.0,
+        &dir,
         "tls-pa",
-        &ca.issue(&dir.0, "a", &["127.0.0.1"]),
+        &ca.issue(&dir, "a", &["127.0.0.1"]),
         &ca_path,
         &[],
     ));
     let peer = format!("https://{}", a.grpc);
     let b = start(&write_config(
-        &dir.0,
+        &dir,
         "tls-pb",
-        &ca.issue(&dir.0, "b", &["b.example"]),
+        &ca.issue(&dir, "b", &["b.example"]),
         &ca_path,
         std::slice::from_ref(&peer),
     ));
     // A stranger: its own CA, which A does not trust (nor does it trust A's).
     let other = TestCa::new("someone else's CA");
-    let other_ca = other.write(&dir.0, "other-ca");
+    let other_ca = other.write(&dir, "other-ca");
     let stranger = start(&write_config(
-        &dir.0,
+        &dir,
         "tls-ps",
-        &other.issue(&dir.0, "s", &["127.0.0.1"]),
+        &other.issue(&dir, "s", &["127.0.0.1"]),
         &other_ca,
         &[peer],
     ));
@@ -333,17 +317,17 @@ fn refused(config: &Path) -> String {
 
 #[test]
 fn unusable_tls_files_are_refused_naming_file_line_and_key() {
-    let dir = TempDir::new("refuse");
+    let dir = TempDir::new("tls-refuse");
     let ca = TestCa::new("fleet CA");
-    let ca_path = ca.write(&dir.0, "ca");
-    let good = ca.issue(&dir.0, "good", &["127.0.0.1"]);
-    let other = ca.issue(&dir.0, "other", &["127.0.0.1"]);
+    let ca_path = ca.write(&dir, "ca");
+    let good = ca.issue(&dir, "good", &["127.0.0.1"]);
+    let other = ca.issue(&dir, "other", &["127.0.0.1"]);
 
     let missing = Issued {
-        cert: dir.0.join("nowhere.crt"),
+        cert: dir.join("nowhere.crt"),
         key: good.key.clone(),
     };
-    let config = write_config(&dir.0, "missing", &missing, &ca_path, &[]);
+    let config = write_config(&dir, "missing", &missing, &ca_path, &[]);
     let err = refused(&config);
     assert!(
         err.contains(&format!(
@@ -358,7 +342,7 @@ fn unusable_tls_files_are_refused_naming_file_line_and_key() {
         cert: good.cert.clone(),
         key: other.key.clone(),
     };
-    let config = write_config(&dir.0, "mismatch", &mismatched, &ca_path, &[]);
+    let config = write_config(&dir, "mismatch", &mismatched, &ca_path, &[]);
     let err = refused(&config);
     assert!(
         err.contains(&format!("{}:10: tls.key: ", config.display()))
@@ -366,7 +350,7 @@ fn unusable_tls_files_are_refused_naming_file_line_and_key() {
         "{err}"
     );
 
-    let config = write_config(&dir.0, "no-ca", &good, &good.key, &[]);
+    let config = write_config(&dir, "no-ca", &good, &good.key, &[]);
     let err = refused(&config);
     assert!(
         err.contains(&format!("{}:11: tls.ca: ", config.display())),

@@ -9,6 +9,8 @@ pub mod agent;
 pub mod feed;
 pub mod netns;
 pub mod pki;
+pub mod tempdir;
 pub mod traffic;
 
 pub use netns::{Lab, Netns, require_root};
+pub use tempdir::TempDir;
