@@ -242,6 +242,7 @@ impl LinkHealth {
 
     /// [`Self::observe`] at `now_ms` on the detector's clock, with memoized decay
     /// weights, for the detector's hot loop.
+    #[inline]
     pub(super) fn observe_with(
         &mut self,
         delta: &LinkDelta,
@@ -336,6 +337,7 @@ impl LinkHealth {
     }
 
     #[expect(clippy::cast_precision_loss)]
+    #[inline]
     fn observe_rtt(
         &mut self,
         rtt_us: u64,
@@ -394,6 +396,7 @@ impl LinkHealth {
 
     /// [`Self::status_as_of`] on the detector's millisecond clock, with the
     /// thresholds converted once per tick: a tick asks this of every link.
+    #[inline]
     pub(super) fn status_at(&self, now_ms: u64, heard_ms: u64, lim: &Limits) -> LinkStatus {
         if self.last_evidence == Stamp::NEVER
             || now_ms.saturating_sub(self.last_evidence.0) > lim.stale_ms
@@ -436,7 +439,7 @@ impl LinkHealth {
     /// the observer samples then and nothing has come back: the moment to sample and
     /// judge again. Rounded up to the millisecond, so a sample taken then proves it.
     pub(super) fn silence_proven_ms(&self, lim: &Limits) -> Option<u64> {
-        if !(self.stall_silent && self.stall_fresh) || self.stall_since == Stamp::NEVER {
+        if !self.in_silent_stall() {
             return None;
         }
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -446,6 +449,13 @@ impl LinkHealth {
                 .0
                 .saturating_add(lim.silent_stall_ms.max(rtts_ms)),
         )
+    }
+
+    /// A silent stall is in progress ([`Self::silence_proven_ms`] is Some): flags only,
+    /// for the observe loop, which asks before and after every observation.
+    #[inline]
+    pub(super) fn in_silent_stall(&self) -> bool {
+        self.stall_silent && self.stall_fresh && self.stall_since != Stamp::NEVER
     }
 
     /// Retransmissions and segments received over the loss window, as of the latest

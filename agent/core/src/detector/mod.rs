@@ -29,7 +29,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use observers::Observer;
 use rollup::{Outcome, Totals, Vote};
-use views::{Outside, PooledLoss, View};
+use views::{Blame, Outside, PooledLoss, View};
 
 use rustc_hash::FxHashMap;
 
@@ -104,7 +104,7 @@ type SlotId = u32;
 
 /// One host's vote for one enclosing entity: (entity, the host's ancestor just below
 /// it, its state from outside the entity, fresh, who saw it fail).
-type HostVote = (EntityId, EntityId, LinkStatus, (bool, bool), Outside);
+type HostVote = (EntityId, EntityId, LinkStatus, (bool, bool), Blame);
 
 #[derive(Default)]
 struct Node {
@@ -184,6 +184,9 @@ pub struct Detector {
     by_level: PerLevel<Vec<EntityId>>,
     /// See [`Self::refused_observations`].
     refused_observations: u64,
+    /// The entities with `cut_off` set this tick: cleared by list, not by a pass over
+    /// every node.
+    cut_off_entities: Vec<EntityId>,
     forgetting: forget::Forgetting,
 }
 
@@ -211,6 +214,7 @@ impl Detector {
             forgetting: forget::Forgetting::new(topology.len()),
             topology: Topology::default(),
             refused_observations: 0,
+            cut_off_entities: Vec::new(),
         };
         for (i, e) in topology.entities().iter().enumerate() {
             let id = EntityId(u32::try_from(i).expect("< 2^32 entities"));
@@ -268,15 +272,16 @@ impl Detector {
             };
             let slot = self.slot_for(observer, position, o.link);
             let health = &mut self.health[slot as usize];
-            let watched = health.silence_proven_ms(&self.limits).is_some();
+            let watched = health.in_silent_stall();
             health.observe_with(&o.delta, now_ms, &self.cfg, &mut self.weights);
-            if !watched && health.silence_proven_ms(&self.limits).is_some() {
+            if !watched && health.in_silent_stall() {
                 self.silent_watch.push(slot);
             }
         }
     }
 
     /// The slot of `link`, trying the observer's hint for `position` first.
+    #[inline]
     fn slot_for(&mut self, observer: u16, position: usize, link: Link) -> SlotId {
         let o = usize::from(observer);
         if self.hints.len() <= o {
@@ -291,21 +296,25 @@ impl Detector {
         }
         let id = match self.link_index.get(&(observer, link)) {
             Some(&id) => id,
-            None => {
-                let host = self.host_entity(link.remote);
-                let id = self.new_slot(observer, link);
-                let links = &mut self.nodes[host.index()].links;
-                let at = links.partition_point(|&(ob, _)| ob <= observer);
-                links.insert(at, (observer, id));
-                self.link_index.insert((observer, link), id);
-                id
-            }
+            None => self.first_seen(observer, link),
         };
         let hints = &mut self.hints[o];
         if hints.len() <= position {
             hints.resize(position + 1, SlotId::MAX);
         }
         hints[position] = id;
+        id
+    }
+
+    /// A link seen for the first time: its slot, listed with its host.
+    #[cold]
+    fn first_seen(&mut self, observer: u16, link: Link) -> SlotId {
+        let host = self.host_entity(link.remote);
+        let id = self.new_slot(observer, link);
+        let links = &mut self.nodes[host.index()].links;
+        let at = links.partition_point(|&(ob, _)| ob <= observer);
+        links.insert(at, (observer, id));
+        self.link_index.insert((observer, link), id);
         id
     }
 
@@ -603,8 +612,8 @@ impl Detector {
 
     /// Step 3: each observer as a whole; the entities cut-off observers name.
     fn judge_observers(&mut self, now: Duration) {
-        for node in &mut self.nodes {
-            node.cut_off = false;
+        for e in self.cut_off_entities.drain(..) {
+            self.nodes[e.index()].cut_off = false;
         }
         // (entity, observers naming it cut off this tick)
         let mut named: Vec<(EntityId, u32)> = Vec::new();
@@ -636,6 +645,7 @@ impl Detector {
                 .min(u32::try_from(inside).unwrap_or(u32::MAX));
             if n >= needed {
                 self.nodes[e.index()].cut_off = true;
+                self.cut_off_entities.push(e);
             }
         }
     }
@@ -724,12 +734,19 @@ impl Detector {
             for level in [Level::Rack, Level::Cabinet, Level::Site] {
                 if let Some(e) = node.around[level] {
                     let o = &node.outside[level];
+                    let status = o.status(now, &self.cfg);
+                    // Only a failing or degraded host's blame is counted.
+                    let blame = if status >= LinkStatus::Degraded {
+                        o.blame()
+                    } else {
+                        Blame::default()
+                    };
                     votes[level] = Some((
                         e,
                         child,
-                        o.status(now, &self.cfg),
+                        status,
                         (o.fresh, o.uncorroborated(now, &self.cfg)),
-                        *o,
+                        blame,
                     ));
                     child = e;
                 }

@@ -25,7 +25,7 @@
 use super::{
     DetectorConfig,
     link::LinkStatus,
-    views::{Outside, TwoObservers, TwoRacks},
+    views::{Blame, TwoObservers, TwoRacks},
 };
 use crate::topology::EntityId;
 
@@ -81,7 +81,7 @@ impl Vote {
         child: EntityId,
         outside: LinkStatus,
         (fresh, uncorroborated): (bool, bool),
-        seen: &Outside,
+        seen: &Blame,
         host_level: LinkStatus,
     ) {
         if outside != LinkStatus::Unknown {
@@ -238,7 +238,7 @@ mod tests {
     fn vote_racked(hosts: &[(LinkStatus, u16, u32, u32)]) -> Vote {
         let mut v = Vote::default();
         for &(s, observer, rack, child) in hosts {
-            let mut seen = Outside::default();
+            let mut seen = Blame::default();
             seen.failing_observers.add(observer);
             match s {
                 LinkStatus::Failed => seen.failing_racks.add(EntityId(rack)),

@@ -74,6 +74,7 @@ pub(super) struct ViewClock {
 /// Folds one observer's links to a host into its view. Folded in locals and built
 /// once: a view assembled field by field on the stack and then copied whole stalls
 /// the copy, 100k times a tick.
+#[inline(always)]
 pub(super) fn view_of(
     observer: u16,
     outside: u8,
@@ -133,42 +134,85 @@ pub(super) fn view_of(
     }
 }
 
-/// Up to two distinct values: enough to tell "one says so" from "several do".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct TwoDistinct<T>([Option<T>; 2]);
+/// Something counted by id: an observer's, or an entity's (a rack's).
+pub(super) trait Id: Copy {
+    fn id(self) -> u32;
+}
 
-impl<T> Default for TwoDistinct<T> {
-    fn default() -> Self {
-        Self([None, None])
+impl Id for u16 {
+    fn id(self) -> u32 {
+        u32::from(self)
     }
 }
 
-impl<T: Copy + PartialEq> TwoDistinct<T> {
-    pub(super) fn add(&mut self, o: T) {
-        match self.0 {
-            [None, _] => self.0[0] = Some(o),
-            [Some(a), None] if a != o => self.0[1] = Some(o),
-            _ => {}
+impl Id for EntityId {
+    fn id(self) -> u32 {
+        self.0
+    }
+}
+
+/// An empty place in a [`TwoDistinct`]: no observer id (`u16`) nor entity index
+/// reaches it. (`u32::MAX` is taken: it stands for "in no rack", see
+/// `Observer::rack`.)
+const NO_ID: u32 = u32::MAX - 1;
+
+/// Up to two distinct ids: enough to tell "one says so" from "several do". Eight
+/// bytes, with a sentinel rather than `Option`s: a tick writes several per host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TwoDistinct([u32; 2]);
+
+impl Default for TwoDistinct {
+    fn default() -> Self {
+        Self([NO_ID; 2])
+    }
+}
+
+impl TwoDistinct {
+    #[inline]
+    pub(super) fn add(&mut self, o: impl Id) {
+        self.add_id(o.id());
+    }
+
+    #[inline]
+    fn add_id(&mut self, o: u32) {
+        if self.0[0] == NO_ID {
+            self.0[0] = o;
+        } else if self.0[1] == NO_ID && self.0[0] != o {
+            self.0[1] = o;
         }
     }
 
+    #[inline]
     pub(super) fn merge(&mut self, other: Self) {
-        for o in other.0.into_iter().flatten() {
-            self.add(o);
+        for o in other.0 {
+            if o != NO_ID {
+                self.add_id(o);
+            }
         }
     }
 
     /// 0, 1, or 2 meaning "two or more".
     pub(super) fn count(self) -> u32 {
-        u32::from(self.0[0].is_some()) + u32::from(self.0[1].is_some())
+        u32::from(self.0[0] != NO_ID) + u32::from(self.0[1] != NO_ID)
     }
 }
 
 /// Observers by id.
-pub(super) type TwoObservers = TwoDistinct<u16>;
+pub(super) type TwoObservers = TwoDistinct;
 /// The racks observers stand in (their own host, when the topology places them in
 /// none): above host level, no verdict rests on observers of one rack.
-pub(super) type TwoRacks = TwoDistinct<EntityId>;
+pub(super) type TwoRacks = TwoDistinct;
+
+/// Who saw a host fail or degrade from outside one entity: what that entity's vote
+/// takes of it, without copying the whole [`Outside`] for every host and level.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Blame {
+    pub(super) failing_observers: TwoObservers,
+    pub(super) failing_racks: TwoRacks,
+    pub(super) degraded_racks: TwoRacks,
+    /// Degraded by pooled loss, which names no observer.
+    pub(super) lossy: bool,
+}
 
 /// A host as seen, this tick, from outside one of its enclosing entities.
 #[derive(Debug, Clone, Copy)]
@@ -294,6 +338,7 @@ impl Default for Outside {
 impl Outside {
     /// A failing view: it sets the onset the witnesses are measured against.
     /// A failing view from an observer standing in `rack`.
+    #[inline]
     pub(super) fn add_failing(&mut self, v: &View, rack: EntityId) {
         self.failing += 1;
         self.onset_ms = self.onset_ms.min(v.onset_ms);
@@ -304,6 +349,7 @@ impl Outside {
 
     /// A delivering view; `degraded`: it counts as degraded. Witnesses are counted
     /// apart ([`Self::add_witness`]) once every onset is known.
+    #[inline]
     pub(super) fn add_delivering(&mut self, degraded: bool, rack: EntityId) {
         self.reached += 1;
         if degraded {
@@ -313,6 +359,7 @@ impl Outside {
     }
 
     /// A delivering view is a witness if it saw progress after the onset (with slack).
+    #[inline]
     pub(super) fn add_witness(&mut self, v: &View, cfg: &DetectorConfig) {
         if self.onset_ms != NEVER
             && v.progress_ms != NEVER
@@ -323,6 +370,7 @@ impl Outside {
     }
 
     /// Adds what another set of views saw (for the nested outside sets of a host).
+    #[inline]
     pub(super) fn merge(&mut self, o: &Self) {
         self.failing += o.failing;
         self.witnesses += o.witnesses;
@@ -333,6 +381,15 @@ impl Outside {
         self.failing_observers.merge(o.failing_observers);
         self.failing_racks.merge(o.failing_racks);
         self.degraded_racks.merge(o.degraded_racks);
+    }
+
+    pub(super) fn blame(&self) -> Blame {
+        Blame {
+            failing_observers: self.failing_observers,
+            failing_racks: self.failing_racks,
+            degraded_racks: self.degraded_racks,
+            lossy: self.lossy,
+        }
     }
 
     /// Failing by one observer only, no witness against it, and not yet long enough
@@ -348,6 +405,7 @@ impl Outside {
     /// own CPU busy, one path) is not the host degrading: under CPU contention, one
     /// view in fifteen was enough to turn whole racks DEGRADED. A host only one
     /// observer reaches is still judged by that one.
+    #[inline]
     fn degraded_by_enough(&self, cfg: &DetectorConfig) -> bool {
         self.degraded > 0
             && self.degraded >= cfg.min_observers.min(self.reached)
@@ -355,6 +413,7 @@ impl Outside {
     }
 
     /// The host's state from here.
+    #[inline]
     pub(super) fn status(&self, now: Duration, cfg: &DetectorConfig) -> LinkStatus {
         if self.failing > 0 && self.witnesses == 0 {
             // One observer alone waits twice the slack: long enough for a witness
