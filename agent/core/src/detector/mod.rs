@@ -656,12 +656,15 @@ impl Detector {
         let cfg = &self.cfg;
         self.totals = Totals::default();
         let mut something_fails = false;
+        let plain = self.observers.iter().all(Observer::judges_everywhere);
         for &host in &self.by_level[Level::Host] {
             let node = &mut self.nodes[host.index()];
-            node.outside = outside_of(
+            outside_of(
+                &mut node.outside,
                 &self.views[range(&node.views)],
                 &node.around,
                 &self.observers,
+                plain,
                 cfg,
             );
             for level in Level::ALL {
@@ -734,7 +737,7 @@ impl Detector {
             for level in [Level::Rack, Level::Cabinet, Level::Site] {
                 if let Some(e) = node.around[level] {
                     let o = &node.outside[level];
-                    let status = o.status(now, &self.cfg);
+                    let (status, uncorroborated) = o.judged(now, &self.cfg);
                     // Only a failing or degraded host's blame is counted.
                     let blame = if status >= LinkStatus::Degraded {
                         o.blame()
@@ -745,7 +748,7 @@ impl Detector {
                         e,
                         child,
                         status,
-                        (o.fresh, o.uncorroborated(now, &self.cfg)),
+                        (o.fresh, uncorroborated),
                         blame,
                     ));
                     child = e;
@@ -1034,16 +1037,31 @@ fn outside_count(host: &PerLevel<Option<EntityId>>, observer: &PerLevel<Option<E
     n
 }
 
-/// The host as seen from outside each of its enclosing entities. Each view lands in
-/// the bucket of how many levels it is outside; each level sums the buckets above it.
-/// Witnesses need every level's onset first, so they are counted in a second pass,
-/// and only when something fails.
+/// The host as seen from outside each of its enclosing entities, into `out`. Each
+/// view lands in the bucket of how many levels it is outside; each level sums the
+/// buckets above it. Witnesses need every level's onset first, so they are counted in
+/// a second pass, and only when something fails. `plain`: every observer judges
+/// everywhere ([`Observer::judges_everywhere`]), so a host every view sees healthy
+/// (most hosts, most ticks) is only counted.
 fn outside_of(
+    out: &mut PerLevel<Outside>,
     views: &[View],
     around: &PerLevel<Option<EntityId>>,
     observers: &[Observer],
+    plain: bool,
     cfg: &DetectorConfig,
-) -> PerLevel<Outside> {
+) {
+    if plain && let Some(reached) = healthy_by_distance(views) {
+        let mut acc = 0;
+        for level in Level::ALL.into_iter().rev() {
+            acc += reached[level.index() + 1];
+            out[level] = Outside {
+                reached: acc,
+                ..Outside::default()
+            };
+        }
+        return;
+    }
     let mut buckets = [Outside::default(); 5];
     for v in views {
         let o = &observers[usize::from(v.observer)];
@@ -1060,7 +1078,6 @@ fn outside_of(
             );
         }
     }
-    let mut out = PerLevel::<Outside>::default();
     let mut acc = Outside::default();
     for level in Level::ALL.into_iter().rev() {
         acc.merge(&buckets[level.index() + 1]);
@@ -1077,7 +1094,20 @@ fn outside_of(
             }
         }
     }
-    out
+}
+
+/// How many views see the host healthy, by how many levels they are outside; None
+/// if some view sees it failing or degraded.
+fn healthy_by_distance(views: &[View]) -> Option<[u32; 5]> {
+    let mut reached = [0; 5];
+    for v in views {
+        match v.status {
+            LinkStatus::Unknown => {}
+            LinkStatus::Healthy => reached[usize::from(v.outside)] += 1,
+            LinkStatus::Degraded | LinkStatus::Failed => return None,
+        }
+    }
+    Some(reached)
 }
 
 fn is_within(topology: &Topology, mut e: EntityId, ancestor: EntityId) -> bool {

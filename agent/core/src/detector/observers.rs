@@ -294,6 +294,12 @@ impl Observer {
         self.around[Level::Rack].unwrap_or(EntityId(u32::MAX))
     }
 
+    /// Every view it has counts as it is: none set aside, degraded ones not
+    /// discounted.
+    pub(super) fn judges_everywhere(&self) -> bool {
+        self.judges_only_inside.is_none() && !self.discount_degraded
+    }
+
     pub(super) fn may_judge(&self, host_around: &PerLevel<Option<EntityId>>) -> bool {
         match self.judges_only_inside {
             Some((level, e)) => host_around[level] == Some(e),

@@ -396,7 +396,16 @@ impl Outside {
     /// to stand alone: its entity's vote may still count it when that observer sees
     /// more of the entity fail, and another observer does too (see `rollup`).
     pub(super) fn uncorroborated(&self, now: Duration, cfg: &DetectorConfig) -> bool {
-        self.failing > 0 && self.witnesses == 0 && self.status(now, cfg) != LinkStatus::Failed
+        self.judged(now, cfg).1
+    }
+
+    /// [`Self::status`] and [`Self::uncorroborated`], the status judged once.
+    #[inline]
+    pub(super) fn judged(&self, now: Duration, cfg: &DetectorConfig) -> (LinkStatus, bool) {
+        let status = self.status(now, cfg);
+        let uncorroborated =
+            self.failing > 0 && self.witnesses == 0 && status != LinkStatus::Failed;
+        (status, uncorroborated)
     }
 
     /// Degraded views from at least a third of the observers that reach the host, and
