@@ -187,6 +187,8 @@ pub struct Detector {
     /// The entities with `cut_off` set this tick: cleared by list, not by a pass over
     /// every node.
     cut_off_entities: Vec<EntityId>,
+    /// Scratch for `judge_hosts`, kept to reuse its allocation.
+    newly_failing: Vec<EntityId>,
     forgetting: forget::Forgetting,
 }
 
@@ -215,6 +217,7 @@ impl Detector {
             topology: Topology::default(),
             refused_observations: 0,
             cut_off_entities: Vec::new(),
+            newly_failing: Vec::new(),
         };
         for (i, e) in topology.entities().iter().enumerate() {
             let id = EntityId(u32::try_from(i).expect("< 2^32 entities"));
@@ -650,14 +653,23 @@ impl Detector {
         }
     }
 
-    /// Step 4: each host from outside each of its enclosing entities, then its own
-    /// state and hold.
+    /// Step 4: each host from outside each of its enclosing entities, its vote in
+    /// each of them, then its own state and hold. One pass over the hosts: at fleet
+    /// scale a tick is bound by how often it walks the nodes.
     fn judge_hosts(&mut self, now: Duration) {
-        let cfg = &self.cfg;
         self.totals = Totals::default();
-        let mut something_fails = false;
+        for level in [Level::Rack, Level::Cabinet, Level::Site] {
+            for &id in &self.by_level[level] {
+                self.nodes[id.index()].vote = Vote::default();
+            }
+        }
         let plain = self.observers.iter().all(Observer::judges_everywhere);
-        for &host in &self.by_level[Level::Host] {
+        let mut something_fails = false;
+        // Hosts failing from outside and not yet held: judged once every observer's
+        // reach is known (see below).
+        let mut newly_failing = std::mem::take(&mut self.newly_failing);
+        for i in 0..self.by_level[Level::Host].len() {
+            let host = self.by_level[Level::Host][i];
             let node = &mut self.nodes[host.index()];
             outside_of(
                 &mut node.outside,
@@ -665,101 +677,105 @@ impl Detector {
                 &node.around,
                 &self.observers,
                 plain,
-                cfg,
+                &self.cfg,
             );
             for level in Level::ALL {
                 node.outside[level].lossy = node.lossy[level];
             }
             something_fails |= node.outside[Level::Host].failing > 0;
+            self.vote(host, now);
+            let node = &self.nodes[host.index()];
+            let from_outside = node.outside[Level::Host].status(now, &self.cfg);
+            if from_outside == LinkStatus::Failed && !node.hold.held && !node.cut_off {
+                newly_failing.push(host);
+            } else {
+                self.settle_host(host, from_outside, now);
+            }
         }
         if something_fails {
             self.compute_reach();
         } else {
             self.reach_ms.clear();
         }
-        for i in 0..self.by_level[Level::Host].len() {
-            let host = self.by_level[Level::Host][i];
+        for &host in &newly_failing {
+            // Raised only by observers that still reach elsewhere (see
+            // `vote_of_reaching_observers`): a partitioned observer's first failing
+            // views are of its nearest neighbours outside, not of dead hosts.
             let node = &self.nodes[host.index()];
-            let mut from_outside = node.outside[Level::Host].status(now, &self.cfg);
-            if from_outside == LinkStatus::Failed && !node.hold.held && !node.cut_off {
-                // Raised only by observers that still reach elsewhere (see
-                // `vote_of_reaching_observers`): a partitioned observer's first failing
-                // views are of its nearest neighbours outside, not of dead hosts.
-                let onset = node.outside[Level::Host].onset_ms;
-                let around = node.around;
-                let reaching = self.views_of(host).iter().any(|v| {
-                    v.status == LinkStatus::Failed
-                        && v.outside > 0
-                        && self.observers[usize::from(v.observer)].may_judge(&around)
-                        && self.reaches_after(v, onset)
-                });
-                if !reaching {
-                    from_outside = LinkStatus::Unknown;
-                }
+            let onset = node.outside[Level::Host].onset_ms;
+            let around = node.around;
+            let reaching = self.views_of(host).iter().any(|v| {
+                v.status == LinkStatus::Failed
+                    && v.outside > 0
+                    && self.observers[usize::from(v.observer)].may_judge(&around)
+                    && self.reaches_after(v, onset)
+            });
+            let from_outside = if reaching {
+                LinkStatus::Failed
+            } else {
+                LinkStatus::Unknown
+            };
+            self.settle_host(host, from_outside, now);
+        }
+        newly_failing.clear();
+        self.newly_failing = newly_failing;
+    }
+
+    /// A host's own state and hold, from its status seen from outside.
+    fn settle_host(&mut self, host: EntityId, from_outside: LinkStatus, now: Duration) {
+        let cfg = &self.cfg;
+        let node = &mut self.nodes[host.index()];
+        let cut_off = node.cut_off;
+        let failing = cut_off || from_outside == LinkStatus::Failed;
+        // Only fresh evidence raises a new FAILED; old evidence only keeps one.
+        let raise = cut_off || node.outside[Level::Host].fresh || node.hold.held;
+        node.observed = cut_off || from_outside != LinkStatus::Unknown;
+        node.raw_failing = failing && raise;
+        node.raw_degraded = !failing && from_outside == LinkStatus::Degraded;
+        node.hold
+            .update(node.raw_failing, node.raw_degraded, now, cfg);
+        match from_outside {
+            LinkStatus::Unknown => {}
+            LinkStatus::Healthy => {
+                self.totals.observed += 1;
+                self.totals.healthy += 1;
             }
-            let cfg = &self.cfg;
-            let node = &mut self.nodes[host.index()];
-            let cut_off = node.cut_off;
-            let failing = cut_off || from_outside == LinkStatus::Failed;
-            // Only fresh evidence raises a new FAILED; old evidence only keeps one.
-            let raise = cut_off || node.outside[Level::Host].fresh || node.hold.held;
-            node.observed = cut_off || from_outside != LinkStatus::Unknown;
-            node.raw_failing = failing && raise;
-            node.raw_degraded = !failing && from_outside == LinkStatus::Degraded;
-            node.hold
-                .update(node.raw_failing, node.raw_degraded, now, cfg);
-            match from_outside {
-                LinkStatus::Unknown => {}
-                LinkStatus::Healthy => {
-                    self.totals.observed += 1;
-                    self.totals.healthy += 1;
-                }
-                LinkStatus::Degraded | LinkStatus::Failed => {
-                    self.totals.observed += 1;
-                    self.totals.bad += 1;
-                }
+            LinkStatus::Degraded | LinkStatus::Failed => {
+                self.totals.observed += 1;
+                self.totals.bad += 1;
             }
         }
     }
 
-    /// Step 5: racks, cabinets and sites vote on their hosts.
-    fn roll_up(&mut self, now: Duration) {
+    /// A host's vote in each of its enclosing entities.
+    fn vote(&mut self, host: EntityId, now: Duration) {
+        let node = &self.nodes[host.index()];
+        let host_level = node.outside[Level::Host].status(now, &self.cfg);
+        let mut votes: PerLevel<Option<HostVote>> = PerLevel::default();
+        let mut child = host;
         for level in [Level::Rack, Level::Cabinet, Level::Site] {
-            for &id in &self.by_level[level] {
-                self.nodes[id.index()].vote = Vote::default();
+            if let Some(e) = node.around[level] {
+                let o = &node.outside[level];
+                let (status, uncorroborated) = o.judged(now, &self.cfg);
+                // Only a failing or degraded host's blame is counted.
+                let blame = if status >= LinkStatus::Degraded {
+                    o.blame()
+                } else {
+                    Blame::default()
+                };
+                votes[level] = Some((e, child, status, (o.fresh, uncorroborated), blame));
+                child = e;
             }
         }
-        for &host in &self.by_level[Level::Host] {
-            let node = &self.nodes[host.index()];
-            let host_level = node.outside[Level::Host].status(now, &self.cfg);
-            let mut votes: PerLevel<Option<HostVote>> = PerLevel::default();
-            let mut child = host;
-            for level in [Level::Rack, Level::Cabinet, Level::Site] {
-                if let Some(e) = node.around[level] {
-                    let o = &node.outside[level];
-                    let (status, uncorroborated) = o.judged(now, &self.cfg);
-                    // Only a failing or degraded host's blame is counted.
-                    let blame = if status >= LinkStatus::Degraded {
-                        o.blame()
-                    } else {
-                        Blame::default()
-                    };
-                    votes[level] = Some((
-                        e,
-                        child,
-                        status,
-                        (o.fresh, uncorroborated),
-                        blame,
-                    ));
-                    child = e;
-                }
-            }
-            for (e, child, status, fresh, outside) in votes.0.into_iter().flatten() {
-                self.nodes[e.index()]
-                    .vote
-                    .add(child, status, fresh, &outside, host_level);
-            }
+        for (e, child, status, fresh, blame) in votes.0.into_iter().flatten() {
+            self.nodes[e.index()]
+                .vote
+                .add(child, status, fresh, &blame, host_level);
         }
+    }
+
+    /// Step 5: racks, cabinets and sites judge their hosts' votes.
+    fn roll_up(&mut self, now: Duration) {
         for level in [Level::Rack, Level::Cabinet, Level::Site] {
             for i in 0..self.by_level[level].len() {
                 let id = self.by_level[level][i];
