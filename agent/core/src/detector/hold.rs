@@ -4,22 +4,58 @@ use std::time::Duration;
 
 use super::DetectorConfig;
 
+/// An optional moment on the detector's clock, in whole ms: 8 bytes where an
+/// `Option<Duration>` takes 16, and every node keeps five of them, walked every tick.
+/// Truncated to the ms, so a moment is never later than the one stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At(u64);
+
+impl Default for At {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl At {
+    const NONE: Self = Self(u64::MAX);
+
+    fn some(t: Duration) -> Self {
+        Self(u64::try_from(t.as_millis()).unwrap_or(u64::MAX - 1))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self != Self::NONE).then(|| Duration::from_millis(self.0))
+    }
+
+    fn is_some(self) -> bool {
+        self != Self::NONE
+    }
+
+    /// The moment, setting it to `now` first if unset.
+    fn get_or_set(&mut self, now: Duration) -> Duration {
+        if *self == Self::NONE {
+            *self = Self::some(now);
+        }
+        Duration::from_millis(self.0)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub(super) struct Hold {
     /// The raw condition has held continuously since.
-    pub(super) failing_since: Option<Duration>,
+    failing_since: At,
     /// FAILED: the condition held for `confirm`, and since then either still holds or
     /// has not yet been healthy for the recovery hold. A one-tick glitch never gets here.
     pub(super) held: bool,
-    recovering_since: Option<Duration>,
+    recovering_since: At,
     /// Re-entries into FAILED within the flap window, and the last entry.
     flaps: u32,
-    last_entry: Option<Duration>,
+    last_entry: At,
     /// DEGRADED must hold for `degraded_confirm` (a transient, such as RTTs rising
     /// at different moments across links, is not a gray failure), and is then held
     /// for the recovery hold, so a gray failure does not flicker.
-    degraded_since: Option<Duration>,
-    degraded_until: Option<Duration>,
+    degraded_since: At,
+    degraded_until: At,
 }
 
 impl Hold {
@@ -32,29 +68,29 @@ impl Hold {
         cfg: &DetectorConfig,
     ) {
         if failing {
-            let since = *self.failing_since.get_or_insert(now);
-            self.recovering_since = None;
+            let since = self.failing_since.get_or_set(now);
+            self.recovering_since = At::NONE;
             if !self.held && now.saturating_sub(since) >= cfg.confirm {
                 self.held = true;
                 self.enter(now, cfg);
             }
         } else {
-            self.failing_since = None;
+            self.failing_since = At::NONE;
             if self.held {
-                let since = *self.recovering_since.get_or_insert(now);
+                let since = self.recovering_since.get_or_set(now);
                 if now.saturating_sub(since) >= self.recovery_hold(cfg) {
                     self.held = false;
-                    self.recovering_since = None;
+                    self.recovering_since = At::NONE;
                 }
             }
         }
         if degraded {
-            let since = *self.degraded_since.get_or_insert(now);
+            let since = self.degraded_since.get_or_set(now);
             if now.saturating_sub(since) >= cfg.degraded_confirm {
-                self.degraded_until = Some(now + cfg.recovery_hold);
+                self.degraded_until = At::some(now + cfg.recovery_hold);
             }
         } else {
-            self.degraded_since = None;
+            self.degraded_since = At::NONE;
         }
     }
 
@@ -63,19 +99,25 @@ impl Hold {
         !self.held && self.failing_since.is_some()
     }
 
+    /// Since when the raw condition has held, if it holds.
+    pub(super) fn failing_since(&self) -> Option<Duration> {
+        self.failing_since.get()
+    }
+
     /// When a pending failure will have held for `confirm`: the moment to judge again.
     pub(super) fn confirm_due(&self, cfg: &DetectorConfig) -> Option<Duration> {
         self.failing_since
+            .get()
             .filter(|_| !self.held)
             .map(|since| since + cfg.confirm)
     }
 
     fn enter(&mut self, now: Duration, cfg: &DetectorConfig) {
-        self.flaps = match self.last_entry {
+        self.flaps = match self.last_entry.get() {
             Some(last) if now.saturating_sub(last) <= cfg.flap_window => self.flaps + 1,
             _ => 0,
         };
-        self.last_entry = Some(now);
+        self.last_entry = At::some(now);
     }
 
     /// The damped hold: doubled per recent flap, capped.
@@ -87,7 +129,7 @@ impl Hold {
     }
 
     pub(super) fn degraded(&self, now: Duration) -> bool {
-        self.degraded_until.is_some_and(|u| now < u)
+        self.degraded_until.get().is_some_and(|u| now < u)
     }
 }
 

@@ -273,7 +273,7 @@ impl Observer {
         now: Duration,
         cfg: &DetectorConfig,
     ) -> Option<EntityId> {
-        let since = self.cut.failing_since?;
+        let since = self.cut.failing_since()?;
         (now.saturating_sub(since) >= cut_confirm(cfg))
             .then(|| self.cut_off_entity_now())
             .flatten()
@@ -282,7 +282,7 @@ impl Observer {
     /// When its cut-off finding will have held for [`cut_confirm`], if pending.
     pub(super) fn cut_confirm_due(&self, cfg: &DetectorConfig) -> Option<Duration> {
         self.cut_now?;
-        self.cut.failing_since.map(|since| since + cut_confirm(cfg))
+        self.cut.failing_since().map(|since| since + cut_confirm(cfg))
     }
 
     /// Whether its view of a host enclosed by `host_around` counts: not while it is
