@@ -631,3 +631,65 @@ async fn connections_past_the_limit_are_closed_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One observation of a link from 127.0.0.1 to `remote`.
+fn observed(remote: &str) -> faultline::detector::Observation {
+    faultline::detector::Observation {
+        observer: "obs".into(),
+        link: faultline::link::Link {
+            local: "127.0.0.1".parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        },
+        delta: faultline::detector::LinkDelta::default(),
+    }
+}
+
+/// Each batch on the observation stream is followed by at most one probe: no links,
+/// the batch's sequence, before the next batch; the last batch's probe comes. (The
+/// probe puts a second segment in flight, so a blackholed subscriber's kernel
+/// retransmits within two RTTs instead of waiting for the minimum RTO.)
+#[tokio::test]
+async fn every_observation_batch_is_followed_by_its_probe() {
+    use pb::{SubscribeRequest, observations_client::ObservationsClient};
+    let server = Server::start(FeedLimits::default()).await;
+    let mut stream = ObservationsClient::new(server.channel().await)
+        .subscribe(SubscribeRequest {
+            subscriber: "test".into(),
+        })
+        .await
+        .expect("subscribed")
+        .into_inner();
+    for i in 1..=5 {
+        server
+            .feed
+            .publish_observations(&[observed(&format!("10.0.0.{i}"))]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut batches, mut probes) = (Vec::new(), 0);
+    while let Ok(next) = tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+        let m = next.expect("a message").expect("the stream goes on");
+        if m.probe {
+            let last = batches.last().copied();
+            assert_eq!(Some(m.sequence), last, "a probe follows its batch");
+            assert!(m.links.is_empty(), "a probe carries no links");
+            probes += 1;
+            batches.push(u64::MAX); // a second probe for the same batch would fail above
+        } else {
+            assert_eq!(m.links.len(), 1);
+            batches.push(m.sequence);
+        }
+        if !m.probe && m.sequence == 5 {
+            let next = tokio::time::timeout(Duration::from_secs(2), stream.message())
+                .await
+                .expect("the last batch's probe comes")
+                .expect("a message")
+                .expect("the stream goes on");
+            assert!(next.probe && next.sequence == 5, "{next:?}");
+            probes += 1;
+            break;
+        }
+    }
+    assert!(probes >= 1, "{batches:?}");
+    let sent: Vec<u64> = batches.into_iter().filter(|&s| s != u64::MAX).collect();
+    assert_eq!(sent, [1, 2, 3, 4, 5]);
+}

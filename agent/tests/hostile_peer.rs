@@ -104,6 +104,7 @@ impl FakePeer {
             ),
             sequence: n + 1,
             links,
+            probe: false,
         }
     }
 }
