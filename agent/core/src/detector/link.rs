@@ -106,6 +106,10 @@ pub struct DecayWeights {
     loss: f32,
     rtt_recent: f32,
     rtt_baseline: f32,
+    /// `rtt_thresholds` of the config, converted with the weights rather than for
+    /// every RTT sample.
+    rtt_factor: f32,
+    rtt_min_increase_us: f32,
 }
 
 impl Default for DecayWeights {
@@ -115,21 +119,26 @@ impl Default for DecayWeights {
             loss: 0.0,
             rtt_recent: 0.0,
             rtt_baseline: 0.0,
+            rtt_factor: 0.0,
+            rtt_min_increase_us: 0.0,
         }
     }
 }
 
 impl DecayWeights {
-    fn for_dt(&mut self, dt_ms: u64, cfg: &DetectorConfig) -> Self {
+    fn for_dt(&mut self, dt_ms: u64, cfg: &DetectorConfig) -> &Self {
         if dt_ms != self.dt_ms {
+            let (rtt_factor, rtt_min_increase_us) = rtt_thresholds(cfg);
             *self = Self {
                 dt_ms,
                 loss: decay(dt_ms, cfg.loss_window),
                 rtt_recent: decay(dt_ms, cfg.rtt_recent_window),
                 rtt_baseline: decay(dt_ms, cfg.rtt_baseline_window),
+                rtt_factor,
+                rtt_min_increase_us,
             };
         }
-        *self
+        self
     }
 }
 
@@ -357,14 +366,9 @@ impl LinkHealth {
         self.rtt_recent_us += (1.0 - w.rtt_recent) * (sample - self.rtt_recent_us);
         // Freeze the baseline while the RTT is inflated, so a long gray failure does
         // not become the new normal.
-        if !self.rtt_inflated(cfg) {
+        if !self.rtt_inflated_by(w.rtt_factor, w.rtt_min_increase_us) {
             self.rtt_baseline_us += (1.0 - w.rtt_baseline) * (sample - self.rtt_baseline_us);
         }
-    }
-
-    fn rtt_inflated(&self, cfg: &DetectorConfig) -> bool {
-        let (factor, min_increase_us) = rtt_thresholds(cfg);
-        self.rtt_inflated_by(factor, min_increase_us)
     }
 
     fn rtt_inflated_by(&self, factor: f32, min_increase_us: f32) -> bool {
