@@ -594,7 +594,30 @@ impl Detector {
             node.loss_host = pooled;
         }
         // Only observers with enough failing views can be cut off: tally them by level.
-        if !self.observers.iter().any(|o| o.may_be_cut_off(cfg)) {
+        let mut any = false;
+        for o in &mut self.observers {
+            o.tallied = o.may_be_cut_off(cfg);
+            any |= o.tallied;
+        }
+        if !any {
+            return;
+        }
+        // A bound first, a few instructions per view: an observer that still reaches
+        // enough hosts in other sites is cut off at no level (a rack blackholed
+        // elsewhere fails fifty of its views every tick, and tallying ten thousand
+        // views by level for each such observer was a fifth of the tick).
+        for v in &self.views {
+            let o = &mut self.observers[usize::from(v.observer)];
+            if o.tallied {
+                o.count_far_reach(v);
+            }
+        }
+        any = false;
+        for o in &mut self.observers {
+            o.tallied &= !o.reaches_too_far_to_be_cut_off(cfg);
+            any |= o.tallied;
+        }
+        if !any {
             return;
         }
         for &host in &self.by_level[Level::Host] {
@@ -602,7 +625,7 @@ impl Detector {
             let group = node.around[Level::Rack].unwrap_or(host);
             for v in &self.views[range(&node.views)] {
                 let o = &mut self.observers[usize::from(v.observer)];
-                if o.may_be_cut_off(cfg) {
+                if o.tallied {
                     o.tally(v, &node.around, group);
                 }
             }

@@ -87,6 +87,11 @@ pub(super) struct Observer {
     pub(super) reach_loss: [PooledLoss; 5],
     pub(super) reach_loss_before: [PooledLoss; 5],
     pub(super) discount_degraded: bool,
+    /// This tick: tallied by level (it may be cut off), and its views of hosts in
+    /// other sites that progressed after its failures began (the bound that rules a
+    /// cut out without tallying).
+    pub(super) tallied: bool,
+    far_reached: u32,
     /// Where its views count this tick: everywhere, or only inside this entity.
     judges_only_inside: Option<(Level, EntityId)>,
 }
@@ -112,6 +117,8 @@ impl Observer {
             reach_loss: [PooledLoss::default(); 5],
             reach_loss_before: [PooledLoss::default(); 5],
             discount_degraded: false,
+            tallied: false,
+            far_reached: 0,
             judges_only_inside: None,
         }
     }
@@ -138,6 +145,7 @@ impl Observer {
         self.failed_views = 0;
         self.first_onset_ms = u64::MAX;
         self.degraded_views = 0;
+        self.far_reached = 0;
         self.reach_loss_before = std::mem::take(&mut self.reach_loss);
     }
 
@@ -189,6 +197,33 @@ impl Observer {
                 self.outside[level].add(status, group);
             }
         }
+    }
+
+    /// Counts a view of a host in another site that still progresses both ways after
+    /// this observer's failures began: it is reached at every level [`Self::tally`]
+    /// counts (each level's outside holds the other sites).
+    pub(super) fn count_far_reach(&mut self, v: &View) {
+        let two_way = v.two_way_ms();
+        if v.outside == 4
+            && matches!(v.status, LinkStatus::Healthy | LinkStatus::Degraded)
+            && two_way != u64::MAX
+            && two_way > self.first_onset_ms
+        {
+            self.far_reached += 1;
+        }
+    }
+
+    /// Reaches too many hosts in other sites to be cut off at any level, whatever the
+    /// tallies would say: at each level at least `far_reached` hosts outside are
+    /// reached and at most `failed_views` fail, so the reached share there is at least
+    /// far / (far + failed). A held or pending cut is tallied regardless (its
+    /// evidence is built from the tallies).
+    pub(super) fn reaches_too_far_to_be_cut_off(&self, cfg: &DetectorConfig) -> bool {
+        let frac = cfg.local_fault_max_healthy_fraction;
+        if self.cut.held || self.cut.pending() || frac >= 1.0 {
+            return false;
+        }
+        f64::from(self.far_reached) * (1.0 - frac) > frac * f64::from(self.failed_views)
     }
 
     /// The observer's own judgement for this tick: is it cut off, and does it see
