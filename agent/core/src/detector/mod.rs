@@ -159,7 +159,7 @@ pub struct Detector {
     silent_watch: Vec<SlotId>,
     /// Per observer, this tick: alive, its latest sample and the start of fresh
     /// news (see `host_views`), ms.
-    observer_clock: Vec<(bool, u64, u64)>,
+    observer_clock: Vec<(bool, u64, u64, [u32; 4])>,
     /// Per observer and level, this tick: the latest progress from outside its own
     /// entity at that level (`compute_reach`), when something fails.
     reach_ms: Vec<PerLevel<u64>>,
@@ -508,7 +508,8 @@ impl Detector {
                 .rejoined_at
                 .map_or(0, |t| views::ms(t.saturating_add(cfg.recovery_hold)));
             let heard = views::ms(o.last_heard.unwrap_or(now));
-            self.observer_clock.push((o.alive(now, cfg), heard, joined));
+            self.observer_clock
+                .push((o.alive(now, cfg), heard, joined, ids(&o.around)));
         }
         let limits = &self.limits;
         let enough = views::enough_to_compare(cfg);
@@ -531,16 +532,18 @@ impl Detector {
             let health_of = &self.health;
             // Pooled loss by how many levels its observer is outside (as views are
             // bucketed in `outside_of`); each level sums the buckets above it.
+            let host_ids = ids(&node.around);
             let mut loss_outside = [PooledLoss::default(); 5];
             let mut fresh_loss_outside = [PooledLoss::default(); 5];
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let observer = chunk[0].0;
-                let (alive, heard_ms, joined_ms) = self.observer_clock[usize::from(observer)];
+                let (alive, heard_ms, joined_ms, observer_ids) =
+                    self.observer_clock[usize::from(observer)];
                 if !alive {
                     continue;
                 }
                 let o = &mut self.observers[usize::from(observer)];
-                let outside = outside_count(&node.around, &o.around);
+                let outside = outside_count(host_ids, observer_ids);
                 // One pass over the chunk's slots: each is read once per tick and its
                 // status computed here, not in a pass of its own over every slot.
                 let (mut loss, mut fresh_loss) = (PooledLoss::default(), PooledLoss::default());
@@ -561,7 +564,7 @@ impl Detector {
                 // One link per observer and host is the common case (one local
                 // address): folded without the loop, it costs a third less.
                 let view = if let [(_, slot)] = chunk {
-                    views::view_of(observer, outside, std::iter::once(facts(*slot)), clock)
+                    views::view_of_link(observer, outside, facts(*slot), clock)
                 } else {
                     let links = chunk.iter().map(|&(_, slot)| facts(slot));
                     views::view_of(observer, outside, links, clock)
@@ -1095,17 +1098,47 @@ impl Detector {
 }
 
 /// How many of a host's enclosing entities, from the host up, do not hold the
-/// observer: its view counts at those levels. Nested, so they run from the host up to
-/// the first entity they share.
-fn outside_count(host: &PerLevel<Option<EntityId>>, observer: &PerLevel<Option<EntityId>>) -> u8 {
+/// observer: its view counts at those levels. Entities nest, so those run from the
+/// host up to the first entity they share, and a host placed nowhere has nothing
+/// above itself: counting every level that differs gives the same, without a branch
+/// per level (it runs once per view). Ids as [`ids`] gives them.
+fn outside_count(host: [u32; 4], observer: [u32; 4]) -> u8 {
     let mut n = 0;
-    for l in Level::ALL {
-        if host[l].is_none() || host[l] == observer[l] {
-            break;
-        }
-        n += 1;
+    for l in 0..4 {
+        n += u8::from(host[l] != NO_ENTITY && host[l] != observer[l]);
     }
     n
+}
+
+#[cfg(test)]
+#[test]
+fn outside_counts_the_levels_up_to_the_first_shared_entity() {
+    let e = |i: u32| Some(EntityId(i));
+    // Host 1 in rack 10, cabinet 20, site 30; others placed around it, and hosts
+    // placed nowhere.
+    let host = PerLevel([e(1), e(10), e(20), e(30)]);
+    let nowhere = PerLevel([e(9), None, None, None]);
+    let shapes = [
+        (PerLevel([e(1), e(10), e(20), e(30)]), 0),
+        (PerLevel([e(2), e(10), e(20), e(30)]), 1),
+        (PerLevel([e(3), e(11), e(20), e(30)]), 2),
+        (PerLevel([e(4), e(12), e(21), e(30)]), 3),
+        (PerLevel([e(5), e(13), e(22), e(31)]), 4),
+        (nowhere, 4),
+    ];
+    for (observer, expected) in shapes {
+        assert_eq!(outside_count(ids(&host), ids(&observer)), expected, "{observer:?}");
+    }
+    assert_eq!(outside_count(ids(&nowhere), ids(&host)), 1, "only its own host");
+    assert_eq!(outside_count(ids(&nowhere), ids(&nowhere)), 0);
+}
+
+/// No entity at that level, in [`ids`].
+const NO_ENTITY: u32 = u32::MAX;
+
+/// Enclosing entities as plain ids, `NO_ENTITY` where there is none.
+fn ids(around: &PerLevel<Option<EntityId>>) -> [u32; 4] {
+    around.0.map(|e| e.map_or(NO_ENTITY, |e| e.0))
 }
 
 /// The host as seen from outside each of its enclosing entities, into `out`. Each

@@ -102,13 +102,7 @@ pub(super) fn view_of(
             LinkStatus::Unknown => {}
         }
     }
-    let two_way_lag_ms = if two_way != NEVER && progress_ms != NEVER {
-        u16::try_from(progress_ms.saturating_sub(two_way))
-            .unwrap_or(u16::MAX - 1)
-            .min(u16::MAX - 1)
-    } else {
-        u16::MAX
-    };
+    let two_way_lag_ms = two_way_lag(progress_ms, two_way);
     let status = if failed && !healthy && !degraded {
         LinkStatus::Failed
     } else if degraded || failed {
@@ -131,6 +125,46 @@ pub(super) fn view_of(
         // raises one.
         fresh: failing && fresh && onset_ms >= clock.news_since_ms,
         outside,
+    }
+}
+
+/// [`view_of`] for the common case of one link: its status is the view's.
+#[inline(always)]
+pub(super) fn view_of_link(observer: u16, outside: u8, link: LinkFacts, clock: ViewClock) -> View {
+    let (status, (onset, progress_ms, two_way, evidence)) = link;
+    let failing = status == LinkStatus::Failed;
+    let onset_ms = if !failing {
+        NEVER
+    } else if onset == NEVER {
+        clock.now_ms
+    } else {
+        onset
+    };
+    let fresh = failing
+        && evidence != NEVER
+        && clock.now_ms.saturating_sub(evidence) <= clock.fresh_ms
+        && onset_ms >= clock.news_since_ms;
+    View {
+        onset_ms,
+        progress_ms,
+        two_way_lag_ms: two_way_lag(progress_ms, two_way),
+        observer,
+        status,
+        fresh,
+        outside,
+    }
+}
+
+/// How long before the latest progress the latest two-way progress was, ms,
+/// saturated; `u16::MAX`: never.
+#[inline(always)]
+fn two_way_lag(progress_ms: u64, two_way: u64) -> u16 {
+    if two_way != NEVER && progress_ms != NEVER {
+        u16::try_from(progress_ms.saturating_sub(two_way))
+            .unwrap_or(u16::MAX - 1)
+            .min(u16::MAX - 1)
+    } else {
+        u16::MAX
     }
 }
 
@@ -489,6 +523,41 @@ mod tests {
             o.add_witness(v, &cfg);
         }
         o.status(Duration::from_millis(now), &cfg)
+    }
+
+    #[test]
+    fn a_single_link_view_is_the_general_fold_of_one_link() {
+        let statuses = [
+            LinkStatus::Unknown,
+            LinkStatus::Healthy,
+            LinkStatus::Degraded,
+            LinkStatus::Failed,
+        ];
+        let stamps = [NEVER, 0, 900, 1000, 1990, 2000];
+        let mut checked = 0;
+        for status in statuses {
+            for onset in stamps {
+                for progress in stamps {
+                    for two_way in stamps {
+                        for evidence in stamps {
+                            for news_since_ms in [0, 1000, 2500] {
+                                let clock = ViewClock {
+                                    now_ms: 2000,
+                                    fresh_ms: 1000,
+                                    news_since_ms,
+                                };
+                                let link = (status, (onset, progress, two_way, evidence));
+                                let one = view_of_link(7, 3, link, clock);
+                                let fold = view_of(7, 3, std::iter::once(link), clock);
+                                assert_eq!(format!("{one:?}"), format!("{fold:?}"), "{link:?}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 6 * 6 * 6 * 6 * 3);
     }
 
     #[test]
