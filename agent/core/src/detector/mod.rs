@@ -102,7 +102,6 @@ impl Default for Shown {
 /// A link's place in the slot arena.
 type SlotId = u32;
 
-
 #[derive(Default)]
 struct Node {
     /// The entities enclosing it (itself at its own level).
@@ -559,7 +558,13 @@ impl Detector {
                         loss_ms,
                         last_tick_ms,
                     };
-                    link_facts(&health_of[slot as usize], at, limits, &mut loss, &mut fresh_loss)
+                    link_facts(
+                        &health_of[slot as usize],
+                        at,
+                        limits,
+                        &mut loss,
+                        &mut fresh_loss,
+                    )
                 };
                 // One link per observer and host is the common case (one local
                 // address): folded without the loop, it costs a third less.
@@ -1127,9 +1132,17 @@ fn outside_counts_the_levels_up_to_the_first_shared_entity() {
         (nowhere, 4),
     ];
     for (observer, expected) in shapes {
-        assert_eq!(outside_count(ids(&host), ids(&observer)), expected, "{observer:?}");
+        assert_eq!(
+            outside_count(ids(&host), ids(&observer)),
+            expected,
+            "{observer:?}"
+        );
     }
-    assert_eq!(outside_count(ids(&nowhere), ids(&host)), 1, "only its own host");
+    assert_eq!(
+        outside_count(ids(&nowhere), ids(&host)),
+        1,
+        "only its own host"
+    );
     assert_eq!(outside_count(ids(&nowhere), ids(&nowhere)), 0);
 }
 

@@ -317,7 +317,9 @@ impl Observer {
     /// When its cut-off finding will have held for [`cut_confirm`], if pending.
     pub(super) fn cut_confirm_due(&self, cfg: &DetectorConfig) -> Option<Duration> {
         self.cut_now?;
-        self.cut.failing_since().map(|since| since + cut_confirm(cfg))
+        self.cut
+            .failing_since()
+            .map(|since| since + cut_confirm(cfg))
     }
 
     /// Whether its view of a host enclosed by `host_around` counts: not while it is
