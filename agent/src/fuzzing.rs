@@ -177,7 +177,6 @@ mod tests {
                 rto_timeouts: u64::MAX,
                 ..pb::LinkObservation::default()
             }],
-            probe: false,
         };
         let mut bytes = Vec::new();
         for _ in 0..5 {

@@ -104,7 +104,6 @@ impl FakePeer {
             ),
             sequence: n + 1,
             links,
-            probe: false,
         }
     }
 }

@@ -71,7 +71,6 @@ impl Publisher {
             observer: self.observer.to_string(),
             sequence,
             links: observations.iter().map(to_wire).collect(),
-            probe: false,
         };
         let _ = self.tx.send(Arc::new(batch));
     }
@@ -157,27 +156,13 @@ impl Observations for Publisher {
         tokio::spawn(async move {
             let _slot = slot;
             tracing::info!(%subscriber, remote = ?conn.and_then(|c| c.remote), "peer subscribed to observations");
-            // The probe that follows the last batch sent, and when it is due.
-            let mut probe: Option<(tokio::time::Instant, pb::ObservationBatch)> = None;
             loop {
-                let due = probe.as_ref().map(|(at, _)| *at);
                 let next = tokio::select! {
                     () = tx.closed() => break,
-                    () = sleep_until_some(due) => {
-                        let (_, message) = probe.take().expect("due only when set");
-                        if tx.send(Ok(message)).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
                     next = rx.recv() => next,
                 };
                 match next {
                     Ok(batch) => {
-                        probe = Some((
-                            tokio::time::Instant::now() + PROBE_AFTER,
-                            probe_after(&batch),
-                        ));
                         if tx.send(Ok((*batch).clone())).await.is_err() {
                             break;
                         }
@@ -191,27 +176,6 @@ impl Observations for Publisher {
             tracing::info!(%subscriber, "peer unsubscribed");
         });
         Ok(Response::new(ReceiverStream::new(out)))
-    }
-}
-
-/// How long after a batch its probe follows: long enough that the batch has left in
-/// a segment of its own (the listener sets TCP_NODELAY), short next to a tick.
-const PROBE_AFTER: Duration = Duration::from_millis(3);
-
-/// The probe that follows `batch` (see `ObservationBatch.probe` in the proto).
-fn probe_after(batch: &pb::ObservationBatch) -> pb::ObservationBatch {
-    pb::ObservationBatch {
-        observer: String::new(),
-        sequence: batch.sequence,
-        links: Vec::new(),
-        probe: true,
-    }
-}
-
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -331,8 +295,6 @@ async fn subscribe_once(
     tracing::info!(peer = %endpoint, observer = %name, "following peer observations");
     gate_for.metrics.peer_up(&name, true);
     let mut last = None;
-    // A probe is welcome once after each batch taken; more would be a flood.
-    let mut probe_welcome = false;
     loop {
         let Ok(next) = tokio::time::timeout(silence, stream.message()).await else {
             return Err(format!("silent for {}", humantime::format_duration(silence)).into());
@@ -340,15 +302,6 @@ async fn subscribe_once(
         let Some(batch) = next? else {
             break;
         };
-        if batch.probe {
-            // Its work was done on the wire (see the proto); it carries nothing.
-            if !std::mem::take(&mut probe_welcome) || !batch.links.is_empty() {
-                Metrics::add(&gate_for.metrics.peer_batches_refused, 1);
-                tracing::debug!(peer = %endpoint, "unexpected probe refused");
-            }
-            continue;
-        }
-        probe_welcome = true;
         if let Some(prev) = last
             && batch.sequence > prev + 1
         {
@@ -416,7 +369,6 @@ mod tests {
             observer: "a".into(),
             sequence: 1,
             links: vec![to_wire(&sent)],
-            probe: false,
         };
         assert_eq!(batch.links[0].acked_segs, 2);
         assert_eq!(batch.links[0].repeat_timeouts, 3);
@@ -436,7 +388,6 @@ mod tests {
                 remote_address: "::ffff:10.71.11.11".into(),
                 ..pb::LinkObservation::default()
             }],
-            probe: false,
         };
         let received = from_wire(&batch, &"p".into()).unwrap();
         assert_eq!(received[0].link.local.to_string(), "10.72.12.11");
@@ -454,7 +405,6 @@ mod tests {
                 progress_segs: 9,
                 ..pb::LinkObservation::default()
             }],
-            probe: false,
         };
         let received = from_wire(&batch, &"peer".into()).unwrap();
         assert_eq!(
@@ -481,7 +431,6 @@ mod tests {
                 failed_connects: 2,
                 ..pb::LinkObservation::default()
             }],
-            probe: false,
         };
         let received = from_wire(&batch, &"peer".into()).unwrap();
         assert_eq!(

@@ -88,7 +88,6 @@ fn batch(observer: &str, sequence: u64, links: Vec<LinkObservation>) -> Observat
         observer: observer.to_owned(),
         sequence,
         links,
-        probe: false,
     }
 }
 
