@@ -188,7 +188,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
             "{} observer(s) cannot reach it while {} still do: a path problem",
             outside.failing, outside.witnesses
         ),
-        State::Degraded if outside.lossy => {
+        State::Degraded if outside.blame.lossy => {
             let cfg = &d.cfg;
             let (long, fast) = (&node.loss_host, &node.fast_loss[Level::Host]);
             // The window that found it: the short one only when the long one did not.

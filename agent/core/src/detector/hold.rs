@@ -2,60 +2,24 @@
 //! and hold longer each time it flaps.
 use std::time::Duration;
 
-use super::DetectorConfig;
-
-/// An optional moment on the detector's clock, in whole ms: 8 bytes where an
-/// `Option<Duration>` takes 16, and every node keeps five of them, walked every tick.
-/// Truncated to the ms, so a moment is never later than the one stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct At(u64);
-
-impl Default for At {
-    fn default() -> Self {
-        Self::NONE
-    }
-}
-
-impl At {
-    const NONE: Self = Self(u64::MAX);
-
-    fn some(t: Duration) -> Self {
-        Self(u64::try_from(t.as_millis()).unwrap_or(u64::MAX - 1))
-    }
-
-    fn get(self) -> Option<Duration> {
-        (self != Self::NONE).then(|| Duration::from_millis(self.0))
-    }
-
-    fn is_some(self) -> bool {
-        self != Self::NONE
-    }
-
-    /// The moment, setting it to `now` first if unset.
-    fn get_or_set(&mut self, now: Duration) -> Duration {
-        if *self == Self::NONE {
-            *self = Self::some(now);
-        }
-        Duration::from_millis(self.0)
-    }
-}
+use super::{DetectorConfig, link::Stamp};
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct Hold {
     /// The raw condition has held continuously since.
-    failing_since: At,
+    failing_since: Stamp,
     /// FAILED: the condition held for `confirm`, and since then either still holds or
     /// has not yet been healthy for the recovery hold. A one-tick glitch never gets here.
     pub(super) held: bool,
-    recovering_since: At,
+    recovering_since: Stamp,
     /// Re-entries into FAILED within the flap window, and the last entry.
     flaps: u32,
-    last_entry: At,
+    last_entry: Stamp,
     /// DEGRADED must hold for `degraded_confirm` (a transient, such as RTTs rising
     /// at different moments across links, is not a gray failure), and is then held
     /// for the recovery hold, so a gray failure does not flicker.
-    degraded_since: At,
-    degraded_until: At,
+    degraded_since: Stamp,
+    degraded_until: Stamp,
 }
 
 impl Hold {
@@ -69,34 +33,34 @@ impl Hold {
     ) {
         if failing {
             let since = self.failing_since.get_or_set(now);
-            self.recovering_since = At::NONE;
+            self.recovering_since = Stamp::NEVER;
             if !self.held && now.saturating_sub(since) >= cfg.confirm {
                 self.held = true;
                 self.enter(now, cfg);
             }
         } else {
-            self.failing_since = At::NONE;
+            self.failing_since = Stamp::NEVER;
             if self.held {
                 let since = self.recovering_since.get_or_set(now);
                 if now.saturating_sub(since) >= self.recovery_hold(cfg) {
                     self.held = false;
-                    self.recovering_since = At::NONE;
+                    self.recovering_since = Stamp::NEVER;
                 }
             }
         }
         if degraded {
             let since = self.degraded_since.get_or_set(now);
             if now.saturating_sub(since) >= cfg.degraded_confirm {
-                self.degraded_until = At::some(now + cfg.recovery_hold);
+                self.degraded_until = Stamp::at(now + cfg.recovery_hold);
             }
         } else {
-            self.degraded_since = At::NONE;
+            self.degraded_since = Stamp::NEVER;
         }
     }
 
     /// Failing now but not yet for `confirm`: not announced, and what lies below waits.
     pub(super) fn pending(&self) -> bool {
-        !self.held && self.failing_since.is_some()
+        !self.held && self.failing_since != Stamp::NEVER
     }
 
     /// Since when the raw condition has held, if it holds.
@@ -117,7 +81,7 @@ impl Hold {
             Some(last) if now.saturating_sub(last) <= cfg.flap_window => self.flaps + 1,
             _ => 0,
         };
-        self.last_entry = At::some(now);
+        self.last_entry = Stamp::at(now);
     }
 
     /// The damped hold: doubled per recent flap, capped.

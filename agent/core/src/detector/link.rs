@@ -60,19 +60,29 @@ pub struct LinkDelta {
 }
 
 /// A point on the detector's clock in whole milliseconds; `NEVER` when unset. Eight
-/// bytes instead of an `Option<Duration>`'s sixteen: 100k links × several stamps.
+/// bytes instead of an `Option<Duration>`'s sixteen: 100k links × several stamps, and
+/// five in every node's hold. Truncated to the ms, so a stamp is never later than the
+/// moment it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp(u64);
+pub(super) struct Stamp(u64);
 
 impl Stamp {
-    const NEVER: Self = Self(u64::MAX);
+    pub(super) const NEVER: Self = Self(u64::MAX);
 
-    fn at(now: Duration) -> Self {
+    pub(super) fn at(now: Duration) -> Self {
         Self(u64::try_from(now.as_millis()).unwrap_or(u64::MAX - 1))
     }
 
-    fn get(self) -> Option<Duration> {
+    pub(super) fn get(self) -> Option<Duration> {
         (self != Self::NEVER).then(|| Duration::from_millis(self.0))
+    }
+
+    /// The moment, set to `now` first if unset.
+    pub(super) fn get_or_set(&mut self, now: Duration) -> Duration {
+        if *self == Self::NEVER {
+            *self = Self::at(now);
+        }
+        Duration::from_millis(self.0)
     }
 
     /// Time from this stamp to `now`; None if never set.

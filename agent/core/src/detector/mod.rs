@@ -707,7 +707,7 @@ impl Detector {
                 &self.cfg,
             );
             for level in Level::ALL {
-                node.outside[level].lossy = node.lossy[level];
+                node.outside[level].blame.lossy = node.lossy[level];
             }
             something_fails |= node.outside[Level::Host].failing > 0;
             self.vote(host, now);
@@ -789,7 +789,7 @@ impl Detector {
             let fresh = (o.fresh, uncorroborated);
             // Only a failing or degraded host's blame is counted.
             let blame = if status >= LinkStatus::Degraded {
-                o.blame()
+                o.blame
             } else {
                 Blame::default()
             };

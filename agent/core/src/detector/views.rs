@@ -238,7 +238,7 @@ pub(super) type TwoObservers = TwoDistinct;
 pub(super) type TwoRacks = TwoDistinct;
 
 /// Who saw a host fail or degrade from outside one entity: what that entity's vote
-/// takes of it, without copying the whole [`Outside`] for every host and level.
+/// takes of it (kept apart in [`Outside`], so a vote copies 28 bytes, not all of it).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Blame {
     pub(super) failing_observers: TwoObservers,
@@ -259,12 +259,9 @@ pub(super) struct Outside {
     /// The earliest onset among the failing views, ms (`u64::MAX`: none).
     pub(super) onset_ms: u64,
     pub(super) fresh: bool,
-    pub(super) failing_observers: TwoObservers,
-    /// The racks of the failing views' observers, and of the degraded ones'.
-    pub(super) failing_racks: TwoRacks,
-    pub(super) degraded_racks: TwoRacks,
-    /// Losing, pooled over every outside observer's links ([`PooledLoss`]).
-    pub(super) lossy: bool,
+    /// Who saw it fail or degrade, and whether it loses pooled over every outside
+    /// observer's links ([`PooledLoss`]): what its entity's vote takes of it.
+    pub(super) blame: Blame,
 }
 
 /// Retransmissions and segments received over the loss window, summed over links,
@@ -361,10 +358,7 @@ impl Default for Outside {
             degraded: 0,
             onset_ms: NEVER,
             fresh: false,
-            failing_observers: TwoObservers::default(),
-            failing_racks: TwoRacks::default(),
-            degraded_racks: TwoRacks::default(),
-            lossy: false,
+            blame: Blame::default(),
         }
     }
 }
@@ -377,8 +371,8 @@ impl Outside {
         self.failing += 1;
         self.onset_ms = self.onset_ms.min(v.onset_ms);
         self.fresh |= v.fresh;
-        self.failing_observers.add(v.observer);
-        self.failing_racks.add(rack);
+        self.blame.failing_observers.add(v.observer);
+        self.blame.failing_racks.add(rack);
     }
 
     /// A delivering view; `degraded`: it counts as degraded. Witnesses are counted
@@ -388,7 +382,7 @@ impl Outside {
         self.reached += 1;
         if degraded {
             self.degraded += 1;
-            self.degraded_racks.add(rack);
+            self.blame.degraded_racks.add(rack);
         }
     }
 
@@ -412,18 +406,10 @@ impl Outside {
         self.degraded += o.degraded;
         self.onset_ms = self.onset_ms.min(o.onset_ms);
         self.fresh |= o.fresh;
-        self.failing_observers.merge(o.failing_observers);
-        self.failing_racks.merge(o.failing_racks);
-        self.degraded_racks.merge(o.degraded_racks);
-    }
-
-    pub(super) fn blame(&self) -> Blame {
-        Blame {
-            failing_observers: self.failing_observers,
-            failing_racks: self.failing_racks,
-            degraded_racks: self.degraded_racks,
-            lossy: self.lossy,
-        }
+        let (mine, theirs) = (&mut self.blame, &o.blame);
+        mine.failing_observers.merge(theirs.failing_observers);
+        mine.failing_racks.merge(theirs.failing_racks);
+        mine.degraded_racks.merge(theirs.degraded_racks);
     }
 
     /// Failing by one observer only, no witness against it, and not yet long enough
@@ -461,7 +447,7 @@ impl Outside {
         if self.failing > 0 && self.witnesses == 0 {
             // One observer alone waits twice the slack: long enough for a witness
             // with progress after `onset + witness_slack` to have reported it.
-            let agreed = self.failing_observers.count() >= 2
+            let agreed = self.blame.failing_observers.count() >= 2
                 || (self.onset_ms != NEVER
                     && ms(now).saturating_sub(self.onset_ms) >= ms(2 * cfg.witness_slack));
             if agreed {
@@ -474,7 +460,7 @@ impl Outside {
                 LinkStatus::Unknown
             };
         }
-        if self.failing > 0 || self.lossy || self.degraded_by_enough(cfg) {
+        if self.failing > 0 || self.blame.lossy || self.degraded_by_enough(cfg) {
             LinkStatus::Degraded
         } else if self.reached > 0 {
             LinkStatus::Healthy
