@@ -78,6 +78,17 @@ pub struct LinkStats {
     /// an earlier timeout, so this one says nothing new about the path. A subset of
     /// `rto_timeouts + syn_retrans`; written by the RTO callback only.
     pub repeat_timeouts: u64,
+    /// Retransmitted segments on established sockets of the agents' heartbeat port
+    /// (local or remote port = the kernel programs' `CONTROL_PORT`): two segments a
+    /// tick, so the kernel's tail-loss probe fires two RTTs after a path dies and a
+    /// blackhole shows a tick sooner; but an ACK a little late makes that probe a
+    /// spurious retransmission. These start a stall like any retransmission and are
+    /// never loss (never in `retrans_segs`).
+    pub control_retrans_segs: u64,
+    /// Of `progress_segs`, those received on the heartbeat port: liveness like any
+    /// segment, but left out of loss ratios with `control_retrans_segs`, so that the
+    /// heartbeats do not dilute them.
+    pub control_progress_segs: u64,
 }
 
 impl LinkStats {
@@ -94,6 +105,8 @@ impl LinkStats {
         last_loss_ns: 0,
         acked_segs: 0,
         repeat_timeouts: 0,
+        control_retrans_segs: 0,
+        control_progress_segs: 0,
     };
 }
 
@@ -204,6 +217,9 @@ pub struct RetransmitLayout {
     pub addr: AddrLayout,
     /// `int state`: the socket's TCP state.
     pub state: u16,
+    /// `__u16 sport` and `dport`: the local and remote ports, host byte order.
+    pub sport: u16,
+    pub dport: u16,
     pub _pad: u16,
 }
 
@@ -233,8 +249,16 @@ pub struct ProbeLayout {
     pub addr: AddrLayout,
     /// `__u32 srtt`, already in µs.
     pub srtt: u16,
+    /// `__u16 sport` and `dport`: the local and remote ports, host byte order.
+    pub sport: u16,
+    pub dport: u16,
     pub _pad: u16,
 }
+
+/// The agents' heartbeat port, as the loader sets the kernel programs' `CONTROL_PORT`;
+/// 0 when there is none (a probe without an agent behind it, as in `faultline links`).
+/// Its retransmissions are counted in [`LinkStats::control_retrans_segs`].
+pub const NO_CONTROL_PORT: u16 = 0;
 
 /// TCP states, as in `include/net/tcp_states.h`.
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -283,11 +307,11 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<LinkKey>(), 36);
-        // 6 counters, the histogram, 3 latest values, acked_segs, repeat_timeouts: all
-        // u64, no padding.
+        // 6 counters, the histogram, 3 latest values, acked_segs, repeat_timeouts and
+        // the two control counters: all u64, no padding.
         assert_eq!(
             core::mem::size_of::<LinkStats>(),
-            8 * (6 + RTT_BUCKETS + 3 + 2)
+            8 * (6 + RTT_BUCKETS + 3 + 4)
         );
         assert_eq!(
             core::mem::offset_of!(LinkStats, last_progress_ns),

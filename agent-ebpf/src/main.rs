@@ -57,10 +57,10 @@ use aya_ebpf::{
 use aya_log_ebpf::{error, warn};
 use faultline_ebpf::{
     AF_INET, AF_INET6, AddrLayout, DEFAULT_MAX_LINKS, FIRST_LOSS_QUIET_NS, IPPROTO_TCP, LinkKey,
-    LinkStats, ProbeLayout, RECORD_COPY_MAX, RTT_BUCKETS, ResetLayout, RetransmitLayout,
-    StateChangeLayout, TCP_CLOSE, TCP_SYN_SENT, URGENT_BUDGET_SLOTS, URGENT_BUDGET_SOCK_OPS,
-    URGENT_BUDGET_TRACEPOINTS, URGENT_PER_WINDOW, URGENT_WINDOW_NS, UrgentBudget, UrgentEvent,
-    UrgentKind, rtt_bucket,
+    LinkStats, NO_CONTROL_PORT, ProbeLayout, RECORD_COPY_MAX, RTT_BUCKETS, ResetLayout,
+    RetransmitLayout, StateChangeLayout, TCP_CLOSE, TCP_SYN_SENT, URGENT_BUDGET_SLOTS,
+    URGENT_BUDGET_SOCK_OPS, URGENT_BUDGET_TRACEPOINTS, URGENT_PER_WINDOW, URGENT_WINDOW_NS,
+    UrgentBudget, UrgentEvent, UrgentKind, rtt_bucket,
 };
 
 #[map(name = "LINKS")]
@@ -85,8 +85,13 @@ static URGENT_BUDGET: PerCpuArray<UrgentBudget> =
 static RETRANSMIT_LAYOUT: Global<RetransmitLayout> = Global::new(RetransmitLayout {
     addr: AddrLayout::ZERO,
     state: 0,
+    sport: 0,
+    dport: 0,
     _pad: 0,
 });
+/// The agents' heartbeat port ([`NO_CONTROL_PORT`] for none), set by the loader.
+#[unsafe(no_mangle)]
+static CONTROL_PORT: Global<u16> = Global::new(NO_CONTROL_PORT);
 #[unsafe(no_mangle)]
 static RESET_LAYOUT: Global<ResetLayout> = Global::new(ResetLayout {
     addr: AddrLayout::ZERO,
@@ -103,6 +108,8 @@ static STATE_LAYOUT: Global<StateChangeLayout> = Global::new(StateChangeLayout {
 static PROBE_LAYOUT: Global<ProbeLayout> = Global::new(ProbeLayout {
     addr: AddrLayout::ZERO,
     srtt: 0,
+    sport: 0,
+    dport: 0,
     _pad: 0,
 });
 
@@ -217,6 +224,8 @@ impl Field {
     const ACKED_SEGS: Self = Self(offset_of!(LinkStats, acked_segs));
     const REPEAT_TIMEOUTS: Self = Self(offset_of!(LinkStats, repeat_timeouts));
     const RETRANS_SEGS: Self = Self(offset_of!(LinkStats, retrans_segs));
+    const CONTROL_RETRANS_SEGS: Self = Self(offset_of!(LinkStats, control_retrans_segs));
+    const CONTROL_PROGRESS_SEGS: Self = Self(offset_of!(LinkStats, control_progress_segs));
     const RTO_TIMEOUTS: Self = Self(offset_of!(LinkStats, rto_timeouts));
     const SYN_RETRANS: Self = Self(offset_of!(LinkStats, syn_retrans));
     const FAILED_CONNECTS: Self = Self(offset_of!(LinkStats, failed_connects));
@@ -358,6 +367,14 @@ fn urgent<C: EbpfContext>(ctx: &C, slot: u32, key: &LinkKey, kind: UrgentKind, n
     }
 }
 
+/// A heartbeat socket: one end on the agents' heartbeat port (local when a peer sends
+/// this agent heartbeats, remote when this agent sends them).
+#[inline(always)]
+fn is_control(sport: u16, dport: u16) -> bool {
+    let control = CONTROL_PORT.load();
+    control != NO_CONTROL_PORT && (sport == control || dport == control)
+}
+
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let _ = try_retransmit(&ctx);
@@ -370,6 +387,7 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
     let state: i32 = rec.at(layout.state)?;
+    let control = is_control(rec.at(layout.sport)?, rec.at(layout.dport)?);
     let s = stats(ctx, &key).ok_or(0i64)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -383,7 +401,13 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
             now,
         );
     } else {
-        s.count(Field::RETRANS_SEGS);
+        // Heartbeats keep two segments in flight, so their retransmissions are often
+        // spurious: a stall's start, never loss (see `control_retrans_segs`).
+        if control {
+            s.count(Field::CONTROL_RETRANS_SEGS);
+        } else {
+            s.count(Field::RETRANS_SEGS);
+        }
         if now.wrapping_sub(s.get(Field::LAST_LOSS_NS)) > FIRST_LOSS_QUIET_NS {
             urgent(
                 ctx,
@@ -464,12 +488,16 @@ fn try_probe(ctx: &TracePointContext) -> Result<(), i64> {
     rec.copy(ctx, layout.addr.record_len)?;
     let key = read_key(&rec, &layout.addr)?;
     let srtt: u32 = rec.at(layout.srtt)?;
+    let control = is_control(rec.at(layout.sport)?, rec.at(layout.dport)?);
     let s = stats(ctx, &key).ok_or(0i64)?;
     // (bpf_ktime_get_coarse_ns would be cheaper, but the kernel refuses it to
     // tracepoint programs.)
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     s.count(Field::PROGRESS_SEGS);
+    if control {
+        s.count(Field::CONTROL_PROGRESS_SEGS);
+    }
     s.set(Field::SRTT_US, u64::from(srtt));
     s.set(Field::LAST_PROGRESS_NS, now);
     s.count(Field::rtt_bucket(rtt_bucket(u64::from(srtt))));

@@ -177,6 +177,10 @@ pub struct ListenConfig {
     pub grpc: SocketAddr,
     /// Prometheus `/metrics`. Default `[::]:7432`.
     pub metrics: SocketAddr,
+    /// Heartbeats from the agents that follow this one (`run::heartbeat`): two bytes a
+    /// tick each, read and dropped. Every agent uses the same port: this agent sends
+    /// its own heartbeats to the peers it follows on this one's. Default `[::]:7433`.
+    pub heartbeat: SocketAddr,
     /// Connections open at once on the gRPC port; more are closed at once. Default
     /// 1024: a few dozen peers and routers, with room for a fleet's subscribers.
     pub max_connections: usize,
@@ -191,6 +195,7 @@ impl Default for ListenConfig {
         Self {
             grpc: SocketAddr::from(([0u16; 8], 7431)),
             metrics: SocketAddr::from(([0u16; 8], 7432)),
+            heartbeat: SocketAddr::from(([0u16; 8], 7433)),
             max_connections: limits.connections,
             max_streams: limits.streams,
         }
@@ -232,6 +237,7 @@ impl ProbeConfig {
             tracefs: self.tracefs.clone(),
             cgroup: self.cgroup.clone().filter(|p| !p.as_os_str().is_empty()),
             max_links: self.max_links,
+            control_port: None,
         }
     }
 }

@@ -50,7 +50,7 @@ fn write_config(
         &config,
         format!(
             "[agent]\nname = \"{name}\"\ntopology = \"{}\"\nlocal_addresses = [\"{local}\"]\npeers = [{}]\n\
-             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n",
             dir.join("topology.toml").display(),
             peers.join(", ")
         ),

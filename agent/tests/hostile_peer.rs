@@ -174,7 +174,7 @@ fn write_config(dir: &Path, peers: &[SocketAddr]) -> PathBuf {
         &config,
         format!(
             "[agent]\nname = \"victim\"\ntopology = \"{}\"\nlocal_addresses = [\"10.9.3.11\"]\n\
-             peers = [{}]\n[listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+             peers = [{}]\n[listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n",
             dir.join("topology.toml").display(),
             peers.join(", ")
         ),

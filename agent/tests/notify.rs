@@ -28,7 +28,7 @@ fn ready_then_watchdog_from_the_loop_then_stopping() {
     std::fs::write(
         &config,
         "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\
-         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))

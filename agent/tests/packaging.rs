@@ -53,7 +53,7 @@ fn the_units_capabilities_are_enough_to_attach_everything() {
     std::fs::write(
         &config,
         "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\
-         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let caps = unit_capabilities();
@@ -99,7 +99,7 @@ fn the_agents_metrics_pass_promtool() {
     std::fs::write(
         &config,
         "[agent]\nlocal_addresses = [\"192.0.2.1\"]\n\
-         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let agent = faultline_integration::agent::AgentProcess::start_binary(

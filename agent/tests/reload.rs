@@ -22,7 +22,7 @@ fn topology(racks: &[&str]) -> String {
 fn config(dir: &Path, extra: &str) -> String {
     format!(
         "[agent]\nname = \"reload\"\ntopology = \"{}\"\nlocal_addresses = [\"192.0.2.1\"]\n\
-         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{extra}",
+         [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n{extra}",
         dir.join("topology.toml").display()
     )
 }

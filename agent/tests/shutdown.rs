@@ -35,7 +35,7 @@ impl Agent {
         std::fs::write(
             &config,
             "[agent]\nname = \"shutdown-test\"\nlocal_addresses = [\"127.0.0.1\"]\n\
-             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n",
+             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n",
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))

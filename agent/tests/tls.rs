@@ -30,7 +30,7 @@ fn write_config(dir: &Path, name: &str, issued: &Issued, ca: &Path, peers: &[Str
         &path,
         format!(
             "[agent]\nname = \"{name}\"\nlocal_addresses = [\"192.0.2.1\"]\npeers = [{}]\n\
-             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\
+             [listen]\ngrpc = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\nheartbeat = \"127.0.0.1:0\"\n\
              [tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
             peers.join(", "),
             issued.cert.display(),

@@ -312,6 +312,82 @@ fn a_one_way_fault_stops_acks_but_not_segments_received(v6: bool) {
     );
 }
 
+/// Segments and retransmissions on the agents' heartbeat port (an agent listens there
+/// for its followers' heartbeats and sends its own to its peers' on the same port) are
+/// counted apart from loss; every other socket's stay loss. Into a blackhole: a
+/// connection to a's heartbeat port from b; one from a to c's, and a user's flow.
+fn heartbeats_are_counted_apart_from_loss(v6: bool) {
+    const CONTROL: u16 = 5002;
+    const RATE: u64 = 256 << 10;
+    let lab = Lab::new();
+    let _sink = Sink::start(&lab.c.ns, lab.c.addr(v6, PORT));
+    let mut probe = Probe::attach(&ProbeOptions {
+        control_port: Some(CONTROL),
+        ..ProbeOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("attach probe: {e}"));
+    // b sends heartbeats to a; a sends its own to c, and to c's sink as any client.
+    let served = Duplex::start(
+        &lab.b.ns,
+        &lab.a.ns,
+        lab.a.addr(v6, CONTROL),
+        Duration::from_secs(30),
+        RATE,
+    );
+    let followed = Duplex::start(
+        &lab.a.ns,
+        &lab.c.ns,
+        lab.c.addr(v6, CONTROL),
+        Duration::from_secs(30),
+        RATE,
+    );
+    let flow = Flow::start(
+        &lab.a.ns,
+        lab.c.addr(v6, PORT),
+        Duration::from_secs(30),
+        RATE,
+    );
+    let [healthy_b, _] = until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6), (&lab.a, &lab.c, v6)],
+        "both links progress, on both of a's connections to c",
+        |[b, c]| {
+            b.progress_segs >= 10
+                && c.control_progress_segs >= 10
+                && c.progress_segs_but_heartbeats() >= 10
+        },
+    );
+    assert_eq!(
+        healthy_b.control_progress_segs, healthy_b.progress_segs,
+        "every segment from b came on the control port: {healthy_b:?}"
+    );
+    lab.drop_to(ip(&lab.b, v6), 100);
+    lab.drop_to(ip(&lab.c, v6), 100);
+    let [to_b, to_c] = until(
+        &mut probe,
+        [(&lab.a, &lab.b, v6), (&lab.a, &lab.c, v6)],
+        "retransmissions into the blackhole on every connection, and an RTO on each link",
+        |[b, c]| {
+            b.control_retrans_segs >= 1
+                && c.control_retrans_segs >= 1
+                && c.retrans_segs >= 1
+                && b.rto_timeouts >= 1
+                && c.rto_timeouts >= 1
+        },
+    );
+    served.stop();
+    followed.stop();
+    flow.stop();
+    assert_eq!(
+        to_b.retrans_segs, 0,
+        "from the control port: not loss: {to_b:?}"
+    );
+    assert!(
+        to_c.retrans_segs >= 1 && to_c.control_retrans_segs >= 1,
+        "towards c, the flow's retransmissions are loss, the heartbeats' not: {to_c:?}"
+    );
+}
+
 fn connect_to_blackhole_retries_syn_then_fails(v6: bool) {
     let lab = Lab::new();
     let _sink = Sink::start(&lab.b.ns, lab.b.addr(v6, PORT));
@@ -472,6 +548,16 @@ fn a_one_way_fault_stops_acks_but_not_segments_received_v4() {
 #[test]
 fn a_one_way_fault_stops_acks_but_not_segments_received_v6() {
     a_one_way_fault_stops_acks_but_not_segments_received(true);
+}
+
+#[test]
+fn heartbeats_are_counted_apart_from_loss_v4() {
+    heartbeats_are_counted_apart_from_loss(false);
+}
+
+#[test]
+fn heartbeats_are_counted_apart_from_loss_v6() {
+    heartbeats_are_counted_apart_from_loss(true);
 }
 
 #[test]

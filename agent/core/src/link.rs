@@ -43,6 +43,15 @@ pub struct LinkCounters {
     /// out with nothing acknowledged since: its data waited since before. 0 from a host
     /// without sock_ops or an older agent, so every timeout then counts as news.
     pub repeat_timeouts: u64,
+    /// Retransmissions on the agents' heartbeat connections (two segments a tick). They
+    /// start a stall as early as any retransmission, but their tail-loss probes are
+    /// spurious whenever an ACK comes a little late, so they are never loss. 0 from an
+    /// agent older than this field.
+    pub control_retrans_segs: u64,
+    /// Of `progress_segs`, the segments received on heartbeat connections: left out of
+    /// loss ratios with `control_retrans_segs`, so the heartbeats do not dilute them.
+    /// 0 from an agent older than this field.
+    pub control_progress_segs: u64,
 }
 
 /// The most any counter may hold in one tick's delta: far beyond what a link carries
@@ -63,6 +72,8 @@ impl LinkCounters {
         add(&mut self.failed_connects, other.failed_connects);
         add(&mut self.resets_rx, other.resets_rx);
         add(&mut self.repeat_timeouts, other.repeat_timeouts);
+        add(&mut self.control_retrans_segs, other.control_retrans_segs);
+        add(&mut self.control_progress_segs, other.control_progress_segs);
     }
 
     /// Every counter capped at [`MAX_TICK_COUNT`], for arithmetic that must not wrap.
@@ -78,6 +89,8 @@ impl LinkCounters {
             failed_connects: c(self.failed_connects),
             resets_rx: c(self.resets_rx),
             repeat_timeouts: c(self.repeat_timeouts),
+            control_retrans_segs: c(self.control_retrans_segs),
+            control_progress_segs: c(self.control_progress_segs),
         }
     }
 
@@ -94,16 +107,25 @@ impl LinkCounters {
             failed_connects: d(self.failed_connects, earlier.failed_connects),
             resets_rx: d(self.resets_rx, earlier.resets_rx),
             repeat_timeouts: d(self.repeat_timeouts, earlier.repeat_timeouts),
+            control_retrans_segs: d(self.control_retrans_segs, earlier.control_retrans_segs),
+            control_progress_segs: d(self.control_progress_segs, earlier.control_progress_segs),
         }
     }
 
-    /// Any kind of loss at all (ACKs and segments received are progress, not loss).
+    /// Any kind of loss at all (ACKs and segments received are progress, not loss;
+    /// the agent's own streams' retransmissions are not loss either).
     pub fn losses(&self) -> u64 {
         self.retrans_segs
             .saturating_add(self.rto_timeouts)
             .saturating_add(self.syn_retrans)
             .saturating_add(self.failed_connects)
             .saturating_add(self.resets_rx)
+    }
+
+    /// `progress_segs` without the heartbeats': the denominator of a loss ratio.
+    pub fn progress_segs_but_heartbeats(&self) -> u64 {
+        self.progress_segs
+            .saturating_sub(self.control_progress_segs)
     }
 
     pub fn is_zero(&self) -> bool {

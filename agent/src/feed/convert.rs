@@ -162,6 +162,8 @@ mod tests {
                         failed_connects: 5,
                         resets_rx: 6,
                         repeat_timeouts: 0,
+                        control_retrans_segs: 0,
+                        control_progress_segs: 0,
                     },
                     stall_hard: 7,
                     stall_retrans: 8,

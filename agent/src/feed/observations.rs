@@ -89,6 +89,8 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
         failed_connects: c.failed_connects,
         resets_rx: c.resets_rx,
         repeat_timeouts: c.repeat_timeouts,
+        control_retrans_segs: c.control_retrans_segs,
+        control_progress_segs: c.control_progress_segs,
         rtt_p50_us: o.delta.rtt_p50_us,
         silent_ms: o.delta.silent_ms,
     }
@@ -121,6 +123,8 @@ pub(crate) fn from_wire(
                         failed_connects: l.failed_connects,
                         resets_rx: l.resets_rx,
                         repeat_timeouts: l.repeat_timeouts,
+                        control_retrans_segs: l.control_retrans_segs,
+                        control_progress_segs: l.control_progress_segs,
                     }
                     .clamped(),
                     rtt_p50_us: l.rtt_p50_us,
@@ -360,6 +364,8 @@ mod tests {
                     failed_connects: 6,
                     resets_rx: 7,
                     repeat_timeouts: 3,
+                    control_retrans_segs: 9,
+                    control_progress_segs: 1,
                 },
                 rtt_p50_us: Some(8),
                 silent_ms: Some(95),
@@ -372,6 +378,8 @@ mod tests {
         };
         assert_eq!(batch.links[0].acked_segs, 2);
         assert_eq!(batch.links[0].repeat_timeouts, 3);
+        assert_eq!(batch.links[0].control_retrans_segs, 9);
+        assert_eq!(batch.links[0].control_progress_segs, 1);
         let received = from_wire(&batch, &"a".into()).expect("a well-formed batch");
         assert_eq!(received.len(), 1);
         assert_eq!(received[0].link, sent.link);

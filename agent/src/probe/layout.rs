@@ -197,7 +197,11 @@ impl Layouts {
     ) -> Result<Self, LayoutError> {
         let mut layouts = Self::offsets(retransmit, reset, state_change, probe)?;
         let r = layouts.retransmit;
-        layouts.retransmit.addr.record_len = record_len(retransmit, &r.addr, &[(r.state, 4)])?;
+        layouts.retransmit.addr.record_len = record_len(
+            retransmit,
+            &r.addr,
+            &[(r.state, 4), (r.sport, 2), (r.dport, 2)],
+        )?;
         let x = layouts.reset;
         layouts.reset.addr.record_len = record_len(reset, &x.addr, &[])?;
         let c = layouts.state_change;
@@ -207,7 +211,8 @@ impl Layouts {
             &[(c.oldstate, 4), (c.newstate, 4), (c.protocol, 2)],
         )?;
         let p = layouts.probe;
-        layouts.probe.addr.record_len = record_len(probe, &p.addr, &[(p.srtt, 4)])?;
+        layouts.probe.addr.record_len =
+            record_len(probe, &p.addr, &[(p.srtt, 4), (p.sport, 2), (p.dport, 2)])?;
         Ok(layouts)
     }
 
@@ -223,6 +228,8 @@ impl Layouts {
             retransmit: RetransmitLayout {
                 addr: retransmit.addr_layout()?,
                 state: retransmit.offset("state", 4)?,
+                sport: retransmit.offset("sport", 2)?,
+                dport: retransmit.offset("dport", 2)?,
                 _pad: 0,
             },
             reset: ResetLayout {
@@ -245,6 +252,8 @@ impl Layouts {
                     record_len: 0,
                 },
                 srtt: probe.offset("srtt", 4)?,
+                sport: probe.offset("sport", 2)?,
+                dport: probe.offset("dport", 2)?,
                 _pad: 0,
             },
         })
@@ -351,6 +360,8 @@ mod tests {
         .unwrap();
         // daddr_v6 ends at 74 in tcp_retransmit_skb; srtt at 104 in tcp_probe.
         assert_eq!(l.retransmit.addr.record_len, 74);
+        assert_eq!((l.retransmit.sport, l.retransmit.dport), (28, 30));
+        assert_eq!((l.probe.sport, l.probe.dport), (64, 66));
         assert_eq!(l.probe.addr.record_len, 104);
         assert_eq!(l.probe.addr.daddr6, 36 + 8);
     }

@@ -24,7 +24,9 @@ use aya::{
     programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
 };
 use aya_log::EbpfLogger;
-use faultline_ebpf::{DEFAULT_MAX_LINKS, LinkKey, LinkStats, URGENT_BUDGET_SLOTS, UrgentBudget};
+use faultline_ebpf::{
+    DEFAULT_MAX_LINKS, LinkKey, LinkStats, NO_CONTROL_PORT, URGENT_BUDGET_SLOTS, UrgentBudget,
+};
 
 pub(crate) use faultline_core::link::{Link, LinkCounters, LinkSample};
 pub(crate) use kernel_log::KernelLog;
@@ -108,6 +110,11 @@ pub struct ProbeOptions {
     pub cgroup: Option<PathBuf>,
     /// Upper bound on tracked links (LRU beyond that).
     pub max_links: u32,
+    /// The agents' heartbeat port (`listen.heartbeat`): segments and retransmissions
+    /// of connections with either end on it are counted apart from loss (two segments
+    /// a tick in flight: their tail-loss probes are often spurious). None: every
+    /// connection is a user's.
+    pub control_port: Option<u16>,
 }
 
 impl Default for ProbeOptions {
@@ -117,6 +124,7 @@ impl Default for ProbeOptions {
             // The root of the cgroup v2 hierarchy sees every socket on the host.
             cgroup: cgroup2_mount(),
             max_links: DEFAULT_MAX_LINKS,
+            control_port: None,
         }
     }
 }
@@ -155,6 +163,11 @@ impl Probe {
             .override_global("RESET_LAYOUT", &layouts.reset, true)
             .override_global("STATE_LAYOUT", &layouts.state_change, true)
             .override_global("PROBE_LAYOUT", &layouts.probe, true)
+            .override_global(
+                "CONTROL_PORT",
+                &options.control_port.unwrap_or(NO_CONTROL_PORT),
+                true,
+            )
             .map_max_entries("LINKS", options.max_links)
             .load(KERNEL_OBJECT)
             .map_err(|source| ProbeError::Load { source })?;

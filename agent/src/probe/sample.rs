@@ -42,6 +42,8 @@ fn counters_of(stats: &LinkStats) -> LinkCounters {
         failed_connects: stats.failed_connects,
         resets_rx: stats.resets_rx,
         repeat_timeouts: stats.repeat_timeouts,
+        control_retrans_segs: stats.control_retrans_segs,
+        control_progress_segs: stats.control_progress_segs,
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::{
 use std::sync::atomic::Ordering;
 
 use super::{
-    Observer, RunError, error_chain, load_topology, log_verdict,
+    Observer, RunError, error_chain, heartbeat, load_topology, log_verdict,
     notify::Notifier,
     reload::ReloadFrom,
     tasks::{Tasks, panic_message},
@@ -34,7 +34,7 @@ use crate::{
         peer_gate::NamesInUse,
     },
     metrics::Metrics,
-    probe::{Probe, SockOpsStatus, UrgentEvents, UrgentRecord},
+    probe::{Probe, ProbeOptions, SockOpsStatus, UrgentEvents, UrgentRecord},
     tls::{RELOAD_CHECK, Reload, ServerTls},
 };
 
@@ -60,6 +60,7 @@ const PEER_SILENT_TICKS: u32 = 3;
 const PEER_QUEUE: usize = 64;
 
 const GRPC_SERVER: &str = "gRPC server";
+const HEARTBEAT_LISTENER: &str = "heartbeat listener";
 
 /// The name prefix of peer follower tasks (a reload replaces them).
 pub(super) const PEER_FOLLOWER: &str = "peer follower ";
@@ -90,6 +91,8 @@ pub struct Agent {
     /// The detector's clock starts here.
     epoch: Instant,
     tick: Duration,
+    /// The port heartbeats are sent to on every peer: this agent's own.
+    heartbeat_port: u16,
 }
 
 /// Why the run loop ended.
@@ -122,9 +125,12 @@ impl Agent {
         let (grpc_listener, grpc_addr) = bind(config.listen.grpc, "listen.grpc").await?;
         let (metrics_listener, metrics_addr) =
             bind(config.listen.metrics, "listen.metrics").await?;
+        let (heartbeat_listener, heartbeat_addr) =
+            bind(config.listen.heartbeat, "listen.heartbeat").await?;
         let detector = Detector::new(topology.clone(), config.detector.clone());
-        let (probe, urgent) = attach_probe(config)?;
+        let (probe, urgent) = attach_probe(config, heartbeat_addr.port())?;
         let mut tasks = Tasks::default();
+        tasks.spawn(HEARTBEAT_LISTENER, heartbeat::serve(heartbeat_listener));
         let mut feed = Feed::new(
             observer.name.clone(),
             Arc::new(topology),
@@ -158,6 +164,7 @@ impl Agent {
             peers = peer_count,
             grpc = %grpc_addr,
             metrics = %metrics_addr,
+            heartbeat = %heartbeat_addr,
             tick = ?config.probe.tick,
             "probe attached, watching TCP links"
         );
@@ -182,6 +189,7 @@ impl Agent {
             stop_server: Some(stop_server),
             epoch: Instant::now(),
             tick: config.probe.tick,
+            heartbeat_port: heartbeat_addr.port(),
         };
         agent.spawn_followers();
         Ok(agent)
@@ -195,13 +203,14 @@ impl Agent {
         self
     }
 
-    /// One follower per endpoint; their batches arrive on `peers`.
+    /// One follower per endpoint, and its heartbeats; their batches arrive on `peers`.
     pub(super) fn spawn_followers(&mut self) {
         self.metrics.clear_peers();
         for endpoint in &self.endpoints {
             let identity =
                 crate::feed::peer_identity::PeerIdentity::of(endpoint, &self.gate.topology);
             self.metrics.peer_up(&identity.name, false);
+            let heartbeat_host = heartbeat::host_of(endpoint);
             let (endpoint, gate, tx) = (endpoint.clone(), self.gate.clone(), self.peer_tx.clone());
             let silence = self.silence;
             self.tasks
@@ -209,6 +218,15 @@ impl Agent {
                     follow_peer(endpoint, gate, silence, tx).await;
                     Ok(())
                 });
+            if let Some(host) = heartbeat_host {
+                let (port, tick) = (self.heartbeat_port, self.tick);
+                // Named as a follower, so that a reload replaces it with them.
+                self.tasks
+                    .spawn(format!("{PEER_FOLLOWER}{host} heartbeats"), async move {
+                        heartbeat::send(host, port, tick).await;
+                        Ok(())
+                    });
+            }
         }
     }
 
@@ -441,8 +459,15 @@ impl Agent {
 }
 
 /// Loads and attaches the kernel programs; says whether RTOs and ACKs will be counted.
-fn attach_probe(config: &Config) -> Result<(Probe, Option<UrgentEvents>), RunError> {
-    let mut probe = Probe::attach(&config.probe.probe_options())?;
+fn attach_probe(
+    config: &Config,
+    grpc_port: u16,
+) -> Result<(Probe, Option<UrgentEvents>), RunError> {
+    let options = ProbeOptions {
+        control_port: Some(grpc_port),
+        ..config.probe.probe_options()
+    };
+    let mut probe = Probe::attach(&options)?;
     match probe.sock_ops_status() {
         SockOpsStatus::Attached(cgroup) => {
             tracing::info!(cgroup = %cgroup.display(), "sock_ops attached: RTOs and ACKs are counted");

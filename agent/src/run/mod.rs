@@ -1,6 +1,7 @@
 //! `faultline run`: the daemon. [`Agent`] holds its lifecycle (start, evaluate,
 //! shutdown); this module holds what the other commands share with it.
 mod agent;
+mod heartbeat;
 mod notify;
 mod observer;
 mod reload;

@@ -157,8 +157,12 @@ impl DecayWeights {
 #[derive(Debug, Clone, Copy, Default)]
 struct LastTick {
     progress: u32,
-    acked: u32,
     retrans: u32,
+    /// Evidence only: saturates at 65,535 a tick, which a link that acknowledges
+    /// anything at all has long shown.
+    acked: u16,
+    /// Of `progress`, on heartbeat connections (see `control_progress_segs`).
+    control_progress: u16,
     rto: u16,
     syn_retrans: u16,
     failed_connects: u16,
@@ -233,8 +237,8 @@ pub struct LinkHealth {
     /// retransmissions one that is not a repeat timeout's: see [`Self::status_as_of`].
     stall_silent: bool,
     stall_fresh: bool,
-    /// Retransmissions and segments received, decayed with `loss_window`, as of
-    /// `last_evidence`.
+    /// Retransmissions and segments received, the heartbeats' left out (see
+    /// `control_retrans_segs`), decayed with `loss_window`, as of `last_evidence`.
     retrans: f32,
     progress: f32,
     /// Recent and baseline RTT in µs (0 = no sample yet), as of `rtt_at`.
@@ -281,8 +285,9 @@ impl LinkHealth {
         self.last_evidence = stamp;
         self.last = LastTick {
             progress: narrow32(c.progress_segs),
-            acked: narrow32(c.acked_segs),
             retrans: narrow32(c.retrans_segs),
+            acked: narrow16(c.acked_segs),
+            control_progress: narrow16(c.control_progress_segs),
             rto: narrow16(c.rto_timeouts),
             syn_retrans: narrow16(c.syn_retrans),
             failed_connects: narrow16(c.failed_connects),
@@ -292,7 +297,11 @@ impl LinkHealth {
         // Our data goes unacknowledged: we lost some this tick, or a hardened stall
         // is still waiting for its ACK. Segments from the peer then only show that its
         // own direction works (see the module doc).
-        let ours_lost = c.retrans_segs + c.rto_timeouts + c.syn_retrans > 0;
+        // Heartbeat retransmissions say as early as any that our data waits, but
+        // are often spurious (see `control_retrans_segs`): they start and
+        // date a stall, and a late ACK ends it; they are never loss.
+        let retransmitted = c.retrans_segs + c.control_retrans_segs;
+        let ours_lost = retransmitted + c.rto_timeouts + c.syn_retrans > 0;
         let unacked = self.acks_counted && c.acked_segs == 0 && (ours_lost || self.stall_hard > 0);
         // A reset means the peer's stack answered: it is reachable.
         let reached = c.acked_segs > 0 || c.resets_rx > 0 || (c.progress_segs > 0 && !unacked);
@@ -322,7 +331,7 @@ impl LinkHealth {
             self.stall_since = Stamp::NEVER;
             self.stall_hard = 0;
             self.stall_retrans = 0;
-        } else if hard + c.retrans_segs > 0 {
+        } else if hard + retransmitted > 0 {
             if self.stall_since == Stamp::NEVER {
                 // Dated by the kernel when it says when, never before the last
                 // progress this detector saw.
@@ -336,9 +345,9 @@ impl LinkHealth {
                 (self.stall_silent, self.stall_fresh) = (true, false);
             }
             self.stall_silent &= c.progress_segs == 0;
-            self.stall_fresh |= c.retrans_segs > c.repeat_timeouts;
+            self.stall_fresh |= retransmitted > c.repeat_timeouts;
             self.stall_hard = self.stall_hard.saturating_add(narrow32(hard));
-            self.stall_retrans = self.stall_retrans.saturating_add(narrow16(c.retrans_segs));
+            self.stall_retrans = self.stall_retrans.saturating_add(narrow16(retransmitted));
         }
         let w = if previous == Stamp::NEVER {
             0.0
@@ -348,7 +357,9 @@ impl LinkHealth {
         #[expect(clippy::cast_precision_loss)]
         {
             self.retrans = self.retrans * w + (c.retrans_segs + c.rto_timeouts) as f32;
-            self.progress = self.progress * w + c.progress_segs as f32;
+            // The heartbeats neither lose (their retransmissions are apart) nor
+            // dilute the ratio.
+            self.progress = self.progress * w + c.progress_segs_but_heartbeats() as f32;
         }
         if let Some(rtt) = delta.rtt_p50_us {
             self.observe_rtt(rtt, stamp, cfg, weights);
@@ -491,7 +502,7 @@ impl LinkHealth {
                 let l = &self.last;
                 (
                     (u64::from(l.retrans) + u64::from(l.rto)) as f32,
-                    l.progress as f32,
+                    l.progress.saturating_sub(u32::from(l.control_progress)) as f32,
                 )
             })
     }
@@ -566,6 +577,10 @@ impl LinkHealth {
             failed_connects: u64::from(l.failed_connects),
             resets_rx: u64::from(l.resets),
             repeat_timeouts: 0,
+            // Not kept (the node would grow by 8 bytes): `stall_retrans` shows them
+            // while they matter, during a stall.
+            control_retrans_segs: 0,
+            control_progress_segs: u64::from(l.control_progress),
         }
     }
 }
@@ -655,6 +670,71 @@ mod tests {
         l.observe(&delta(0, 1, 0), ms(100), &cfg);
         l.observe(&delta(2, 1, 0), ms(150), &cfg);
         assert_ne!(l.status_as_of(ms(300), ms(300), &cfg), LinkStatus::Failed);
+    }
+
+    /// `delta` whose retransmissions were heartbeats' (`control_retrans_segs`).
+    fn control(d: LinkDelta) -> LinkDelta {
+        let mut d = d;
+        d.counters.control_retrans_segs = std::mem::take(&mut d.counters.retrans_segs);
+        d
+    }
+
+    #[test]
+    fn a_control_retransmission_met_with_silence_fails_like_any_other() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        // A heartbeat went unanswered: its tail-loss probe, then nothing.
+        l.observe(&control(delta(0, 1, 0)), ms(100), &cfg);
+        assert_eq!(l.stall_onset(), Some(ms(100)));
+        assert_ne!(l.status_as_of(ms(170), ms(170), &cfg), LinkStatus::Failed);
+        assert_eq!(l.status_as_of(ms(200), ms(200), &cfg), LinkStatus::Failed);
+        assert_eq!(l.stall_retrans(), 1, "shown in the stall's evidence");
+        // Its ACK came after all: healthy again.
+        l.observe(&acked(2, delta(2, 0, 0)), ms(300), &cfg);
+        assert_eq!(l.status_as_of(ms(300), ms(300), &cfg), LinkStatus::Healthy);
+    }
+
+    #[test]
+    fn control_retransmissions_are_never_loss() {
+        // Every tick's heartbeat retransmitted spuriously (its ACK a little late), with
+        // the ACKs coming: as much "loss" as `heavy_loss_with_progress_is_degraded`
+        // and more, never DEGRADED, and nothing in the loss sums pooled elsewhere.
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        for t in 0..20 {
+            l.observe(&control(acked(5, delta(10, 10, 0))), ms(t * 100), &cfg);
+            assert_eq!(l.status(ms(t * 100), &cfg), LinkStatus::Healthy, "tick {t}");
+        }
+        let (retrans, progress) = l.loss_sums(1900, 10_000).expect("recent evidence");
+        assert!(retrans == 0.0 && progress > 0.0, "{retrans} {progress}");
+        assert_eq!(l.loss_since(0), Some((0.0, 10.0)));
+        // The same counts as plain retransmissions are loss.
+        let mut plain = LinkHealth::default();
+        for t in 0..20 {
+            plain.observe(&acked(5, delta(10, 10, 0)), ms(t * 100), &cfg);
+        }
+        assert_eq!(plain.status(ms(1900), &cfg), LinkStatus::Degraded);
+    }
+
+    #[test]
+    fn the_heartbeats_do_not_dilute_the_users_loss() {
+        // 10 % of the users' segments retransmitted, beside ten times as many
+        // heartbeat segments: DEGRADED as without them.
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        for t in 0..20 {
+            let mut d = acked(50, delta(1100, 10, 0));
+            d.counters.control_progress_segs = 1000;
+            l.observe(&d, ms(t * 100), &cfg);
+        }
+        assert_eq!(l.status(ms(1900), &cfg), LinkStatus::Degraded);
+        assert_eq!(l.loss_since(0), Some((10.0, 100.0)));
+        assert_eq!(
+            l.last_counters().progress_segs,
+            1100,
+            "evidence keeps them all"
+        );
     }
 
     #[test]
