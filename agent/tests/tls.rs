@@ -331,7 +331,7 @@ fn unusable_tls_files_are_refused_naming_file_line_and_key() {
     let err = refused(&config);
     assert!(
         err.contains(&format!(
-            "{}:9: tls.cert: {}",
+            "{}:10: tls.cert: {}",
             config.display(),
             missing.cert.display()
         )),
@@ -345,7 +345,7 @@ fn unusable_tls_files_are_refused_naming_file_line_and_key() {
     let config = write_config(&dir, "mismatch", &mismatched, &ca_path, &[]);
     let err = refused(&config);
     assert!(
-        err.contains(&format!("{}:10: tls.key: ", config.display()))
+        err.contains(&format!("{}:11: tls.key: ", config.display()))
             && err.contains("does not fit"),
         "{err}"
     );
@@ -353,7 +353,7 @@ fn unusable_tls_files_are_refused_naming_file_line_and_key() {
     let config = write_config(&dir, "no-ca", &good, &good.key, &[]);
     let err = refused(&config);
     assert!(
-        err.contains(&format!("{}:11: tls.ca: ", config.display())),
+        err.contains(&format!("{}:12: tls.ca: ", config.display())),
         "{err}"
     );
 }
