@@ -89,6 +89,11 @@ pub struct LinkStats {
     /// segment, but left out of loss ratios with `control_retrans_segs`, so that the
     /// heartbeats do not dilute them.
     pub control_progress_segs: u64,
+    /// Retransmission timeouts on the heartbeat port, first ones only (a repeat says
+    /// nothing new). Heartbeats time out 20 ms past their RTT (`TCP_RTO_MIN_US`), so
+    /// one is a dead path's earliest proof: it ends a stall's wait for silence like
+    /// any RTO, but never counts as loss (never in `rto_timeouts`).
+    pub control_timeouts: u64,
 }
 
 impl LinkStats {
@@ -107,6 +112,7 @@ impl LinkStats {
         repeat_timeouts: 0,
         control_retrans_segs: 0,
         control_progress_segs: 0,
+        control_timeouts: 0,
     };
 }
 
@@ -308,10 +314,10 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<LinkKey>(), 36);
         // 6 counters, the histogram, 3 latest values, acked_segs, repeat_timeouts and
-        // the two control counters: all u64, no padding.
+        // the three control counters: all u64, no padding.
         assert_eq!(
             core::mem::size_of::<LinkStats>(),
-            8 * (6 + RTT_BUCKETS + 3 + 4)
+            8 * (6 + RTT_BUCKETS + 3 + 5)
         );
         assert_eq!(
             core::mem::offset_of!(LinkStats, last_progress_ns),

@@ -226,6 +226,7 @@ impl Field {
     const RETRANS_SEGS: Self = Self(offset_of!(LinkStats, retrans_segs));
     const CONTROL_RETRANS_SEGS: Self = Self(offset_of!(LinkStats, control_retrans_segs));
     const CONTROL_PROGRESS_SEGS: Self = Self(offset_of!(LinkStats, control_progress_segs));
+    const CONTROL_TIMEOUTS: Self = Self(offset_of!(LinkStats, control_timeouts));
     const RTO_TIMEOUTS: Self = Self(offset_of!(LinkStats, rto_timeouts));
     const SYN_RETRANS: Self = Self(offset_of!(LinkStats, syn_retrans));
     const FAILED_CONNECTS: Self = Self(offset_of!(LinkStats, failed_connects));
@@ -544,6 +545,19 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
                 // Counted as a SYN retransmission by the tracepoint.
                 return Ok(());
             }
+            // A heartbeat's timeout is 20 ms past its RTT: proof of a dead path, often
+            // enough spurious to never be loss; a repeat one is not even news. Ports
+            // are 16 bits in 32-bit fields: `remote_port` in network byte order,
+            // `local_port` in host order.
+            #[expect(clippy::cast_possible_truncation)]
+            let (local, remote) = (
+                ctx.local_port() as u16,
+                u32::from_be(ctx.remote_port()) as u16,
+            );
+            let control = !syn_sent && is_control(local, remote);
+            if control && repeat {
+                return Ok(());
+            }
             let key = sock_ops_key(ctx)?;
             let s = stats(ctx, &key).ok_or(0i64)?;
             if repeat {
@@ -554,7 +568,11 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
             }
             // SAFETY: helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            s.count(Field::RTO_TIMEOUTS);
+            s.count(if control {
+                Field::CONTROL_TIMEOUTS
+            } else {
+                Field::RTO_TIMEOUTS
+            });
             s.loss_at(now);
             urgent(ctx, URGENT_BUDGET_SOCK_OPS, &key, UrgentKind::Rto, now);
         }

@@ -312,10 +312,11 @@ fn a_one_way_fault_stops_acks_but_not_segments_received(v6: bool) {
     );
 }
 
-/// Segments and retransmissions on the agents' heartbeat port (an agent listens there
-/// for its followers' heartbeats and sends its own to its peers' on the same port) are
-/// counted apart from loss; every other socket's stay loss. Into a blackhole: a
-/// connection to a's heartbeat port from b; one from a to c's, and a user's flow.
+/// Segments, retransmissions and timeouts on the agents' heartbeat port (an agent
+/// listens there for its followers' heartbeats and sends its own to its peers' on the
+/// same port) are counted apart from loss; every other socket's stay loss. Into a
+/// blackhole: a connection to a's heartbeat port from b; one from a to c's, and a
+/// user's flow.
 fn heartbeats_are_counted_apart_from_loss(v6: bool) {
     const CONTROL: u16 = 5002;
     const RATE: u64 = 256 << 10;
@@ -366,12 +367,13 @@ fn heartbeats_are_counted_apart_from_loss(v6: bool) {
     let [to_b, to_c] = until(
         &mut probe,
         [(&lab.a, &lab.b, v6), (&lab.a, &lab.c, v6)],
-        "retransmissions into the blackhole on every connection, and an RTO on each link",
+        "retransmissions and timeouts into the blackhole on every connection",
         |[b, c]| {
             b.control_retrans_segs >= 1
                 && c.control_retrans_segs >= 1
                 && c.retrans_segs >= 1
-                && b.rto_timeouts >= 1
+                && b.control_timeouts >= 1
+                && c.control_timeouts >= 1
                 && c.rto_timeouts >= 1
         },
     );
@@ -379,7 +381,8 @@ fn heartbeats_are_counted_apart_from_loss(v6: bool) {
     followed.stop();
     flow.stop();
     assert_eq!(
-        to_b.retrans_segs, 0,
+        (to_b.retrans_segs, to_b.rto_timeouts),
+        (0, 0),
         "from the control port: not loss: {to_b:?}"
     );
     assert!(

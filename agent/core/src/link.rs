@@ -52,6 +52,10 @@ pub struct LinkCounters {
     /// loss ratios with `control_retrans_segs`, so the heartbeats do not dilute them.
     /// 0 from an agent older than this field.
     pub control_progress_segs: u64,
+    /// Retransmission timeouts on heartbeat connections (not repeats). Their timeout
+    /// is 20 ms past the RTT, so one hardens a stall as early as a path can be proven
+    /// dead; never loss. 0 from an agent older than this field.
+    pub control_timeouts: u64,
 }
 
 /// The most any counter may hold in one tick's delta: far beyond what a link carries
@@ -74,6 +78,7 @@ impl LinkCounters {
         add(&mut self.repeat_timeouts, other.repeat_timeouts);
         add(&mut self.control_retrans_segs, other.control_retrans_segs);
         add(&mut self.control_progress_segs, other.control_progress_segs);
+        add(&mut self.control_timeouts, other.control_timeouts);
     }
 
     /// Every counter capped at [`MAX_TICK_COUNT`], for arithmetic that must not wrap.
@@ -91,6 +96,7 @@ impl LinkCounters {
             repeat_timeouts: c(self.repeat_timeouts),
             control_retrans_segs: c(self.control_retrans_segs),
             control_progress_segs: c(self.control_progress_segs),
+            control_timeouts: c(self.control_timeouts),
         }
     }
 
@@ -109,6 +115,7 @@ impl LinkCounters {
             repeat_timeouts: d(self.repeat_timeouts, earlier.repeat_timeouts),
             control_retrans_segs: d(self.control_retrans_segs, earlier.control_retrans_segs),
             control_progress_segs: d(self.control_progress_segs, earlier.control_progress_segs),
+            control_timeouts: d(self.control_timeouts, earlier.control_timeouts),
         }
     }
 

@@ -164,6 +164,7 @@ mod tests {
                         repeat_timeouts: 0,
                         control_retrans_segs: 0,
                         control_progress_segs: 0,
+                        control_timeouts: 0,
                     },
                     stall_hard: 7,
                     stall_retrans: 8,

@@ -91,6 +91,7 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
         repeat_timeouts: c.repeat_timeouts,
         control_retrans_segs: c.control_retrans_segs,
         control_progress_segs: c.control_progress_segs,
+        control_timeouts: c.control_timeouts,
         rtt_p50_us: o.delta.rtt_p50_us,
         silent_ms: o.delta.silent_ms,
     }
@@ -125,6 +126,7 @@ pub(crate) fn from_wire(
                         repeat_timeouts: l.repeat_timeouts,
                         control_retrans_segs: l.control_retrans_segs,
                         control_progress_segs: l.control_progress_segs,
+                        control_timeouts: l.control_timeouts,
                     }
                     .clamped(),
                     rtt_p50_us: l.rtt_p50_us,
@@ -366,6 +368,7 @@ mod tests {
                     repeat_timeouts: 3,
                     control_retrans_segs: 9,
                     control_progress_segs: 1,
+                    control_timeouts: 2,
                 },
                 rtt_p50_us: Some(8),
                 silent_ms: Some(95),
@@ -380,6 +383,7 @@ mod tests {
         assert_eq!(batch.links[0].repeat_timeouts, 3);
         assert_eq!(batch.links[0].control_retrans_segs, 9);
         assert_eq!(batch.links[0].control_progress_segs, 1);
+        assert_eq!(batch.links[0].control_timeouts, 2);
         let received = from_wire(&batch, &"a".into()).expect("a well-formed batch");
         assert_eq!(received.len(), 1);
         assert_eq!(received[0].link, sent.link);

@@ -44,6 +44,7 @@ fn counters_of(stats: &LinkStats) -> LinkCounters {
         repeat_timeouts: stats.repeat_timeouts,
         control_retrans_segs: stats.control_retrans_segs,
         control_progress_segs: stats.control_progress_segs,
+        control_timeouts: stats.control_timeouts,
     }
 }
 

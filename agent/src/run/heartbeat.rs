@@ -2,14 +2,16 @@
 //!
 //! Every tick an agent writes two one-byte segments, 3 ms apart, to every peer it
 //! follows, on the peers' heartbeat port (`listen.heartbeat`; every agent uses the
-//! same). With two segments in flight Linux sends its tail-loss probe two RTTs after
-//! the path dies; one segment alone (an observation batch) waits for the 200 ms
-//! minimum RTO, so the first retransmission towards a dead host comes a tick sooner
-//! than the streams' would. The kernel programs count this port's segments and
-//! retransmissions apart (`control_*`): they start a stall like any retransmission but
-//! never count as loss, because with two segments in flight an ACK a few ms late makes
-//! a spurious one (under CPU contention, often). The observation streams keep their
-//! one segment a tick, and their losses count as before.
+//! same), unless the last are still unanswered. With two segments in flight Linux
+//! sends its tail-loss probe two RTTs after the path dies; one segment alone (an
+//! observation batch) waits for the 200 ms minimum RTO. The connections time out
+//! `RTO_MIN_US` past their RTT, and the listener's kernel acknowledges within
+//! `DELACK_MAX_US` whatever its agent's share of the CPU, so a heartbeat's timeout is
+//! a dead path's earliest proof. The kernel programs count this port's segments,
+//! retransmissions and timeouts apart (`control_*`): they start and harden a stall
+//! like any other but never count as loss, because an ACK a few ms late makes them
+//! spurious (under CPU contention, often). The observation streams keep their one
+//! segment a tick, and their losses count as before.
 //!
 //! The listener reads and drops what comes; it holds at most `MAX_CONNECTIONS` and
 //! closes one idle for `IDLE`.
@@ -51,6 +53,7 @@ pub(super) async fn serve(listener: TcpListener) -> super::tasks::Outcome {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
+        tune_receiver(&stream);
         tokio::spawn(async move {
             let _slot = slot;
             let mut buf = [0u8; 64];
@@ -80,11 +83,9 @@ pub(super) fn host_of(endpoint: &str) -> Option<String> {
 pub(super) async fn send(host: String, port: u16, tick: Duration) {
     loop {
         match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
-            Ok(Ok(stream)) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(%host, error = %e, "heartbeats: TCP_NODELAY");
-                }
-                let e = beat(stream, tick).await;
+            Ok(Ok(mut stream)) => {
+                tune_sender(&stream);
+                let e = beat(&mut stream, tick).await;
                 tracing::debug!(%host, error = %e, "heartbeat connection broke");
             }
             Ok(Err(e)) => tracing::debug!(%host, port, error = %e, "heartbeats: connect"),
@@ -94,12 +95,23 @@ pub(super) async fn send(host: String, port: u16, tick: Duration) {
     }
 }
 
-/// Two segments every tick until a write fails.
-async fn beat(mut stream: TcpStream, tick: Duration) -> std::io::Error {
+/// Two segments every tick until a write fails; none while the last are unanswered.
+///
+/// Every new segment re-arms the tail-loss probe to two RTTs from now: a pair written
+/// each tick into a dead path pushes the probe back a tick at a time (up to the RTO),
+/// so where two RTTs are close to a tick (100 ms apart) the first retransmission
+/// came a tick late. A path that has not answered the last pair has nothing to learn
+/// from another; its probe fires on time.
+async fn beat(stream: &mut TcpStream, tick: Duration) -> std::io::Error {
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        match unanswered_bytes(stream) {
+            Ok(0) => {}
+            Ok(_) => continue,
+            Err(e) => return e,
+        }
         if let Err(e) = stream.write_all(&[0]).await {
             return e;
         }
@@ -108,6 +120,71 @@ async fn beat(mut stream: TcpStream, tick: Duration) -> std::io::Error {
             return e;
         }
     }
+}
+
+/// Linux 6.15's per-socket `TCP_RTO_MIN_US` and `TCP_DELACK_MAX_US` (not yet in libc).
+const TCP_RTO_MIN_US: libc::c_int = 45;
+const TCP_DELACK_MAX_US: libc::c_int = 46;
+/// A heartbeat's retransmission timeout: its smoothed RTT plus the larger of four
+/// deviations and this. 20 ms instead of the 200 ms default: the peer acknowledges
+/// heartbeats within `DELACK_MAX_US` of their arrival whatever its load, so an ACK 20 ms
+/// later than the RTT foretold is a dead path, not a slow peer.
+const RTO_MIN_US: libc::c_int = 20_000;
+/// The longest the heartbeat listener's kernel delays an ACK: 8 ms (two jiffies at
+/// 250 Hz, the least it takes) instead of up to 40 ms or more while a starved agent has
+/// not read what came. The answer to a heartbeat depends on the peer's kernel, not on
+/// its agent's share of the CPU.
+const DELACK_MAX_US: libc::c_int = 8_000;
+
+/// A heartbeat sender's connection: each segment leaves at once, and times out soon.
+fn tune_sender(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::warn!(error = %e, "heartbeats: TCP_NODELAY");
+    }
+    set_tcp_option(stream, TCP_RTO_MIN_US, RTO_MIN_US, "TCP_RTO_MIN_US");
+}
+
+/// A heartbeat listener's connection: its ACKs wait for no one.
+fn tune_receiver(stream: &TcpStream) {
+    set_tcp_option(
+        stream,
+        TCP_DELACK_MAX_US,
+        DELACK_MAX_US,
+        "TCP_DELACK_MAX_US",
+    );
+}
+
+/// Sets an integer TCP option; a kernel without it (before 6.15) keeps its defaults,
+/// and heartbeats still work, only slower to show a dead path.
+fn set_tcp_option(stream: &TcpStream, option: libc::c_int, value: libc::c_int, name: &str) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the fd is the stream's own and open; the option takes one int.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            option,
+            (&raw const value).cast(),
+            libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(option = name, error = %e, "heartbeats: TCP option not set");
+    }
+}
+
+/// Bytes written to `stream` and not yet acknowledged by the peer (`SIOCOUTQ`).
+fn unanswered_bytes(stream: &TcpStream) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the fd is the stream's own, open for as long as `stream` is borrowed;
+    // SIOCOUTQ (TIOCOUTQ) writes one int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -154,5 +231,95 @@ mod tests {
             .expect("the sender connects again")
             .unwrap();
         sender.abort();
+    }
+
+    fn tcp_option(stream: &TcpStream, option: libc::c_int) -> std::io::Result<libc::c_int> {
+        use std::os::fd::AsRawFd as _;
+        let mut value: libc::c_int = 0;
+        let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap();
+        // SAFETY: the fd is open; the kernel writes at most `len` bytes into `value`.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                option,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(value)
+    }
+
+    /// The sender's connection times out 20 ms past its RTT, the receiver's ACKs wait
+    /// at most 8 ms (both exact multiples of a jiffy at 250 and 1000 Hz).
+    #[tokio::test]
+    async fn heartbeat_connections_time_out_soon_and_ack_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sender = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (receiver, _) = listener.accept().await.unwrap();
+        match tcp_option(&sender, TCP_RTO_MIN_US) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+                eprintln!("skipped: this kernel (before Linux 6.15) has no TCP_RTO_MIN_US");
+                return;
+            }
+            other => assert_ne!(other.unwrap(), RTO_MIN_US, "not the default already"),
+        }
+        tune_sender(&sender);
+        tune_receiver(&receiver);
+        assert_eq!(tcp_option(&sender, TCP_RTO_MIN_US).unwrap(), RTO_MIN_US);
+        assert!(sender.nodelay().unwrap());
+        assert_eq!(
+            tcp_option(&receiver, TCP_DELACK_MAX_US).unwrap(),
+            DELACK_MAX_US
+        );
+    }
+
+    /// Bytes the peer has not acknowledged hold the next heartbeats back. Here they
+    /// sit behind a full receive window (the peer does not read), which holds them as
+    /// a dead path would, without a namespace; then the peer reads everything.
+    #[tokio::test]
+    async fn nothing_is_written_while_bytes_are_unanswered() {
+        const HELD: usize = 12 << 10;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let mut stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        timeout(Duration::from_secs(5), stream.write_all(&[7; HELD]))
+            .await
+            .expect("12 KiB fit the send buffer")
+            .unwrap();
+        assert!(
+            unanswered_bytes(&stream).unwrap() > 0,
+            "the full window holds bytes back"
+        );
+        let beats = timeout(
+            Duration::from_millis(300),
+            beat(&mut stream, Duration::from_millis(20)),
+        )
+        .await;
+        assert!(
+            beats.is_err(),
+            "beat ends only on a failed write: {beats:?}"
+        );
+        drop(stream);
+        let mut got = Vec::new();
+        timeout(Duration::from_secs(5), peer.read_to_end(&mut got))
+            .await
+            .expect("the peer reads to the end")
+            .unwrap();
+        assert_eq!(
+            got.len(),
+            HELD,
+            "15 ticks with bytes unanswered: not one heartbeat written"
+        );
     }
 }

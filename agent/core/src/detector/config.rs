@@ -23,7 +23,10 @@ pub struct DetectorConfig {
     /// retransmission, and a live path answers a retransmission within an RTT.
     #[serde(with = "crate::duration")]
     pub silent_stall: Duration,
-    /// … 4 RTTs: a tail-loss probe goes out after two, and its answer takes one more.
+    /// … 2 RTTs, counted from the retransmission: a live path answers it within one
+    /// (a duplicate or out-of-order segment is acknowledged at once), and the second
+    /// covers what may delay that answer (a delayed ACK, jitter). Its original had
+    /// already gone unanswered for the two RTTs a tail-loss probe waits.
     pub silent_stall_rtts: f64,
     /// A FAILED condition must hold this long before it is announced, so a condition
     /// seen at one evaluation only is never news. 50 ms: half a default tick, so a
@@ -146,7 +149,7 @@ impl Default for DetectorConfig {
             stale_after: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(1),
             silent_stall: Duration::from_millis(80),
-            silent_stall_rtts: 4.0,
+            silent_stall_rtts: 2.0,
             confirm: Duration::from_millis(50),
             recovery_hold: Duration::from_secs(5),
             flap_window: Duration::from_secs(60),

@@ -229,8 +229,11 @@ pub struct LinkHealth {
     last_progress: Stamp,
     /// Since when the link has been losing with no progress.
     stall_since: Stamp,
-    /// RTOs + SYN retries + failed connects since `stall_since`.
-    stall_hard: u32,
+    /// RTOs + SYN retries + failed connects since `stall_since` (saturates).
+    stall_hard: u16,
+    /// How long after `stall_since` (the kernel's clock) the observer's sample first
+    /// reported the stall, ms, saturated: see [`Self::stamps_ms`].
+    stall_reported_lag_ms: u16,
     /// Retransmissions since `stall_since` (evidence only: saturates).
     stall_retrans: u16,
     /// Not one segment from the peer since `stall_since`, and among its
@@ -301,7 +304,7 @@ impl LinkHealth {
         // are often spurious (see `control_retrans_segs`): they start and
         // date a stall, and a late ACK ends it; they are never loss.
         let retransmitted = c.retrans_segs + c.control_retrans_segs;
-        let ours_lost = retransmitted + c.rto_timeouts + c.syn_retrans > 0;
+        let ours_lost = retransmitted + c.rto_timeouts + c.control_timeouts + c.syn_retrans > 0;
         let unacked = self.acks_counted && c.acked_segs == 0 && (ours_lost || self.stall_hard > 0);
         // A reset means the peer's stack answered: it is reachable.
         let reached = c.acked_segs > 0 || c.resets_rx > 0 || (c.progress_segs > 0 && !unacked);
@@ -315,6 +318,9 @@ impl LinkHealth {
             // any retransmission does, which fails only after `stall_timeout`.
             hard -= c.repeat_timeouts.min(c.rto_timeouts + c.syn_retrans);
         }
+        // A heartbeat's timeout (never a repeat: those are not counted) proves as
+        // much as any, sooner; like its retransmissions, it is never loss.
+        hard += c.control_timeouts;
         if reached {
             let two_way = !self.acks_counted || c.acked_segs > 0 || c.resets_rx > 0;
             self.two_way_lag_ms = if two_way {
@@ -342,11 +348,13 @@ impl LinkHealth {
                     self.last_progress.0.saturating_add(1)
                 };
                 self.stall_since = Stamp(stamp.0.saturating_sub(silent).max(floor).min(stamp.0));
+                self.stall_reported_lag_ms =
+                    u16::try_from(stamp.0 - self.stall_since.0).unwrap_or(u16::MAX);
                 (self.stall_silent, self.stall_fresh) = (true, false);
             }
             self.stall_silent &= c.progress_segs == 0;
             self.stall_fresh |= retransmitted > c.repeat_timeouts;
-            self.stall_hard = self.stall_hard.saturating_add(narrow32(hard));
+            self.stall_hard = self.stall_hard.saturating_add(narrow16(hard));
             self.stall_retrans = self.stall_retrans.saturating_add(narrow16(retransmitted));
         }
         let w = if previous == Stamp::NEVER {
@@ -507,12 +515,26 @@ impl LinkHealth {
             })
     }
 
-    /// The stall's start, the last progress, the last two-way progress and the last
-    /// evidence, in ms on the
-    /// detector's clock (`u64::MAX`: never): the views' hot loop takes them raw.
+    /// The stall's start as the observer reported it, the last progress, the last
+    /// two-way progress and the last evidence, in ms on the detector's clock
+    /// (`u64::MAX`: never): the views' hot loop takes them raw.
+    ///
+    /// All four are the moments of the samples that showed them. The kernel dates a
+    /// stall to the retransmission itself (the silence proof counts from there), but
+    /// progress is only known at the sample that shows it, up to a tick after it came:
+    /// an ACK that crossed a partition just before it closed, sampled after the
+    /// kernel's date of a stall elsewhere, would pass for a host still reached after
+    /// the failure began, and an observer inside the partition would blame the nearest
+    /// site outside instead of naming itself cut off. Compared sample to sample, the
+    /// stall and that ACK come in the same sample: not after.
     pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64) {
+        let reported = if self.stall_since == Stamp::NEVER {
+            Stamp::NEVER.0
+        } else {
+            self.stall_since.0 + u64::from(self.stall_reported_lag_ms)
+        };
         (
-            self.stall_since.0,
+            reported,
             self.last_progress.0,
             self.two_way_progress_ms(),
             self.last_evidence.0,
@@ -581,6 +603,8 @@ impl LinkHealth {
             // while they matter, during a stall.
             control_retrans_segs: 0,
             control_progress_segs: u64::from(l.control_progress),
+            // Likewise: `stall_hard` shows them.
+            control_timeouts: 0,
         }
     }
 }
@@ -654,6 +678,28 @@ mod tests {
         assert_eq!(l.status_as_of(ms(300), ms(300), &cfg), LinkStatus::Healthy);
     }
 
+    /// The kernel dates a stall to its retransmission, and the silence proof counts
+    /// from there; the views compare it with progress as samples show both, so the
+    /// stall's onset there is the sample that reported it.
+    #[test]
+    fn a_stall_is_proven_from_the_kernels_date_and_shown_as_of_its_sample() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(1000), &cfg);
+        // Sampled at 1100: a retransmission 60 ms ago, nothing back since.
+        let mut d = delta(0, 1, 0);
+        d.silent_ms = Some(60);
+        l.observe(&d, ms(1100), &cfg);
+        assert_eq!(l.stall_onset(), Some(ms(1040)), "dated by the kernel");
+        assert_eq!(l.stamps_ms().0, 1100, "as the views see it");
+        assert_ne!(l.status_as_of(ms(1119), ms(1119), &cfg), LinkStatus::Failed);
+        assert_eq!(
+            l.status_as_of(ms(1120), ms(1120), &cfg),
+            LinkStatus::Failed,
+            "proven 80 ms after the retransmission, not after the sample"
+        );
+    }
+
     #[test]
     fn a_retransmission_answered_by_any_segment_is_not_silence() {
         // Without TCP timestamps an ACK of retransmitted data carries no RTT sample
@@ -718,6 +764,27 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_timeout_fails_the_link_at_once_and_is_never_loss() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        l.observe(&acked(60, delta(100, 0, 0)), ms(0), &cfg);
+        // Its tail-loss probe, then its timeout 20 ms past the RTT: no silence to wait.
+        l.observe(&control(delta(0, 1, 0)), ms(100), &cfg);
+        assert_ne!(l.status_as_of(ms(110), ms(110), &cfg), LinkStatus::Failed);
+        let mut timeout = control(delta(0, 1, 0));
+        timeout.counters.control_timeouts = 1;
+        l.observe(&timeout, ms(130), &cfg);
+        assert_eq!(l.status_as_of(ms(130), ms(130), &cfg), LinkStatus::Failed);
+        assert_eq!(l.stall_hard(), 1, "shown in the stall's evidence");
+        assert_eq!(l.loss_since(0), Some((0.0, 0.0)), "no loss");
+        // Its ACK came after all: healthy again, and nothing lost on the way.
+        l.observe(&acked(1, delta(1, 0, 0)), ms(140), &cfg);
+        assert_eq!(l.status_as_of(ms(140), ms(140), &cfg), LinkStatus::Healthy);
+        let (retrans, _) = l.loss_sums(140, 10_000).expect("recent evidence");
+        assert!(retrans == 0.0, "{retrans}");
+    }
+
+    #[test]
     fn the_heartbeats_do_not_dilute_the_users_loss() {
         // 10 % of the users' segments retransmitted, beside ten times as many
         // heartbeat segments: DEGRADED as without them.
@@ -741,7 +808,8 @@ mod tests {
     fn silence_is_measured_in_round_trips_on_a_long_link() {
         let cfg = DetectorConfig::default();
         let mut l = LinkHealth::default();
-        // A 100 ms path: a live peer's answer to a probe can take 300 ms.
+        // A 100 ms path: a live peer answers a retransmission within an RTT, plus
+        // what delays its ACK; 80 ms of silence is not yet proof there, two RTTs are.
         for t in 0..5 {
             l.observe(
                 &with_rtt(100_000, acked(10, delta(10, 0, 0))),
@@ -750,8 +818,9 @@ mod tests {
             );
         }
         l.observe(&delta(0, 1, 0), ms(1000), &cfg);
-        assert_ne!(l.status_as_of(ms(1300), ms(1300), &cfg), LinkStatus::Failed);
-        assert_eq!(l.status_as_of(ms(1400), ms(1400), &cfg), LinkStatus::Failed);
+        assert_ne!(l.status_as_of(ms(1100), ms(1100), &cfg), LinkStatus::Failed);
+        assert_ne!(l.status_as_of(ms(1199), ms(1199), &cfg), LinkStatus::Failed);
+        assert_eq!(l.status_as_of(ms(1200), ms(1200), &cfg), LinkStatus::Failed);
     }
 
     #[test]
