@@ -128,7 +128,10 @@ const TCP_DELACK_MAX_US: libc::c_int = 46;
 /// A heartbeat's retransmission timeout: its smoothed RTT plus the larger of four
 /// deviations and this. 20 ms instead of the 200 ms default: the peer acknowledges
 /// heartbeats within `DELACK_MAX_US` of their arrival whatever its load, so an ACK 20 ms
-/// later than the RTT foretold is a dead path, not a slow peer.
+/// later than the RTT foretold is a dead path, not a slow peer. A peer on an older
+/// agent or kernel may delay its ACK by up to 40 ms when its agent is slow to read:
+/// such a timeout is spurious, hardens a stall until the ACK comes, and, counted
+/// apart, is never loss; a verdict still needs a second observer and the confirm.
 const RTO_MIN_US: libc::c_int = 20_000;
 /// The longest the heartbeat listener's kernel delays an ACK: 8 ms (two jiffies at
 /// 250 Hz, the least it takes) instead of up to 40 ms or more while a starved agent has
