@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, describe, is_root, run_output, run_status, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the tests and bench drive.
-const APT_PACKAGES: [&str; 18] = [
+const APT_PACKAGES: [&str; 17] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -20,7 +20,6 @@ const APT_PACKAGES: [&str; 18] = [
     "nftables",
     "iproute2",
     "iperf3",
-    "protobuf-compiler",
     "python3-venv",
     // sysctl, which the namespace lab uses to turn its router on.
     "procps",
