@@ -170,6 +170,7 @@ impl Sim {
                     },
                     rtt_p50_us: None,
                     silent_ms: None,
+                    progress_age_ms: None,
                 };
             }
             Some(Fault::Straggler) => {
@@ -181,6 +182,7 @@ impl Sim {
                         },
                         rtt_p50_us: None,
                         silent_ms: Some(5),
+                        progress_age_ms: None,
                     };
                 }
             }
@@ -201,6 +203,7 @@ impl Sim {
             counters: c,
             rtt_p50_us: Some(rtt),
             silent_ms: None,
+            progress_age_ms: None,
         }
     }
 
@@ -228,6 +231,7 @@ impl Sim {
             counters: c,
             rtt_p50_us: None,
             silent_ms: None,
+            progress_age_ms: None,
         };
         (d, fired)
     }
