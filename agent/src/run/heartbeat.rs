@@ -29,6 +29,12 @@ use tokio::{
 const GAP: Duration = Duration::from_millis(3);
 /// Before connecting again after a refused or broken connection.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// A connection whose heartbeats have gone unanswered this long is replaced. The
+/// kernel retransmits into a dead path with a timeout that doubles each time: after a
+/// few seconds' outage the next try can be seconds away (up to two minutes), and no
+/// heartbeat is written meanwhile, so the path would come back with its earliest
+/// sign silent. A live path answers within an RTT and a few retransmissions.
+const STUCK: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A connection that sends nothing for this long is closed (heartbeats come every tick).
 const IDLE: Duration = Duration::from_secs(10);
@@ -79,14 +85,18 @@ pub(super) fn host_of(endpoint: &str) -> Option<String> {
 }
 
 /// Sends heartbeats to `host`'s heartbeat `port` every `tick`, reconnecting when the
-/// connection is refused or breaks, until aborted.
+/// connection is refused or breaks, and at once when it is stuck, until aborted.
 pub(super) async fn send(host: String, port: u16, tick: Duration) {
     loop {
         match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
             Ok(Ok(mut stream)) => {
                 tune_sender(&stream);
-                let e = beat(&mut stream, tick).await;
+                let e = beat(&mut stream, tick, STUCK).await;
                 tracing::debug!(%host, error = %e, "heartbeat connection broke");
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    // A new connection's SYN is retried on its own clock, from 1 s.
+                    continue;
+                }
             }
             Ok(Err(e)) => tracing::debug!(%host, port, error = %e, "heartbeats: connect"),
             Err(_) => tracing::debug!(%host, port, "heartbeats: connect timed out"),
@@ -95,21 +105,32 @@ pub(super) async fn send(host: String, port: u16, tick: Duration) {
     }
 }
 
-/// Two segments every tick until a write fails; none while the last are unanswered.
+/// Two segments every tick until a write fails, or the last have been unanswered for
+/// `stuck_after` (`TimedOut`); none while they are unanswered.
 ///
 /// Every new segment re-arms the tail-loss probe to two RTTs from now: a pair written
 /// each tick into a dead path pushes the probe back a tick at a time (up to the RTO),
 /// so where two RTTs are close to a tick (100 ms apart) the first retransmission
 /// came a tick late. A path that has not answered the last pair has nothing to learn
 /// from another; its probe fires on time.
-async fn beat(stream: &mut TcpStream, tick: Duration) -> std::io::Error {
+async fn beat(stream: &mut TcpStream, tick: Duration, stuck_after: Duration) -> std::io::Error {
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut unanswered_since = None;
     loop {
         ticker.tick().await;
         match unanswered_bytes(stream) {
-            Ok(0) => {}
-            Ok(_) => continue,
+            Ok(0) => unanswered_since = None,
+            Ok(_) => {
+                let since = *unanswered_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= stuck_after {
+                    return std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("heartbeats unanswered for {stuck_after:?}"),
+                    );
+                }
+                continue;
+            }
             Err(e) => return e,
         }
         if let Err(e) = stream.write_all(&[0]).await {
@@ -306,7 +327,11 @@ mod tests {
         );
         let beats = timeout(
             Duration::from_millis(300),
-            beat(&mut stream, Duration::from_millis(20)),
+            beat(
+                &mut stream,
+                Duration::from_millis(20),
+                Duration::from_secs(60),
+            ),
         )
         .await;
         assert!(
@@ -324,5 +349,36 @@ mod tests {
             HELD,
             "15 ticks with bytes unanswered: not one heartbeat written"
         );
+    }
+
+    /// Bytes unanswered for `stuck_after` end the connection (the sender then
+    /// connects again at once), having written nothing more.
+    #[tokio::test]
+    async fn a_connection_unanswered_too_long_is_given_up() {
+        const HELD: usize = 12 << 10;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let mut stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        stream.write_all(&[7; HELD]).await.unwrap();
+        let e = timeout(
+            Duration::from_secs(10),
+            beat(
+                &mut stream,
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ),
+        )
+        .await
+        .expect("beat gives the connection up");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        drop(stream);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), HELD, "nothing written while it waited");
     }
 }
