@@ -8,7 +8,7 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-env-changed=PROTOC");
-    if env::var_os("PROTOC").is_none() {
+    if env::var_os("PROTOC").is_none_or(|p| p.is_empty()) {
         let protoc = protoc_bin_vendored::protoc_bin_path()?;
         // SAFETY: a build script is one thread; nothing else reads the environment
         // while it is set.
