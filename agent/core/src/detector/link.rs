@@ -553,15 +553,16 @@ impl LinkHealth {
     /// How long before this tick's sample the peer sent what came in last, ms: its age
     /// (by the kernel, where it says; else 0) plus half the RTT (this tick's, else the
     /// recent one; none before the first).
-    #[inline]
     fn answered_lag_ms(&self, delta: &LinkDelta) -> u16 {
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let half_rtt_ms = match delta.rtt_p50_us {
-            Some(us) => us / 2000,
-            None => (self.rtt_recent_us * 0.0005) as u64,
+        let rtt_ms = match delta.rtt_p50_us {
+            Some(us) => us / 1000,
+            None => (self.rtt_recent_us / 1000.0) as u64,
         };
         let age = u64::from(delta.progress_age_ms.unwrap_or(0));
-        u16::try_from(age + half_rtt_ms).map_or(u16::MAX - 1, |lag| lag.min(u16::MAX - 1))
+        u16::try_from(age + rtt_ms / 2)
+            .unwrap_or(u16::MAX - 1)
+            .min(u16::MAX - 1)
     }
 
     /// When the current stall began (losing with no progress since), if stalled.
