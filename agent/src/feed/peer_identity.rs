@@ -181,7 +181,6 @@ mod tests {
                 counters: LinkCounters::default(),
                 rtt_p50_us: None,
                 silent_ms: None,
-                progress_age_ms: None,
             },
         }
     }

@@ -285,7 +285,6 @@ mod tests {
                 },
                 rtt_p50_us: Some(200),
                 silent_ms: None,
-                progress_age_ms: None,
             },
         }
     }

@@ -57,11 +57,6 @@ pub struct LinkDelta {
     /// None otherwise, or from an observer that does not say. It dates a stall to the
     /// kernel's clock instead of the tick that reported it.
     pub silent_ms: Option<u32>,
-    /// How long before the sample, ms, the latest segment from the peer came in, by
-    /// the kernel's clock, when one came this tick; None otherwise, or from an observer
-    /// that does not say. With half the RTT it dates when the peer answered (see
-    /// `LinkHealth::two_way_lag_ms`).
-    pub progress_age_ms: Option<u32>,
 }
 
 /// A point on the detector's clock in whole milliseconds; `NEVER` when unset. Eight
@@ -236,6 +231,9 @@ pub struct LinkHealth {
     stall_since: Stamp,
     /// RTOs + SYN retries + failed connects since `stall_since` (saturates).
     stall_hard: u16,
+    /// How long after `stall_since` (the kernel's clock) the observer's sample first
+    /// reported the stall, ms, saturated: see [`Self::stamps_ms`].
+    stall_reported_lag_ms: u16,
     /// Retransmissions since `stall_since` (evidence only: saturates).
     stall_retrans: u16,
     /// Not one segment from the peer since `stall_since`, and among its
@@ -254,17 +252,11 @@ pub struct LinkHealth {
     /// The link has reported ACKs of our data (`acked_segs`) at least once, so their
     /// absence means something (see the module doc).
     acks_counted: bool,
-    /// How long before `last_progress` the peer last answered our data (sent the ACK
-    /// that came in), ms (`u16::MAX`: at least that long, or never): the ACK's age by
-    /// the kernel's clock plus half an RTT. Progress that only came in (the peer's
-    /// segments, while we sent nothing) shows the peer alive, not that our path out
-    /// works: an observer that only receives must not pass for one that reaches, nor
-    /// witness for a host it cannot send to. And an ACK shows the path working when
-    /// the peer sent it, not when it came: one that crossed a cut just before it
-    /// closed comes in up to a one-way delay later, and taken for the path working
-    /// then, made an agent inside a cut-off site blame the nearest site outside (its
-    /// far links' last ACKs came in after its near links had failed). Where ACKs are
-    /// not counted, the peer's segments stand in.
+    /// How long before `last_progress` our own data was last acknowledged, ms
+    /// (`u16::MAX`: at least that long, or never). Progress that only came in (the
+    /// peer's segments, while we sent nothing) shows the peer alive, not that our
+    /// path out works: an observer that only receives must not pass for one that
+    /// reaches, nor witness for a host it cannot send to. 0 where ACKs are not counted.
     two_way_lag_ms: u16,
 }
 
@@ -332,7 +324,7 @@ impl LinkHealth {
         if reached {
             let two_way = !self.acks_counted || c.acked_segs > 0 || c.resets_rx > 0;
             self.two_way_lag_ms = if two_way {
-                self.answered_lag_ms(delta)
+                0
             } else if self.last_progress == Stamp::NEVER {
                 u16::MAX
             } else {
@@ -356,6 +348,8 @@ impl LinkHealth {
                     self.last_progress.0.saturating_add(1)
                 };
                 self.stall_since = Stamp(stamp.0.saturating_sub(silent).max(floor).min(stamp.0));
+                self.stall_reported_lag_ms =
+                    u16::try_from(stamp.0 - self.stall_since.0).unwrap_or(u16::MAX);
                 (self.stall_silent, self.stall_fresh) = (true, false);
             }
             self.stall_silent &= c.progress_segs == 0;
@@ -521,18 +515,26 @@ impl LinkHealth {
             })
     }
 
-    /// The stall's start, the last progress, when the peer last answered our data
-    /// and the last evidence, in ms on the detector's clock (`u64::MAX`: never): the
-    /// views' hot loop takes them raw.
+    /// The stall's start as the observer reported it, the last progress, the last
+    /// two-way progress and the last evidence, in ms on the detector's clock
+    /// (`u64::MAX`: never): the views' hot loop takes them raw.
     ///
-    /// The first and third are dated by the kernel where it says (the loss, the ACK's
-    /// arrival less half an RTT), so that an observer's failures and what it still
-    /// reaches compare moment to moment: an ACK that crossed a partition just before it
-    /// closed was sent before the partition's first retransmission, whenever a sample
-    /// shows it.
+    /// All four are the moments of the samples that showed them. The kernel dates a
+    /// stall to the retransmission itself (the silence proof counts from there), but
+    /// progress is only known at the sample that shows it, up to a tick after it came:
+    /// an ACK that crossed a partition just before it closed, sampled after the
+    /// kernel's date of a stall elsewhere, would pass for a host still reached after
+    /// the failure began, and an observer inside the partition would blame the nearest
+    /// site outside instead of naming itself cut off. Compared sample to sample, the
+    /// stall and that ACK come in the same sample: not after.
     pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64) {
+        let reported = if self.stall_since == Stamp::NEVER {
+            Stamp::NEVER.0
+        } else {
+            self.stall_since.0 + u64::from(self.stall_reported_lag_ms)
+        };
         (
-            self.stall_since.0,
+            reported,
             self.last_progress.0,
             self.two_way_progress_ms(),
             self.last_evidence.0,
@@ -548,21 +550,6 @@ impl LinkHealth {
         self.last_progress
             .0
             .saturating_sub(u64::from(self.two_way_lag_ms))
-    }
-
-    /// How long before this tick's sample the peer sent what came in last, ms: its age
-    /// (by the kernel, where it says; else 0) plus half the RTT (this tick's, else the
-    /// recent one; none before the first).
-    fn answered_lag_ms(&self, delta: &LinkDelta) -> u16 {
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let rtt_ms = match delta.rtt_p50_us {
-            Some(us) => us / 1000,
-            None => (self.rtt_recent_us / 1000.0) as u64,
-        };
-        let age = u64::from(delta.progress_age_ms.unwrap_or(0));
-        u16::try_from(age + rtt_ms / 2)
-            .unwrap_or(u16::MAX - 1)
-            .min(u16::MAX - 1)
     }
 
     /// When the current stall began (losing with no progress since), if stalled.
@@ -636,7 +623,6 @@ mod tests {
             },
             rtt_p50_us: None,
             silent_ms: None,
-            progress_age_ms: None,
         }
     }
 
@@ -696,7 +682,7 @@ mod tests {
     /// from there; the views compare it with progress as samples show both, so the
     /// stall's onset there is the sample that reported it.
     #[test]
-    fn a_stall_is_dated_and_proven_by_the_kernels_clock() {
+    fn a_stall_is_proven_from_the_kernels_date_and_shown_as_of_its_sample() {
         let cfg = DetectorConfig::default();
         let mut l = LinkHealth::default();
         l.observe(&acked(60, delta(100, 0, 0)), ms(1000), &cfg);
@@ -705,7 +691,7 @@ mod tests {
         d.silent_ms = Some(60);
         l.observe(&d, ms(1100), &cfg);
         assert_eq!(l.stall_onset(), Some(ms(1040)), "dated by the kernel");
-        assert_eq!(l.stamps_ms().0, 1040, "as the views see it");
+        assert_eq!(l.stamps_ms().0, 1100, "as the views see it");
         assert_ne!(l.status_as_of(ms(1119), ms(1119), &cfg), LinkStatus::Failed);
         assert_eq!(
             l.status_as_of(ms(1120), ms(1120), &cfg),
@@ -884,30 +870,6 @@ mod tests {
         let mut d = d;
         d.counters.acked_segs = acked;
         d
-    }
-
-    #[test]
-    fn an_ack_shows_the_path_working_when_what_it_acknowledged_left() {
-        // Sampled at 1100, an ACK that came in 30 ms before on a 50 ms link: the peer
-        // sent it at 1045. An ACK that crossed a cut just before it closed comes in up
-        // to a one-way delay later, and must not pass for the path working then.
-        let cfg = DetectorConfig::default();
-        let mut l = LinkHealth::default();
-        let mut d = acked(60, delta(100, 0, 0));
-        d.rtt_p50_us = Some(50_000);
-        d.progress_age_ms = Some(30);
-        l.observe(&d, ms(1100), &cfg);
-        assert_eq!(l.stamps_ms().1, 1100, "the host is alive as of the sample");
-        assert_eq!(l.stamps_ms().2, 1045);
-        // Undated (an older peer), with no RTT this tick: the sample, less half the
-        // recent RTT.
-        d.progress_age_ms = None;
-        d.rtt_p50_us = None;
-        l.observe(&d, ms(1200), &cfg);
-        assert_eq!(l.stamps_ms().2, 1175);
-        // Segments that only come in keep the last two-way moment where it was.
-        l.observe(&delta(5, 0, 0), ms(1300), &cfg);
-        assert_eq!(l.stamps_ms().2, 1175);
     }
 
     #[test]

@@ -60,7 +60,6 @@ impl Observation {
                 counters: s.delta,
                 rtt_p50_us: s.rtt.quantile_us(0.5),
                 silent_ms: silent_ms(s),
-                progress_age_ms: progress_age_ms(s),
             },
         }
     }
@@ -72,15 +71,6 @@ fn silent_ms(s: &LinkSample) -> Option<u32> {
     s.since_progress
         .is_none_or(|progress| progress > loss)
         .then(|| u32::try_from(loss.as_millis()).unwrap_or(u32::MAX))
-}
-
-/// How long before the sample the latest segment came in, when one came this tick.
-fn progress_age_ms(s: &LinkSample) -> Option<u32> {
-    if s.delta.progress_segs == 0 && s.delta.acked_segs == 0 {
-        return None;
-    }
-    let age = s.since_progress?;
-    Some(u32::try_from(age.as_millis()).unwrap_or(u32::MAX))
 }
 
 /// Who observes a link, kept apart from its health ([`Detector::health`]): a tick
@@ -508,7 +498,7 @@ impl Detector {
         // news, ms).
         self.observer_clock.clear();
         for o in &mut self.observers {
-            o.begin_tick(now_ms, 2 * views::ms(cfg.witness_slack));
+            o.begin_tick();
             // A stall that began before a lost peer came back, or within the recovery
             // hold after, is old news: it keeps a failure, it never raises one. Its
             // connections come back one backed-off RTO at a time, and its connects

@@ -27,9 +27,6 @@ pub(super) struct Tally {
     pub(super) observed: u32,
     pub(super) failed: u32,
     pub(super) reached: u32,
-    /// Hosts whose answer is on its way: they still deliver after the observer's
-    /// failures began, but answered before (see [`Observer::tally`]).
-    pub(super) awaited: u32,
     /// The rack (or host, when unplaced) of the first failed host, and whether
     /// another failed host lies elsewhere: one remote rack failing is not a cut.
     first_failed_group: Option<EntityId>,
@@ -83,11 +80,6 @@ pub(super) struct Observer {
     pub(super) failed_views: u32,
     /// The earliest onset among its failing views this tick, ms (`u64::MAX`: none).
     first_onset_ms: u64,
-    /// This tick, ms, and whether it awaits answers that could show it is not cut off
-    /// at some level: it then judges only inside that level's entity, unnamed.
-    tick_ms: u64,
-    awaited_ms: u64,
-    awaiting: Option<Level>,
     pub(super) degraded_views: u32,
     /// Its pooled loss to hosts by how many of their enclosing entities do not hold it
     /// (as [`super::views::View::outside`]): this tick's, and the last tick's, which
@@ -121,9 +113,6 @@ impl Observer {
             known_views: 0,
             failed_views: 0,
             first_onset_ms: u64::MAX,
-            tick_ms: 0,
-            awaited_ms: 0,
-            awaiting: None,
             degraded_views: 0,
             reach_loss: [PooledLoss::default(); 5],
             reach_loss_before: [PooledLoss::default(); 5],
@@ -149,12 +138,7 @@ impl Observer {
             .is_some_and(|t| now.saturating_sub(t) <= cfg.observer_timeout)
     }
 
-    /// Starts a tick at `now_ms`; answers are awaited for up to `awaited_ms` after its
-    /// failures began.
-    pub(super) fn begin_tick(&mut self, now_ms: u64, awaited_ms: u64) {
-        self.tick_ms = now_ms;
-        self.awaited_ms = awaited_ms;
-        self.awaiting = None;
+    pub(super) fn begin_tick(&mut self) {
         self.inside = PerLevel::default();
         self.outside = PerLevel::default();
         self.known_views = 0;
@@ -192,38 +176,25 @@ impl Observer {
         host_around: &PerLevel<Option<EntityId>>,
         group: EntityId,
     ) {
-        // A host it still reaches only counts as reached if it answered our data after
-        // this observer's failures began: an idle link's old progress says nothing
-        // about whether its NIC, rack or site still reaches that host. One that still
-        // delivers but answered before is awaited: its answers to what was sent since
-        // are on their way (a far site's last ACKs still come in when the near sites'
-        // links have failed), and until they come the observer can tell neither that
-        // it is cut off nor that it is not.
+        // A host it still reaches only counts as reached if it progressed after this
+        // observer's failures began: an idle link's old progress says nothing about
+        // whether its NIC, rack or site still reaches that host.
         let status = match v.status {
             LinkStatus::Healthy | LinkStatus::Degraded
                 if v.two_way_ms() == u64::MAX || v.two_way_ms() <= self.first_onset_ms =>
             {
-                let delivering = v.progress_ms != u64::MAX && v.progress_ms > self.first_onset_ms;
-                if !delivering || self.tick_ms.saturating_sub(self.first_onset_ms) > self.awaited_ms
-                {
-                    return;
-                }
-                None
+                return;
             }
-            s => Some(s),
+            s => s,
         };
         for level in Level::ALL {
             let Some(mine) = self.around[level] else {
                 break;
             };
-            let side = if host_around[level] == Some(mine) {
-                &mut self.inside[level]
+            if host_around[level] == Some(mine) {
+                self.inside[level].add(status, group);
             } else {
-                &mut self.outside[level]
-            };
-            match status {
-                Some(s) => side.add(s, group),
-                None => side.awaited += 1,
+                self.outside[level].add(status, group);
             }
         }
     }
@@ -258,10 +229,7 @@ impl Observer {
     /// The observer's own judgement for this tick: is it cut off, and does it see
     /// everything degraded.
     pub(super) fn judge(&mut self, now: Duration, cfg: &DetectorConfig) {
-        // Cut off whatever the awaited answers will say; or maybe, if they fail too.
-        let raw = self.cut_off_level(cfg, true);
-        let unless_answered = self.cut_off_level(cfg, false);
-        self.awaiting = unless_answered.filter(|&l| raw.is_none_or(|r| r < l));
+        let raw = self.cut_off_level(cfg);
         // Coming back from a cut, what the observer reaches again first (its
         // neighbours, one backed-off RTO at a time) widens the region it seems cut off
         // in, and its stalls from the fault inside that wider region are old: a rack
@@ -285,33 +253,20 @@ impl Observer {
         // The raw finding counts at once (no confirm): a cut-off observer's failing
         // views would otherwise race its own verdict and blame the outside for a few
         // ticks. The held one keeps them aside while its connections come back.
-        // Awaiting answers, it blames nothing outside the entity it may be cut off in,
-        // and names nothing yet.
-        let level = self
-            .cut_now
-            .or(self
-                .cut_level
-                .filter(|_| self.cut.held || self.cut.pending()))
-            .or(self.awaiting);
+        let level = self.cut_now.or(self
+            .cut_level
+            .filter(|_| self.cut.held || self.cut.pending()));
         self.judges_only_inside = level.and_then(|l| self.around[l].map(|e| (l, e)));
     }
 
     /// The entity this observer is cut off in, if any (see the module doc).
-    /// `awaited_answer`: whether the hosts whose answers are awaited count as
-    /// reached (they will answer) or are left out (they will not).
-    fn cut_off_level(&self, cfg: &DetectorConfig, awaited_answer: bool) -> Option<Level> {
+    fn cut_off_level(&self, cfg: &DetectorConfig) -> Option<Level> {
         let mut found = None;
         for level in Level::ALL {
             if self.around[level].is_none() {
                 break;
             }
-            let (mut inside, mut out) = (self.inside[level], self.outside[level]);
-            if awaited_answer {
-                for side in [&mut inside, &mut out] {
-                    side.reached += side.awaited;
-                    side.observed += side.awaited;
-                }
-            }
+            let inside = self.inside[level];
             if level != Level::Host {
                 if inside.failed > 0 && 2 * inside.failed >= inside.reached {
                     break; // the inside fails too (a third or more): the cut lies lower
@@ -320,6 +275,7 @@ impl Observer {
                     continue; // nothing seen inside: no claim about this entity
                 }
             }
+            let out = self.outside[level];
             if out.failed >= cfg.local_fault_min_hosts
                 && out.failed_groups_differ
                 && f64::from(out.reached)

@@ -170,7 +170,6 @@ impl Sim {
                     },
                     rtt_p50_us: None,
                     silent_ms: None,
-                    progress_age_ms: None,
                 };
             }
             Some(Fault::Straggler) => {
@@ -182,7 +181,6 @@ impl Sim {
                         },
                         rtt_p50_us: None,
                         silent_ms: Some(5),
-                        progress_age_ms: None,
                     };
                 }
             }
@@ -203,7 +201,6 @@ impl Sim {
             counters: c,
             rtt_p50_us: Some(rtt),
             silent_ms: None,
-            progress_age_ms: None,
         }
     }
 
@@ -231,7 +228,6 @@ impl Sim {
             counters: c,
             rtt_p50_us: None,
             silent_ms: None,
-            progress_age_ms: None,
         };
         (d, fired)
     }

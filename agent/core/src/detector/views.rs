@@ -24,7 +24,7 @@ pub(super) struct View {
     /// Failing: when the earliest of its failing links stopped progressing, ms.
     pub(super) onset_ms: u64,
     /// The latest progress on any of its links to the host, ms: the host is alive.
-    pub(super) progress_ms: u64,
+    progress_ms: u64,
     /// How long before `progress_ms` the latest two-way progress was (our data
     /// acknowledged, where ACKs are counted), ms, saturated. In the padding.
     two_way_lag_ms: u16,
