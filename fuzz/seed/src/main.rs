@@ -164,6 +164,7 @@ fn peer_batch_seeds() -> Seeds {
         silent_ms: Some(u32::MAX),
         control_retrans_segs: u64::MAX,
         control_progress_segs: u64::MAX,
+        control_timeouts: u64::MAX,
     };
     let junk_addresses = LinkObservation {
         local_address: "not-an-address".to_owned(),
