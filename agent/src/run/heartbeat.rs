@@ -303,12 +303,12 @@ mod tests {
         );
     }
 
-    /// Bytes the peer has not acknowledged hold the next heartbeats back. Here they
-    /// sit behind a full receive window (the peer does not read), which holds them as
-    /// a dead path would, without a namespace; then the peer reads everything.
-    #[tokio::test]
-    async fn nothing_is_written_while_bytes_are_unanswered() {
-        const HELD: usize = 12 << 10;
+    const HELD: usize = 12 << 10;
+
+    /// A connection with `HELD` bytes written, some of them held behind a full
+    /// receive window (the peer does not read): unanswered, as on a dead path, without
+    /// a namespace. Returns the sender's end and the peer's.
+    async fn held_back() -> (TcpStream, TcpStream) {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -316,11 +316,20 @@ mod tests {
         let mut stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (mut peer, _) = listener.accept().await.unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
         timeout(Duration::from_secs(5), stream.write_all(&[7; HELD]))
             .await
             .expect("12 KiB fit the send buffer")
             .unwrap();
+        (stream, peer)
+    }
+
+    /// Bytes the peer has not acknowledged hold the next heartbeats back. Here they
+    /// sit behind a full receive window (the peer does not read), which holds them as
+    /// a dead path would, without a namespace; then the peer reads everything.
+    #[tokio::test]
+    async fn nothing_is_written_while_bytes_are_unanswered() {
+        let (mut stream, mut peer) = held_back().await;
         assert!(
             unanswered_bytes(&stream).unwrap() > 0,
             "the full window holds bytes back"
@@ -355,16 +364,7 @@ mod tests {
     /// connects again at once), having written nothing more.
     #[tokio::test]
     async fn a_connection_unanswered_too_long_is_given_up() {
-        const HELD: usize = 12 << 10;
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(1).unwrap();
-        let mut stream = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut peer, _) = listener.accept().await.unwrap();
-        stream.write_all(&[7; HELD]).await.unwrap();
+        let (mut stream, mut peer) = held_back().await;
         let e = timeout(
             Duration::from_secs(10),
             beat(
