@@ -36,6 +36,30 @@ pub struct LinkKey {
     pub remote: [u8; 16],
 }
 
+/// Most of this host's addresses the kernel programs keep links for. Links whose local
+/// end is none of them are not this host's (another network namespace's: a container,
+/// or another agent's host in a lab on one machine), and the agent never judges them;
+/// counting them in the kernel filled the table and cost a map update per segment. A
+/// host with more addresses has every link counted, and the agent keeps its own.
+pub const MAX_LOCAL_ADDRS: u32 = 16;
+
+/// One of this host's addresses, as a [`LinkKey`] holds its local end (IPv4 in the
+/// first 4 bytes): the same 20 bytes as the key's first two fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LocalAddr {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+// The kernel programs compare a key's first 20 bytes with a `LocalAddr` word by word.
+const _: () = assert!(
+    size_of::<LocalAddr>() == 20
+        && core::mem::offset_of!(LinkKey, local) == 4
+        && align_of::<LinkKey>() == 4
+        && align_of::<LocalAddr>() == 4
+);
+
 /// Per-CPU counters for one link, as the kernel accumulates them.
 ///
 /// All counters only grow (until the LRU evicts the link); userspace sums the CPUs
@@ -297,6 +321,7 @@ mod pod {
     }
     pod!(
         LinkKey,
+        LocalAddr,
         LinkStats,
         UrgentBudget,
         RetransmitLayout,

@@ -57,10 +57,10 @@ use aya_ebpf::{
 use aya_log_ebpf::{error, warn};
 use faultline_ebpf::{
     AF_INET, AF_INET6, AddrLayout, DEFAULT_MAX_LINKS, FIRST_LOSS_QUIET_NS, IPPROTO_TCP, LinkKey,
-    LinkStats, NO_CONTROL_PORT, ProbeLayout, RECORD_COPY_MAX, RTT_BUCKETS, ResetLayout,
-    RetransmitLayout, StateChangeLayout, TCP_CLOSE, TCP_SYN_SENT, URGENT_BUDGET_SLOTS,
-    URGENT_BUDGET_SOCK_OPS, URGENT_BUDGET_TRACEPOINTS, URGENT_PER_WINDOW, URGENT_WINDOW_NS,
-    UrgentBudget, UrgentEvent, UrgentKind, rtt_bucket,
+    LinkStats, LocalAddr, MAX_LOCAL_ADDRS, NO_CONTROL_PORT, ProbeLayout, RECORD_COPY_MAX,
+    RTT_BUCKETS, ResetLayout, RetransmitLayout, StateChangeLayout, TCP_CLOSE, TCP_SYN_SENT,
+    URGENT_BUDGET_SLOTS, URGENT_BUDGET_SOCK_OPS, URGENT_BUDGET_TRACEPOINTS, URGENT_PER_WINDOW,
+    URGENT_WINDOW_NS, UrgentBudget, UrgentEvent, UrgentKind, rtt_bucket,
 };
 
 #[map(name = "LINKS")]
@@ -71,6 +71,11 @@ static LINKS: LruPerCpuHashMap<LinkKey, LinkStats> =
 /// BPF stack next to a key would not leave room for much else.
 #[map(name = "ZERO_STATS")]
 static ZERO_STATS: Array<LinkStats> = Array::with_max_entries(1, 0);
+
+/// This host's addresses (the first `LOCAL_ADDR_COUNT`), filled by the loader before
+/// any program is attached.
+#[map(name = "LOCAL_ADDRS")]
+static LOCAL_ADDRS: Array<LocalAddr> = Array::with_max_entries(MAX_LOCAL_ADDRS, 0);
 
 #[map(name = "URGENT")]
 static URGENT: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -89,6 +94,9 @@ static RETRANSMIT_LAYOUT: Global<RetransmitLayout> = Global::new(RetransmitLayou
     dport: 0,
     _pad: 0,
 });
+/// How many of `LOCAL_ADDRS` are set; 0 keeps every link (see [`MAX_LOCAL_ADDRS`]).
+#[unsafe(no_mangle)]
+static LOCAL_ADDR_COUNT: Global<u32> = Global::new(0);
 /// The agents' heartbeat port ([`NO_CONTROL_PORT`] for none), set by the loader.
 #[unsafe(no_mangle)]
 static CONTROL_PORT: Global<u16> = Global::new(NO_CONTROL_PORT);
@@ -319,6 +327,9 @@ impl LinkSlot {
 /// This CPU's counters for `key`, creating the link on first sight.
 #[inline(always)]
 fn stats<C: EbpfContext>(ctx: &C, key: &LinkKey) -> Option<LinkSlot> {
+    if !is_local(key) {
+        return None;
+    }
     if let Some(p) = LINKS.get_ptr_mut(key) {
         return Some(LinkSlot(p));
     }
@@ -332,6 +343,35 @@ fn stats<C: EbpfContext>(ctx: &C, key: &LinkKey) -> Option<LinkSlot> {
         }
     }
     LINKS.get_ptr_mut(key).map(LinkSlot)
+}
+
+/// The link's local end is one of this host's addresses, or no addresses were given.
+/// Compared as words: a key is 4-aligned and begins with the 20 bytes of a
+/// [`LocalAddr`] (family, then the local address).
+#[inline(always)]
+fn is_local(key: &LinkKey) -> bool {
+    let count = LOCAL_ADDR_COUNT.load();
+    if count == 0 {
+        return true;
+    }
+    // SAFETY: LinkKey is repr(C), 4-aligned, `family: u32` then `local: [u8; 16]`:
+    // its first 20 bytes are 5 aligned words.
+    let k = unsafe { &*core::ptr::from_ref(key).cast::<[u32; 5]>() };
+    for i in 0..MAX_LOCAL_ADDRS {
+        if i >= count {
+            break;
+        }
+        let Some(a) = LOCAL_ADDRS.get(i) else {
+            break;
+        };
+        // SAFETY: LocalAddr is repr(C), 4-aligned, 20 bytes: 5 words.
+        let a = unsafe { &*core::ptr::from_ref(a).cast::<[u32; 5]>() };
+        // Word by word: an array compare may become a memcmp call, which BPF lacks.
+        if a[0] == k[0] && a[1] == k[1] && a[2] == k[2] && a[3] == k[3] && a[4] == k[4] {
+            return true;
+        }
+    }
+    false
 }
 
 /// Sends an urgent event unless this CPU's `slot` used up its budget for the window.

@@ -238,6 +238,7 @@ impl ProbeConfig {
             cgroup: self.cgroup.clone().filter(|p| !p.as_os_str().is_empty()),
             max_links: self.max_links,
             control_port: None,
+            local_addresses: Vec::new(),
         }
     }
 }

@@ -609,6 +609,127 @@ fn queueing_delay_moves_the_rtt_histogram_up() {
 }
 
 #[test]
+fn the_kernel_keeps_only_links_of_this_hosts_addresses() {
+    let lab = Lab::new();
+    let _sinks: Vec<Sink> = [false, true]
+        .into_iter()
+        .map(|v6| Sink::start(&lab.b.ns, lab.b.addr(v6, PORT)))
+        .collect();
+    let mut probe = Probe::attach(&ProbeOptions {
+        local_addresses: vec![lab.a.v4, lab.a.v6],
+        ..ProbeOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("attach probe: {e}"));
+    sample(&mut probe);
+    // a and c both send to b: a's links are its own; b's ends of them and c's links
+    // are other hosts'.
+    for from in [&lab.a, &lab.c] {
+        for v6 in [false, true] {
+            bulk(&from.ns, lab.b.addr(v6, PORT), Duration::from_millis(200))
+                .join()
+                .unwrap();
+        }
+    }
+    let samples = sample(&mut probe);
+    for v6 in [false, true] {
+        let (own, _) = link(&samples, &lab.a, &lab.b, v6);
+        assert!(
+            own.progress_segs > 0 && own.acked_segs > 0,
+            "a to b (v6 {v6}): {own:?}"
+        );
+        for (from, to) in [(&lab.b, &lab.a), (&lab.c, &lab.b), (&lab.b, &lab.c)] {
+            let (other, _) = link(&samples, from, to, v6);
+            assert_eq!(other, LinkCounters::default(), "not a's link (v6 {v6})");
+        }
+    }
+    let foreign: Vec<_> = samples
+        .iter()
+        .filter(|s| s.link.local != lab.a.v4 && s.link.local != lab.a.v6)
+        .map(|s| s.link)
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "links of other addresses kept: {foreign:?}"
+    );
+}
+
+/// The lab's links in a table of the probe's, keyed by their remote address: the
+/// host's other connections (its own control traffic) move while a test reads.
+fn lab_links<T: Copy>(
+    lab: &Lab,
+    table: &std::collections::HashMap<faultline_ebpf::LinkKey, T>,
+) -> Vec<([u8; 16], [u8; 16], T)> {
+    let ours: Vec<[u8; 16]> = [&lab.a, &lab.b, &lab.c]
+        .iter()
+        .flat_map(|h| [key_bytes(h.v4), key_bytes(h.v6)])
+        .collect();
+    let mut links: Vec<_> = table
+        .iter()
+        .filter(|(k, _)| ours.contains(&k.local) && ours.contains(&k.remote))
+        .map(|(k, v)| (k.local, k.remote, *v))
+        .collect();
+    links.sort_by_key(|&(local, remote, _)| (local, remote));
+    links
+}
+
+/// An address as the kernel's key holds it: IPv4 in the first four bytes.
+fn key_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+#[test]
+fn links_read_in_batches_are_the_links_read_one_by_one() {
+    let lab = Lab::new();
+    let sinks: Vec<Sink> = [
+        (&lab.b, false),
+        (&lab.b, true),
+        (&lab.c, false),
+        (&lab.c, true),
+    ]
+    .into_iter()
+    .map(|(h, v6)| Sink::start(&h.ns, h.addr(v6, PORT)))
+    .collect();
+    let mut probe = attach();
+    for (to, v6) in [
+        (&lab.b, false),
+        (&lab.b, true),
+        (&lab.c, false),
+        (&lab.c, true),
+    ] {
+        bulk(&lab.a.ns, to.addr(v6, PORT), Duration::from_millis(200))
+            .join()
+            .unwrap();
+    }
+    drop(sinks);
+    // Let the closing segments land: the links must be still while they are read.
+    std::thread::sleep(Duration::from_millis(300));
+    let one_by_one = lab_links(&lab, &probe.totals_one_by_one().unwrap());
+    assert!(
+        one_by_one.len() >= 8,
+        "a talked to b and c over v4 and v6, both ways: {} links",
+        one_by_one.len()
+    );
+    assert!(
+        one_by_one
+            .iter()
+            .all(|(_, _, t)| t.counters.progress_segs > 0)
+    );
+    // A few links per call: the table is read over several calls, and a bucket may
+    // hold more links than one asks for.
+    for per_call in [1, 2, 3, 1024] {
+        let batched = lab_links(&lab, &probe.totals_in_calls_of(per_call).unwrap());
+        assert_eq!(batched, one_by_one, "{per_call} link(s) per call");
+    }
+}
+
+#[test]
 fn a_second_probe_does_not_disturb_the_first() {
     let lab = Lab::new();
     let _sink = Sink::start(&lab.b.ns, lab.b.addr(false, PORT));

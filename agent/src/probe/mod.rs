@@ -9,28 +9,32 @@
 //! `faultline::kernel` at every [`Probe::sample`] (see [`kernel_log`]).
 pub(crate) mod kernel_log;
 pub(crate) mod layout;
+pub(crate) mod links_map;
 pub(crate) mod sample;
 pub(crate) mod urgent;
 
 use std::{
     collections::HashMap,
     fs::File,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, Map, MapError, PerCpuArray},
     programs::{CgroupAttachMode, ProgramError, SockOps, TracePoint},
 };
 use aya_log::EbpfLogger;
 use faultline_ebpf::{
-    DEFAULT_MAX_LINKS, LinkKey, LinkStats, NO_CONTROL_PORT, URGENT_BUDGET_SLOTS, UrgentBudget,
+    AF_INET, AF_INET6, DEFAULT_MAX_LINKS, LinkKey, LocalAddr, MAX_LOCAL_ADDRS, NO_CONTROL_PORT,
+    URGENT_BUDGET_SLOTS, UrgentBudget,
 };
 
 pub(crate) use faultline_core::link::{Link, LinkCounters, LinkSample};
 pub(crate) use kernel_log::KernelLog;
 pub(crate) use layout::{LayoutError, Layouts};
+use links_map::LinksReader;
 pub(crate) use sample::{LinkTotals, SampleTracker};
 pub use urgent::{UrgentEvents, UrgentRecord};
 
@@ -96,6 +100,68 @@ pub enum ProbeError {
     NoTracefs { path: PathBuf },
 }
 
+/// The addresses the kernel filters links by, as keys hold them; none (keep every
+/// link) if there are more than it can hold.
+fn local_addrs(addresses: &[IpAddr]) -> Vec<LocalAddr> {
+    let mut out: Vec<LocalAddr> = Vec::new();
+    let keys = addresses.iter().map(|ip| match ip {
+        IpAddr::V4(v4) => {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&v4.octets());
+            LocalAddr {
+                family: AF_INET,
+                addr,
+            }
+        }
+        IpAddr::V6(v6) => LocalAddr {
+            family: AF_INET6,
+            addr: v6.octets(),
+        },
+    });
+    for key in keys {
+        if !out.contains(&key) {
+            out.push(key);
+        }
+    }
+    if out.len() > MAX_LOCAL_ADDRS as usize {
+        tracing::info!(
+            addresses = out.len(),
+            most = MAX_LOCAL_ADDRS,
+            "more local addresses than the kernel filters by: it keeps every link, the agent its own"
+        );
+        out.clear();
+    }
+    out
+}
+
+fn fill_local_addrs(ebpf: &mut Ebpf, locals: &[LocalAddr]) -> Result<(), ProbeError> {
+    let map_err = |source| ProbeError::Map {
+        name: "LOCAL_ADDRS",
+        source,
+    };
+    let mut map: Array<_, LocalAddr> =
+        Array::try_from(ebpf.map_mut("LOCAL_ADDRS").ok_or(ProbeError::Map {
+            name: "LOCAL_ADDRS",
+            source: MapError::InvalidName {
+                name: "LOCAL_ADDRS".into(),
+            },
+        })?)
+        .map_err(map_err)?;
+    for (i, addr) in (0u32..).zip(locals) {
+        map.set(i, addr, 0).map_err(map_err)?;
+    }
+    Ok(())
+}
+
+fn links_map(ebpf: &Ebpf) -> Result<&Map, ProbeError> {
+    ebpf.map("LINKS").ok_or(ProbeError::Map {
+        name: "LINKS",
+        source: MapError::InvalidName {
+            name: "LINKS".into(),
+        },
+    })
+}
+
 /// Where the agent may mount tracefs itself. A mount anywhere else would hide what is
 /// there (`tracefs = "/etc"` would have mounted over /etc).
 const STANDARD_TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -115,6 +181,10 @@ pub struct ProbeOptions {
     /// a tick in flight: their tail-loss probes are often spurious). None: every
     /// connection is a user's.
     pub control_port: Option<u16>,
+    /// This host's addresses: the kernel keeps only links whose local end is one of
+    /// them (the agent judges no other). Empty, or more than [`MAX_LOCAL_ADDRS`]:
+    /// every link is kept.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 impl Default for ProbeOptions {
@@ -125,6 +195,7 @@ impl Default for ProbeOptions {
             cgroup: cgroup2_mount(),
             max_links: DEFAULT_MAX_LINKS,
             control_port: None,
+            local_addresses: Vec::new(),
         }
     }
 }
@@ -144,6 +215,7 @@ pub struct Probe {
     /// could not start (a warning said why): the probe works, kernel logs are lost.
     kernel_log: Option<EbpfLogger<KernelLog>>,
     tracker: SampleTracker,
+    links: LinksReader,
     sock_ops: SockOpsStatus,
 }
 
@@ -158,6 +230,8 @@ impl Probe {
         if KERNEL_OBJECT.is_empty() {
             return Err(ProbeError::NoKernelObject);
         }
+        let locals = local_addrs(&options.local_addresses);
+        let local_count = u32::try_from(locals.len()).unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
             .override_global("RETRANSMIT_LAYOUT", &layouts.retransmit, true)
             .override_global("RESET_LAYOUT", &layouts.reset, true)
@@ -168,9 +242,12 @@ impl Probe {
                 &options.control_port.unwrap_or(NO_CONTROL_PORT),
                 true,
             )
+            .override_global("LOCAL_ADDR_COUNT", &local_count, true)
             .map_max_entries("LINKS", options.max_links)
             .load(KERNEL_OBJECT)
             .map_err(|source| ProbeError::Load { source })?;
+        // Before any program runs: with a count set, an empty slot would match nothing.
+        fill_local_addrs(&mut ebpf, &locals)?;
         for (program, group, event) in TRACEPOINTS {
             let tp: &mut TracePoint = ebpf
                 .program_mut(program)
@@ -207,10 +284,12 @@ impl Probe {
                 Err(e) => SockOpsStatus::Unavailable(e),
             },
         };
+        let links = LinksReader::new(links_map(&ebpf)?)?;
         Ok(Self {
             ebpf,
             kernel_log,
             tracker: SampleTracker::default(),
+            links,
             sock_ops,
         })
     }
@@ -220,39 +299,29 @@ impl Probe {
     }
 
     /// Every link's totals since the kernel first saw it, summed over CPUs.
-    pub fn totals(&self) -> Result<HashMap<LinkKey, LinkTotals>, ProbeError> {
+    pub fn totals(&mut self) -> Result<HashMap<LinkKey, LinkTotals>, ProbeError> {
         let mut out = HashMap::new();
-        self.totals_into(&mut out)?;
+        self.links.read_into(links_map(&self.ebpf)?, &mut out)?;
         Ok(out)
     }
 
-    /// [`Self::totals`] into `out`, cleared first: a tick reuses the table it had, so
-    /// reading 16,384 links does not grow a new one from empty ten times a second.
-    fn totals_into(&self, out: &mut HashMap<LinkKey, LinkTotals>) -> Result<(), ProbeError> {
-        let map_err = |source| ProbeError::Map {
-            name: "LINKS",
-            source,
-        };
-        let links: PerCpuHashMap<_, LinkKey, LinkStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("LINKS").ok_or(ProbeError::Map {
-                name: "LINKS",
-                source: MapError::InvalidName {
-                    name: "LINKS".into(),
-                },
-            })?)
-            .map_err(map_err)?;
-        out.clear();
-        for entry in links.iter() {
-            match entry {
-                Ok((key, per_cpu)) => {
-                    out.insert(key, LinkTotals::sum(per_cpu.iter()));
-                }
-                // The LRU evicted the key between listing and lookup: skip it.
-                Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_err(source)),
-            }
-        }
-        Ok(())
+    /// [`Self::totals`], asking the kernel for `links` links per call (tests: several
+    /// calls over a few links).
+    #[doc(hidden)]
+    pub fn totals_in_calls_of(
+        &mut self,
+        links: usize,
+    ) -> Result<HashMap<LinkKey, LinkTotals>, ProbeError> {
+        self.links.set_links_per_call(links);
+        self.totals()
+    }
+
+    /// [`Self::totals`] read the old way, two calls per link (tests compare the two).
+    #[doc(hidden)]
+    pub fn totals_one_by_one(&self) -> Result<HashMap<LinkKey, LinkTotals>, ProbeError> {
+        let mut out = HashMap::new();
+        links_map::read_one_by_one(links_map(&self.ebpf)?, &mut out)?;
+        Ok(out)
     }
 
     /// What changed on each link since the previous call (every link on the first).
@@ -260,7 +329,9 @@ impl Probe {
     pub fn sample(&mut self) -> Result<Vec<LinkSample>, ProbeError> {
         self.flush_kernel_log();
         let mut totals = self.tracker.take_spare();
-        self.totals_into(&mut totals)?;
+        // A tick reuses the table it had, so reading 16,384 links does not grow a new
+        // one from empty ten times a second.
+        self.links.read_into(links_map(&self.ebpf)?, &mut totals)?;
         Ok(self.tracker.update(totals, sample::monotonic_now_ns()))
     }
 

@@ -128,7 +128,7 @@ impl Agent {
         let (heartbeat_listener, heartbeat_addr) =
             bind(config.listen.heartbeat, "listen.heartbeat").await?;
         let detector = Detector::new(topology.clone(), config.detector.clone());
-        let (probe, urgent) = attach_probe(config, heartbeat_addr.port())?;
+        let (probe, urgent) = attach_probe(config, heartbeat_addr.port(), &observer)?;
         let mut tasks = Tasks::default();
         tasks.spawn(HEARTBEAT_LISTENER, heartbeat::serve(heartbeat_listener));
         let mut feed = Feed::new(
@@ -461,10 +461,13 @@ impl Agent {
 /// Loads and attaches the kernel programs; says whether RTOs and ACKs will be counted.
 fn attach_probe(
     config: &Config,
-    grpc_port: u16,
+    heartbeat_port: u16,
+    observer: &Observer,
 ) -> Result<(Probe, Option<UrgentEvents>), RunError> {
     let options = ProbeOptions {
-        control_port: Some(grpc_port),
+        control_port: Some(heartbeat_port),
+        // The kernel then keeps only the links this agent judges.
+        local_addresses: observer.addresses(),
         ..config.probe.probe_options()
     };
     let mut probe = Probe::attach(&options)?;
