@@ -103,10 +103,10 @@ pub struct LinkStats {
     /// `rto_timeouts + syn_retrans`; written by the RTO callback only.
     pub repeat_timeouts: u64,
     /// Retransmitted segments on established sockets of the agents' heartbeat port
-    /// (local or remote port = the kernel programs' `CONTROL_PORT`): two segments a
-    /// tick, so the kernel's tail-loss probe fires two RTTs after a path dies and a
-    /// blackhole shows a tick sooner; but an ACK a little late makes that probe a
-    /// spurious retransmission. These start a stall like any retransmission and are
+    /// (local or remote port = the kernel programs' `CONTROL_PORT`): a segment a tick
+    /// that times out 20 ms past its RTT (two, for a tail-loss probe, on kernels that
+    /// cannot shorten the timeout), so a blackhole shows a tick sooner; but an ACK a
+    /// little late makes the retransmission spurious. These start a stall like any retransmission and are
     /// never loss (never in `retrans_segs`).
     pub control_retrans_segs: u64,
     /// Of `progress_segs`, those received on the heartbeat port: liveness like any

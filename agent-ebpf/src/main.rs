@@ -442,7 +442,7 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
             now,
         );
     } else {
-        // Heartbeats keep two segments in flight, so their retransmissions are often
+        // Heartbeats time out 20 ms past their RTT, so their retransmissions are often
         // spurious: a stall's start, never loss (see `control_retrans_segs`).
         if control {
             s.count(Field::CONTROL_RETRANS_SEGS);

@@ -43,9 +43,9 @@ pub struct LinkCounters {
     /// out with nothing acknowledged since: its data waited since before. 0 from a host
     /// without sock_ops or an older agent, so every timeout then counts as news.
     pub repeat_timeouts: u64,
-    /// Retransmissions on the agents' heartbeat connections (two segments a tick). They
-    /// start a stall as early as any retransmission, but their tail-loss probes are
-    /// spurious whenever an ACK comes a little late, so they are never loss. 0 from an
+    /// Retransmissions on the agents' heartbeat connections (a segment a tick). They
+    /// start a stall as early as any retransmission, but they are spurious whenever an
+    /// ACK comes a little late, so they are never loss. 0 from an
     /// agent older than this field.
     pub control_retrans_segs: u64,
     /// Of `progress_segs`, the segments received on heartbeat connections: left out of

@@ -177,8 +177,8 @@ pub struct ProbeOptions {
     /// Upper bound on tracked links (LRU beyond that).
     pub max_links: u32,
     /// The agents' heartbeat port (`listen.heartbeat`): segments and retransmissions
-    /// of connections with either end on it are counted apart from loss (two segments
-    /// a tick in flight: their tail-loss probes are often spurious). None: every
+    /// of connections with either end on it are counted apart from loss (they time
+    /// out 20 ms past their RTT: often spuriously). None: every
     /// connection is a user's.
     pub control_port: Option<u16>,
     /// This host's addresses: the kernel keeps only links whose local end is one of

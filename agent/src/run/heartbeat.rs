@@ -1,17 +1,21 @@
 //! Heartbeats: the agents' earliest sign of a dead path, on connections of their own.
 //!
-//! Every tick an agent writes two one-byte segments, 3 ms apart, to every peer it
-//! follows, on the peers' heartbeat port (`listen.heartbeat`; every agent uses the
-//! same), unless the last are still unanswered. With two segments in flight Linux
-//! sends its tail-loss probe two RTTs after the path dies; one segment alone (an
-//! observation batch) waits for the 200 ms minimum RTO. The connections time out
-//! `RTO_MIN_US` past their RTT, and the listener's kernel acknowledges within
-//! `DELACK_MAX_US` whatever its agent's share of the CPU, so a heartbeat's timeout is
-//! a dead path's earliest proof. The kernel programs count this port's segments,
-//! retransmissions and timeouts apart (`control_*`): they start and harden a stall
-//! like any other but never count as loss, because an ACK a few ms late makes them
-//! spurious (under CPU contention, often). The observation streams keep their one
-//! segment a tick, and their losses count as before.
+//! Every tick an agent writes a one-byte segment to every peer it follows, on the
+//! peers' heartbeat port (`listen.heartbeat`; every agent uses the same), unless the
+//! last is still unanswered. The connections time out `RTO_MIN_US` past their RTT, and
+//! the listener's kernel acknowledges within `DELACK_MAX_US` whatever its agent's
+//! share of the CPU, so a heartbeat's timeout is a dead path's earliest proof. The
+//! kernel programs count this port's segments, retransmissions and timeouts apart
+//! (`control_*`): they start and harden a stall like any other but never count as
+//! loss, because an ACK a few ms late makes them spurious (under CPU contention,
+//! often). The observation streams keep their one segment a tick, and their losses
+//! count as before.
+//!
+//! Where the short timeout cannot be set (Linux before 6.15) a heartbeat is two
+//! segments, 3 ms apart: with two in flight Linux sends its tail-loss probe two RTTs
+//! after the path dies, where one alone waits for the 200 ms minimum RTO. With the
+//! short timeout the second buys nothing (the timeout, an RTT and 20 ms, comes before
+//! a probe two RTTs and 20 ms out) and was half the heartbeats' system calls.
 //!
 //! The listener reads and drops what comes; it holds at most `MAX_CONNECTIONS` and
 //! closes one idle for `IDLE`.
@@ -24,8 +28,8 @@ use tokio::{
     time::{MissedTickBehavior, timeout},
 };
 
-/// Between the two segments of a heartbeat: long enough that the first has left on
-/// its own (TCP_NODELAY), short next to a tick.
+/// Between the two segments of a heartbeat where it has two: long enough that the
+/// first has left on its own (TCP_NODELAY), short next to a tick.
 const GAP: Duration = Duration::from_millis(3);
 /// Before connecting again after a refused or broken connection.
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -90,8 +94,8 @@ pub(super) async fn send(host: String, port: u16, tick: Duration) {
     loop {
         match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
             Ok(Ok(mut stream)) => {
-                tune_sender(&stream);
-                let e = beat(&mut stream, tick, STUCK).await;
+                let segments = if tune_sender(&stream) { 1 } else { 2 };
+                let e = beat(&mut stream, tick, STUCK, segments).await;
                 tracing::debug!(%host, error = %e, "heartbeat connection broke");
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     // A new connection's SYN is retried on its own clock, from 1 s.
@@ -105,15 +109,21 @@ pub(super) async fn send(host: String, port: u16, tick: Duration) {
     }
 }
 
-/// Two segments every tick until a write fails, or the last have been unanswered for
-/// `stuck_after` (`TimedOut`); none while they are unanswered.
+/// `segments` one-byte segments (`GAP` apart) every tick until a write fails, or the
+/// last have been unanswered for `stuck_after` (`TimedOut`); none while they are
+/// unanswered.
 ///
-/// Every new segment re-arms the tail-loss probe to two RTTs from now: a pair written
-/// each tick into a dead path pushes the probe back a tick at a time (up to the RTO),
-/// so where two RTTs are close to a tick (100 ms apart) the first retransmission
-/// came a tick late. A path that has not answered the last pair has nothing to learn
-/// from another; its probe fires on time.
-async fn beat(stream: &mut TcpStream, tick: Duration, stuck_after: Duration) -> std::io::Error {
+/// Every new segment re-arms the tail-loss probe to two RTTs from now: segments written
+/// each tick into a dead path push the probe back a tick at a time (up to the RTO), so
+/// where two RTTs are close to a tick (100 ms apart) the first retransmission came a
+/// tick late. A path that has not answered the last has nothing to learn from another;
+/// its probe fires on time.
+async fn beat(
+    stream: &mut TcpStream,
+    tick: Duration,
+    stuck_after: Duration,
+    segments: usize,
+) -> std::io::Error {
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut unanswered_since = None;
@@ -133,12 +143,13 @@ async fn beat(stream: &mut TcpStream, tick: Duration, stuck_after: Duration) -> 
             }
             Err(e) => return e,
         }
-        if let Err(e) = stream.write_all(&[0]).await {
-            return e;
-        }
-        tokio::time::sleep(GAP).await;
-        if let Err(e) = stream.write_all(&[0]).await {
-            return e;
+        for i in 0..segments {
+            if i > 0 {
+                tokio::time::sleep(GAP).await;
+            }
+            if let Err(e) = stream.write_all(&[0]).await {
+                return e;
+            }
         }
     }
 }
@@ -161,11 +172,12 @@ const RTO_MIN_US: libc::c_int = 20_000;
 const DELACK_MAX_US: libc::c_int = 8_000;
 
 /// A heartbeat sender's connection: each segment leaves at once, and times out soon.
-fn tune_sender(stream: &TcpStream) {
+/// False if the kernel cannot shorten the timeout.
+fn tune_sender(stream: &TcpStream) -> bool {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(error = %e, "heartbeats: TCP_NODELAY");
     }
-    set_tcp_option(stream, TCP_RTO_MIN_US, RTO_MIN_US, "TCP_RTO_MIN_US");
+    set_tcp_option(stream, TCP_RTO_MIN_US, RTO_MIN_US, "TCP_RTO_MIN_US")
 }
 
 /// A heartbeat listener's connection: its ACKs wait for no one.
@@ -178,9 +190,9 @@ fn tune_receiver(stream: &TcpStream) {
     );
 }
 
-/// Sets an integer TCP option; a kernel without it (before 6.15) keeps its defaults,
-/// and heartbeats still work, only slower to show a dead path.
-fn set_tcp_option(stream: &TcpStream, option: libc::c_int, value: libc::c_int, name: &str) {
+/// Sets an integer TCP option, false if it could not; a kernel without it (before
+/// 6.15) keeps its defaults, and heartbeats still work, only slower to show a dead path.
+fn set_tcp_option(stream: &TcpStream, option: libc::c_int, value: libc::c_int, name: &str) -> bool {
     use std::os::fd::AsRawFd as _;
     // SAFETY: the fd is the stream's own and open; the option takes one int.
     let rc = unsafe {
@@ -196,6 +208,7 @@ fn set_tcp_option(stream: &TcpStream, option: libc::c_int, value: libc::c_int, n
         let e = std::io::Error::last_os_error();
         tracing::debug!(option = name, error = %e, "heartbeats: TCP option not set");
     }
+    rc == 0
 }
 
 /// Bytes written to `stream` and not yet acknowledged by the peer (`SIOCOUTQ`).
@@ -226,10 +239,10 @@ mod tests {
         assert_eq!(host_of("not a uri"), None);
     }
 
-    /// A follower's heartbeats reach the listener as pairs every tick, and the sender
-    /// connects again after the listener comes back.
+    /// A follower's heartbeats reach the listener every tick, and the sender connects
+    /// again after the listener comes back.
     #[tokio::test]
-    async fn heartbeats_arrive_in_pairs_and_reconnect() {
+    async fn heartbeats_arrive_and_reconnect() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let sender = tokio::spawn(send("127.0.0.1".into(), port, Duration::from_millis(50)));
@@ -293,7 +306,7 @@ mod tests {
             }
             other => assert_ne!(other.unwrap(), RTO_MIN_US, "not the default already"),
         }
-        tune_sender(&sender);
+        assert!(tune_sender(&sender), "the timeout is set");
         tune_receiver(&receiver);
         assert_eq!(tcp_option(&sender, TCP_RTO_MIN_US).unwrap(), RTO_MIN_US);
         assert!(sender.nodelay().unwrap());
@@ -340,6 +353,7 @@ mod tests {
                 &mut stream,
                 Duration::from_millis(20),
                 Duration::from_secs(60),
+                2,
             ),
         )
         .await;
@@ -371,6 +385,7 @@ mod tests {
                 &mut stream,
                 Duration::from_millis(20),
                 Duration::from_millis(200),
+                2,
             ),
         )
         .await
@@ -380,5 +395,33 @@ mod tests {
         let mut got = Vec::new();
         peer.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), HELD, "nothing written while it waited");
+    }
+
+    /// A heartbeat is one segment a tick, or two where the timeout could not be
+    /// shortened. Time is paused: six ticks are exactly six ticks.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_is_one_segment_or_a_pair() {
+        for segments in [1, 2] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut stream = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let tick = Duration::from_millis(100);
+            let beats = timeout(
+                tick * 5 + tick / 2,
+                beat(&mut stream, tick, Duration::from_secs(60), segments),
+            )
+            .await;
+            assert!(beats.is_err(), "beat runs until stopped: {beats:?}");
+            drop(stream);
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            assert_eq!(
+                got.len(),
+                6 * segments,
+                "six ticks of {segments} segment(s)"
+            );
+        }
     }
 }
