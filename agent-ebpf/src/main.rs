@@ -4,7 +4,9 @@
 //! namespace, including sockets opened before the agent started) and one sock_ops
 //! program (only for sockets opened after it attached, because it must ask for its RTO
 //! and RTT callbacks at connect time). Everything is aggregated in a per-CPU LRU map keyed by
-//! link; userspace reads it every tick. Rare, urgent events also go to a ring buffer,
+//! link, for links whose local end is one of the host's addresses when the loader gives
+//! them (`LOCAL_ADDRS`: other namespaces' links are not this host's); userspace reads it
+//! every tick. Rare, urgent events also go to a ring buffer,
 //! rate-limited per CPU, so a blackhole wakes the agent at once. Rare failures (a map
 //! insert or ring buffer output that fails, a record that cannot be copied) are logged
 //! through aya-log; nothing is logged on the per-segment success path.

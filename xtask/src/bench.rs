@@ -33,7 +33,7 @@ mod topology;
 use std::{
     fmt::Write as _,
     os::unix::process::CommandExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Instant, SystemTime},
@@ -133,6 +133,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
 fn network(opts: &Options, out_dir: &Path) -> Result<NetworkReport> {
     let bin = build::faultline(true)?;
     let log = out_dir.join("agent.log");
+    let config = agent_config(out_dir)?;
     std::fs::write(&log, "").with_context(|| format!("create {}", log.display()))?;
     install_signal_handlers();
     lab::remove_stale();
@@ -157,7 +158,7 @@ fn network(opts: &Options, out_dir: &Path) -> Result<NetworkReport> {
         let agent_first = pair % 2 == 1;
         for with_agent in [agent_first, !agent_first] {
             if with_agent {
-                let agent = Agent::start(&bin, &log)?;
+                let agent = Agent::start(&bin, &log, &config)?;
                 with.push(lab.iperf(opts.seconds)?);
                 agent.stop()?;
             } else {
@@ -172,7 +173,7 @@ fn network(opts: &Options, out_dir: &Path) -> Result<NetworkReport> {
             with.last().copied().unwrap_or_default()
         );
     }
-    let cost = kernel_cost(&lab, &bin, &log, opts.seconds)?;
+    let cost = kernel_cost(&lab, &bin, &log, &config, opts.seconds)?;
     drop(lab);
     Ok(NetworkReport {
         runs: opts.runs,
@@ -181,6 +182,22 @@ fn network(opts: &Options, out_dir: &Path) -> Result<NetworkReport> {
         with,
         cost,
     })
+}
+
+/// The agent's config: the iperf3 pair's addresses as its own. The agent runs in this
+/// namespace, and its kernel programs keep only links whose local end is one of its
+/// addresses; given the pair's, they count the transfer as a host's own traffic, as
+/// they would on the host it runs on (both ends, as before that filter).
+fn agent_config(out_dir: &Path) -> Result<PathBuf> {
+    let addr = |cidr: &str| cidr.split('/').next().unwrap_or(cidr).to_owned();
+    let path = out_dir.join("agent.toml");
+    let text = format!(
+        "[agent]\nlocal_addresses = [\"{}\", \"{}\"]\n",
+        addr(lab::ADDR_A),
+        addr(lab::ADDR_B)
+    );
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }
 
 /// What the agent's programs did during one agent-attached iperf3 run.
@@ -195,9 +212,15 @@ struct KernelCost {
     matched_by: &'static str,
 }
 
-fn kernel_cost(lab: &Lab, bin: &Path, log: &Path, seconds: u32) -> Result<KernelCost> {
+fn kernel_cost(
+    lab: &Lab,
+    bin: &Path,
+    log: &Path,
+    config: &Path,
+    seconds: u32,
+) -> Result<KernelCost> {
     let stats = BpfStats::enable()?;
-    let agent = Agent::start(bin, log)?;
+    let agent = Agent::start(bin, log, config)?;
     let owned = agent.prog_ids()?;
     let (before, matched_by) = agent::prog_costs(agent.pid(), &owned)?;
     let start = Instant::now();

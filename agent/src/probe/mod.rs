@@ -1,8 +1,9 @@
 //! The kernel half, seen from userspace: load the programs, attach them, read the maps.
 //!
-//! Data enters as per-CPU counters in the `LINKS` map (read every tick, turned into
-//! [`LinkSample`] deltas by [`SampleTracker`]) and as urgent events in the `URGENT`
-//! ring buffer (read as soon as they arrive, see [`urgent`]). Each `Probe` owns its own
+//! Data enters as per-CPU counters in the `LINKS` map (read every tick in batches, see
+//! [`links_map`], turned into [`LinkSample`] deltas by [`SampleTracker`]; only the
+//! links of [`ProbeOptions::local_addresses`] when it is given) and as urgent events
+//! in the `URGENT` ring buffer (read as soon as they arrive, see [`urgent`]). Each `Probe` owns its own
 //! maps and links, so two agents on one host never share or corrupt state; dropping a
 //! `Probe` detaches everything. The programs' own log records (rare kernel-side
 //! failures, through aya-log) are forwarded to `tracing` under the target

@@ -36,9 +36,12 @@ pub(super) struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent, appending its stderr to `log`, and waits until it has attached.
-    pub(super) fn start(bin: &Path, log: &Path) -> Result<Self> {
-        let child = die_with_parent(&mut Self::command(bin))
+    /// Starts the agent with `--config config`, appending its stderr to `log`, and waits
+    /// until it has attached.
+    pub(super) fn start(bin: &Path, log: &Path, config: &Path) -> Result<Self> {
+        let mut cmd = Self::command(bin);
+        cmd.arg("--config").arg(config);
+        let child = die_with_parent(&mut cmd)
             .spawn()
             .with_context(|| format!("start {} run", bin.display()))?;
         Self::attached(child, bin, log)
