@@ -86,9 +86,24 @@ fn the_units_capabilities_are_enough_to_attach_everything() {
         attached |= line.contains("probe attached, watching TCP links");
         seen.push(line);
     }
+    // Reading the kernel's table (in batches) happens at every tick, after attach: a
+    // call the capabilities do not allow ends the agent there.
+    let mut running = sock_ops && attached;
+    for _ in 0..5 {
+        if !running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        running = matches!(child.try_wait(), Ok(None));
+    }
     let _ = child.kill();
     let _ = child.wait();
+    seen.extend(rx.try_iter());
     assert!(sock_ops && attached, "with {caps} only: {seen:#?}");
+    assert!(
+        running,
+        "stopped after attaching, with {caps} only: {seen:#?}"
+    );
 }
 
 #[test]

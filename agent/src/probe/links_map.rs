@@ -9,10 +9,10 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
-use aya::maps::{Map, MapData, MapError, MapFd, PerCpuHashMap};
+use aya::maps::{Map, MapError, PerCpuHashMap};
 use faultline_ebpf::{LinkKey, LinkStats};
 
 use super::{LinkTotals, ProbeError};
@@ -41,8 +41,8 @@ struct BatchAttr {
 
 /// Reads every link of the `LINKS` map, summed over CPUs.
 pub(crate) struct LinksReader {
-    /// The map's own descriptor, for the batch calls (aya keeps its own private).
-    fd: MapFd,
+    /// A duplicate of the map's descriptor, for the batch calls aya does not make.
+    fd: OwnedFd,
     /// Possible CPUs: a per-CPU value is one `LinkStats` for each.
     cpus: usize,
     /// Links per call.
@@ -64,7 +64,13 @@ impl LinksReader {
         let (Map::PerCpuLruHashMap(data) | Map::PerCpuHashMap(data)) = map else {
             unreachable!("a per-CPU hash map, checked just above");
         };
-        let fd = MapData::info(data).and_then(|i| i.fd()).map_err(map_err)?;
+        // A duplicate, not a new descriptor from the map's id: that needs CAP_SYS_ADMIN,
+        // which the service's unit does not grant.
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| map_err(MapError::IoError(e)))?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, io_error)| {
                 map_err(MapError::SyscallError(aya::sys::SyscallError {
@@ -80,7 +86,7 @@ impl LinksReader {
         ))
     }
 
-    fn with_links_per_call(fd: MapFd, cpus: usize, per_call: usize) -> Self {
+    fn with_links_per_call(fd: OwnedFd, cpus: usize, per_call: usize) -> Self {
         Self {
             fd,
             cpus,
@@ -148,7 +154,7 @@ impl LinksReader {
                 keys: self.keys.as_mut_ptr() as u64,
                 values: self.values.as_mut_ptr() as u64,
                 count: u32::try_from(self.per_call).unwrap_or(u32::MAX),
-                map_fd: u32::try_from(self.fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX),
+                map_fd: u32::try_from(self.fd.as_raw_fd()).unwrap_or(u32::MAX),
                 ..BatchAttr::default()
             };
             // SAFETY: `attr` names buffers of `count` keys and `count × cpus` values,
