@@ -326,7 +326,8 @@ impl LinkSlot {
     }
 }
 
-/// This CPU's counters for `key`, creating the link on first sight.
+/// This CPU's counters for `key`, creating the link on first sight; None for a link
+/// that is not this host's ([`is_local`]), which every program then leaves alone.
 #[inline(always)]
 fn stats<C: EbpfContext>(ctx: &C, key: &LinkKey) -> Option<LinkSlot> {
     if !is_local(key) {

@@ -79,22 +79,14 @@ impl LinksReader {
                 }))
             })?
             .max(1);
-        Ok(Self::with_links_per_call(
+        Ok(Self {
             fd,
             cpus,
-            (VALUE_BUFFER / (cpus * size_of::<LinkStats>())).max(16),
-        ))
-    }
-
-    fn with_links_per_call(fd: OwnedFd, cpus: usize, per_call: usize) -> Self {
-        Self {
-            fd,
-            cpus,
-            per_call,
+            per_call: (VALUE_BUFFER / (cpus * size_of::<LinkStats>())).max(16),
             keys: Vec::new(),
             values: Vec::new(),
             batches: true,
-        }
+        })
     }
 
     /// How many links each batch call asks for; tests read a few links in several.
