@@ -13,6 +13,9 @@
 //! - `recovery`: everything that went NOT_SERVING is SERVING again within
 //!   [`RECOVERY_BOUND`] of clearing;
 //! - `calm`: nothing above host level DEGRADED or FAILED (over Verdicts);
+//! - `degraded` (gray failures): the entity DEGRADED at every outside Verdicts
+//!   subscriber while the loss lasts, and nothing else above host level DEGRADED or
+//!   FAILED;
 //! - `wire`: the delay stage lived through the run and still delayed inter-site
 //!   requests by at least [`WIRE_MIN_SHARE`] of their nominal round trip.
 use std::{fmt::Write as _, time::Duration};
@@ -131,6 +134,9 @@ pub(super) fn judge(s: &Scenario, lab: &Lab, r: &Record) -> Vec<Check> {
     }
     if s.expect.calm_above_host {
         checks.push(calm(lab, r));
+    }
+    if let Some(entity) = &s.expect.degraded {
+        checks.push(degraded(lab, r, entity));
     }
     checks.push(wire(lab, r));
     checks
@@ -389,6 +395,71 @@ fn calm(lab: &Lab, r: &Record) -> Check {
         format!("above host level: {}", bad.join(", "))
     };
     Check::new("calm", bad.is_empty(), detail)
+}
+
+/// A gray failure of `entity` ("rack/dc-a/c1/r1"): DEGRADED (or worse) at every
+/// outside Verdicts subscriber before the loss was cleared; nothing else above host
+/// level DEGRADED or FAILED from injection to the end of the watch.
+fn degraded(lab: &Lab, r: &Record, entity: &str) -> Check {
+    let path = entity.split_once('/').map_or(entity, |(_, p)| p);
+    let in_run = |at| at >= r.injected && at <= r.end;
+    let mut missed = Vec::new();
+    let mut slowest: Option<(Duration, String)> = None;
+    let outside = r
+        .watchers
+        .iter()
+        .filter(|w| w.vantage != Vantage::Inside && w.kind == SubscriberKind::Tonic);
+    let mut watched = 0;
+    for w in outside {
+        watched += 1;
+        let first = r
+            .verdicts
+            .iter()
+            .filter(|v| v.subscriber == w.ix && in_run(v.at))
+            .find(|v| v.path == path && matches!(v.state, State::Degraded | State::Failed))
+            .map(|v| v.at);
+        match first {
+            Some(at) if at <= r.cleared => {
+                let d = at - r.injected;
+                if slowest.as_ref().is_none_or(|(m, _)| d > *m) {
+                    slowest = Some((d, who(lab, w)));
+                }
+            }
+            Some(at) => missed.push(format!(
+                "{} only {} ms after it cleared",
+                who(lab, w),
+                ms(at - r.cleared)
+            )),
+            None => missed.push(format!("{} never", who(lab, w))),
+        }
+    }
+    let mut elsewhere: Vec<String> = Vec::new();
+    for v in r.verdicts.iter().filter(|v| in_run(v.at)) {
+        if v.level > Level::Host
+            && v.path != path
+            && matches!(v.state, State::Degraded | State::Failed)
+        {
+            let line = format!("{} {}", v.path, v.state.as_str_name());
+            if !elsewhere.contains(&line) {
+                elsewhere.push(line);
+            }
+        }
+    }
+    let mut detail = format!(
+        "{entity} DEGRADED while the loss lasted at {}/{watched} outside Verdicts subscribers",
+        watched - missed.len()
+    );
+    if let Some((d, w)) = slowest {
+        let _ = write!(detail, " (slowest {w} {} ms)", ms(d));
+    }
+    if !missed.is_empty() {
+        let _ = write!(detail, "; missed: {}", missed.join(", "));
+    }
+    if !elsewhere.is_empty() {
+        let _ = write!(detail, "; also above host level: {}", elsewhere.join(", "));
+    }
+    let pass = missed.is_empty() && watched > 0 && elsewhere.is_empty();
+    Check::new("degraded", pass, detail)
 }
 
 fn wire(lab: &Lab, r: &Record) -> Check {

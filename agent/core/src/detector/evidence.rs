@@ -190,7 +190,7 @@ fn host(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
         ),
         State::Degraded if outside.blame.lossy => {
             let cfg = &d.cfg;
-            let (long, fast) = (&node.loss_host, &node.fast_loss[Level::Host]);
+            let (long, fast) = (&node.loss[Level::Host], &node.fast_loss[Level::Host]);
             // The window that found it: the short one only when the long one did not.
             let loss = if long.is_lossy(cfg.degraded_standout, cfg) {
                 long
@@ -313,24 +313,29 @@ fn group(d: &Detector, id: EntityId, now: Duration, v: &mut Verdict) {
     } else {
         f64::from(vote.failed) / f64::from(vote.observed)
     };
-    v.reason = match v.state {
-        State::Failed => format!(
+    v.reason = match (v.state, node.gray.shown) {
+        (State::Degraded, Some((lost, expected))) => format!(
+            "its hosts lose {:.1}% of segments, pooled over every observer outside it and standing out even without the part of it that loses most, where the same observers lose {:.1}% to other hosts as far away",
+            100.0 * f64::from(lost),
+            100.0 * f64::from(expected)
+        ),
+        (State::Failed, _) => format!(
             "{} of {} observed hosts fail as seen from outside it, by {} observer(s); {} host(s) outside are healthy",
             vote.failed,
             vote.observed,
             observers.len(),
             e.healthy_outside
         ),
-        State::Degraded => format!(
+        (State::Degraded, None) => format!(
             "{} of {} observed hosts failing or degraded, well above the share outside it",
             vote.failed + vote.degraded,
             vote.observed,
         ),
-        State::Healthy => format!(
+        (State::Healthy, _) => format!(
             "{} observed host(s), too few failing to vote it down",
             vote.observed
         ),
-        State::Unknown => "no recent evidence".into(),
+        (State::Unknown, _) => "no recent evidence".into(),
     };
     v.confidence = match v.state {
         State::Failed | State::Degraded => share * observer_confidence(d, &observers).max(0.5),

@@ -92,6 +92,11 @@ impl Hold {
             .min(cfg.max_recovery_hold)
     }
 
+    /// Degraded now, or the condition holds and waits for `degraded_confirm`.
+    pub(super) fn degrading(&self, now: Duration) -> bool {
+        self.degraded_since != Stamp::NEVER || self.degraded(now)
+    }
+
     pub(super) fn degraded(&self, now: Duration) -> bool {
         self.degraded_until.get().is_some_and(|u| now < u)
     }

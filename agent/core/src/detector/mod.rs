@@ -18,6 +18,7 @@
 pub mod config;
 mod evidence;
 mod forget;
+mod gray;
 mod hold;
 pub mod link;
 mod observers;
@@ -114,11 +115,13 @@ struct Node {
     outside: PerLevel<Outside>,
     /// Hosts only: retransmissions and progress on the links of observers outside
     /// each enclosing entity, pooled over `pooled_loss_fast_window` and decayed from
-    /// tick to tick; this tick's over `loss_window` seen from outside the host (for
-    /// the evidence); and whether the host is lossy seen from outside each.
+    /// tick to tick, and this tick's over `loss_window`; and whether the host is lossy
+    /// seen from outside each.
     fast_loss: PerLevel<PooledLoss>,
-    loss_host: PooledLoss,
+    loss: PerLevel<PooledLoss>,
     lossy: PerLevel<bool>,
+    /// This tick, racks and above: its hosts' loss pooled (see `gray`).
+    gray: gray::EntityLoss,
     /// This tick, racks and above: the vote of its hosts.
     vote: Vote,
     /// This tick: the entity's own state before hysteresis.
@@ -185,6 +188,8 @@ pub struct Detector {
     cut_off_entities: Vec<EntityId>,
     /// Scratch for `judge_hosts`, kept to reuse its allocation.
     newly_failing: Vec<EntityId>,
+    /// Scratch for `gray`: per observer, its loss to one entity and how far it is.
+    gray_scratch: Vec<(PooledLoss, u8)>,
     forgetting: forget::Forgetting,
 }
 
@@ -213,6 +218,7 @@ impl Detector {
             topology: Topology::default(),
             refused_observations: 0,
             cut_off_entities: Vec::new(),
+            gray_scratch: Vec::new(),
             newly_failing: Vec::new(),
         };
         for (i, e) in topology.entities().iter().enumerate() {
@@ -454,6 +460,7 @@ impl Detector {
         self.host_views(now);
         self.judge_observers(now);
         self.judge_hosts(now);
+        self.judge_gray(now);
         self.roll_up(now);
         let mut changes = self.forgotten_changes();
         changes.extend(self.publish(now));
@@ -598,8 +605,8 @@ impl Detector {
                 // noise: it must stand out twice as far.
                 node.lossy[level] = pooled.is_lossy(cfg.degraded_standout, cfg)
                     || fast.is_lossy(2.0 * cfg.degraded_standout, cfg);
+                node.loss[level] = pooled;
             }
-            node.loss_host = pooled;
         }
         // Only observers with enough failing views can be cut off: tally them by level.
         let mut any = false;

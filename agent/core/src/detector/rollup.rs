@@ -49,6 +49,9 @@ pub(super) struct Vote {
     bad_racks: TwoRacks,
     /// Some degraded host is degraded by pooled loss, which names no observer.
     pooled_loss: bool,
+    /// The entity's hosts, pooled, lose more than its observers lose elsewhere,
+    /// without its worst child (see `gray`).
+    pub(super) lossy: bool,
     /// The same hosts judged at host level (from every observer but themselves):
     /// known, and degraded or failing. For the stand-out comparison and the
     /// "others are fine" check.
@@ -193,10 +196,12 @@ pub(super) fn judge(v: &Vote, all: &Totals, cfg: &DetectorConfig) -> Outcome {
     }
     let one_child_is_bad = !v.bad_children_differ && v.observed_children_differ;
     let from_racks_enough = v.bad_racks.count() >= racks || v.pooled_loss;
-    if quorum(v.failed + v.degraded)
-        && stands_out(v, all, cfg)
-        && !one_child_is_bad
-        && from_racks_enough
+    let gray = v.lossy && v.observed >= cfg.min_failed_hosts;
+    if gray
+        || (quorum(v.failed + v.degraded)
+            && stands_out(v, all, cfg)
+            && !one_child_is_bad
+            && from_racks_enough)
     {
         return Outcome::Degraded;
     }
