@@ -343,9 +343,16 @@ mod tests {
         }
     }
 
+    fn at_one_percent() -> DetectorConfig {
+        DetectorConfig {
+            pooled_loss_ratio: 0.01,
+            ..DetectorConfig::default()
+        }
+    }
+
     #[test]
     fn a_loss_near_the_bar_keeps_its_condition_once_degrading() {
-        let cfg = DetectorConfig::default();
+        let cfg = at_one_percent();
         // 0.8 % over both windows: under `pooled_loss_ratio`, over half of it.
         let sum = pair((16.0, 2000.0), (4.0, 500.0));
         let rest = pair((11.0, 1350.0), (3.0, 340.0));
@@ -358,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_new_loss_passes_in_the_short_window_before_the_long_one() {
-        let cfg = DetectorConfig::default();
+        let cfg = at_one_percent();
         // The long window still holds the clean traffic from before: 0.6 %.
         let sum = pair((12.0, 2000.0), (9.0, 500.0));
         let rest = pair((8.0, 1350.0), (6.0, 340.0));
