@@ -20,8 +20,10 @@
 //! Two observers each losing two hosts of one rack at once is the rack, not noise.
 //!
 //! DEGRADED is relative: an entity is degraded only when its share of degraded hosts
-//! stands out, `degraded_standout` times the share among the hosts outside it. A rise
-//! across the whole network, or every host an observer sees, is nobody's fault.
+//! stands out, `degraded_standout` times the share among the hosts outside it, or when
+//! the loss into its hosts, pooled, stands out from what the same observers lose
+//! elsewhere even without its worst child (`Vote::lossy`, from `gray`). A rise across
+//! the whole network, or every host an observer sees, is nobody's fault.
 use super::{
     DetectorConfig,
     link::LinkStatus,
