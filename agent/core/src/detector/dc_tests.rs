@@ -218,7 +218,9 @@ impl Dc {
                 silent_ms: None,
             };
         }
-        self.cut_since[a][b] = None;
+        // The connections that sat in a cut time out once more, all at once, and
+        // re-send what they held as it clears.
+        let recovering = self.cut_since[a][b].take().is_some();
         let mut rtt = self.base_rtt_us(a, b) + self.random() % 100;
         if self.starved.contains(&a) || self.starved.contains(&b) {
             rtt = rtt * 10 + 20_000;
@@ -229,12 +231,15 @@ impl Dc {
         for _ in 0..progress {
             retrans += u64::from(self.chance(loss));
         }
+        let repeat = if recovering { 3 } else { 0 };
         LinkDelta {
             counters: LinkCounters {
                 progress_segs: progress,
                 // Connected both ways: our data is acknowledged as the peer's arrives.
                 acked_segs: progress,
-                retrans_segs: retrans,
+                retrans_segs: retrans + repeat,
+                rto_timeouts: repeat,
+                repeat_timeouts: repeat,
                 ..LinkCounters::default()
             },
             rtt_p50_us: Some(rtt),
@@ -753,6 +758,97 @@ fn a_gray_loss_that_has_ended_is_not_announced_after() {
                     *at - cleared,
                     change.entity.level,
                     change.entity.path
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gray_loss_into_a_cabinet_degrades_the_cabinet_not_its_site() {
+    // Both racks of east/e1 lose into them: the cabinet stands out without its worse
+    // rack; the site does not without the cabinet. Its racks may show as well (each
+    // loses as seen from outside it), nothing else above host level.
+    for seed in 0..4 {
+        let mut dc = Dc::thin(seed);
+        dc.run(Duration::from_secs(30));
+        let injected = dc.now;
+        dc.cut(Cut::Loss("east/e1", 3.0));
+        dc.run(Duration::from_secs(6));
+        assert_degraded_outside(&dc, Level::Cabinet, "east/e1");
+        for v in 0..dc.hosts.len() {
+            for (at, change) in dc.log[v].iter().filter(|(t, _)| *t >= injected) {
+                assert!(
+                    change.state != State::Degraded
+                        || change.entity.level == Level::Host
+                        || within(&change.entity.path, "east/e1"),
+                    "seed {seed}, at {} after {:?}: {} {} DEGRADED: {}",
+                    dc.hosts[v].path,
+                    *at - injected,
+                    change.entity.level,
+                    change.entity.path,
+                    change.reason
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gray_loss_into_a_one_rack_site_degrades_the_site_as_a_whole() {
+    // north is one cabinet of one rack: the rack is all of the cabinet and of the
+    // site, so the loss into it is theirs too, as a blackhole there fails the site.
+    for seed in 0..3 {
+        let mut dc = Dc::thin(seed);
+        dc.run(Duration::from_secs(30));
+        let injected = dc.now;
+        dc.cut(Cut::Loss("north", 3.0));
+        dc.run(Duration::from_secs(6));
+        for (level, path) in [
+            (Level::Rack, "north/n1/r1"),
+            (Level::Cabinet, "north/n1"),
+            (Level::Site, "north"),
+        ] {
+            assert_degraded_outside(&dc, level, path);
+        }
+        for v in 0..dc.hosts.len() {
+            for (_, change) in dc.log[v].iter().filter(|(t, _)| *t >= injected) {
+                assert!(
+                    change.state != State::Degraded || within(&change.entity.path, "north"),
+                    "seed {seed}, at {}: {} {} DEGRADED: {}",
+                    dc.hosts[v].path,
+                    change.entity.level,
+                    change.entity.path,
+                    change.reason
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_recovered_rack_is_not_degraded_by_its_failures_retransmissions() {
+    // Its links retransmitted while it was cut off; once they deliver again, those
+    // retransmissions are the failure's, not a gray failure after it.
+    let rack = "east/e1/r1";
+    for seed in 0..4 {
+        let mut dc = Dc::thin(seed);
+        dc.run(Duration::from_secs(30));
+        dc.cut(Cut::Into(rack));
+        dc.run(Duration::from_secs(5));
+        dc.clear();
+        let cleared = dc.now;
+        dc.run(Duration::from_secs(15));
+        for v in 0..dc.hosts.len() {
+            for (at, change) in dc.log[v].iter().filter(|(t, _)| *t > cleared) {
+                assert!(
+                    change.state != State::Degraded || !within(&change.entity.path, rack),
+                    "seed {seed}, at {}, {:?} after clearing: {} {} DEGRADED: {}",
+                    dc.hosts[v].path,
+                    *at - cleared,
+                    change.entity.level,
+                    change.entity.path,
+                    change.reason
                 );
             }
         }

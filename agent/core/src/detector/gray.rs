@@ -76,6 +76,8 @@ pub(super) struct EntityLoss {
     /// When lossy: the share of segments its hosts lose, and the share its observers
     /// lose elsewhere (for the evidence).
     pub(super) shown: Option<(f32, f32)>,
+    /// Its loss passes the plain bars: compared with elsewhere this tick.
+    candidate: bool,
 }
 
 fn worse(worst: &mut LossPair, candidate: LossPair) {
@@ -148,45 +150,75 @@ impl Detector {
                 }
             }
         }
+        // The comparison walks the entity's links: only for entities whose loss
+        // passes the plain bars first, and their hosts found in one pass.
+        let mut candidates = std::mem::take(&mut self.gray_candidates);
+        candidates.clear();
         for level in ABOVE {
-            for i in 0..self.by_level[level].len() {
-                let e = self.by_level[level][i];
+            for &e in &self.by_level[level] {
                 let node = &self.nodes[e.index()];
                 let bars = Bars::new(&self.cfg, node.hold.degrading(now));
-                let (sum, rest) = (node.gray.sum, node.gray.rest());
-                // The comparison walks the entity's links: only for an entity whose
-                // loss passes the plain bars first.
-                if !bars.enough_loss(&sum, &rest) {
-                    continue;
-                }
-                let Some(expected) = self.expected_outside(e, level, now_ms) else {
-                    continue;
-                };
-                if bars.stands_out(&rest, expected) {
-                    let node = &mut self.nodes[e.index()];
-                    node.gray.shown = Some((sum.ratio(), expected.ratio));
-                    node.vote.lossy = true;
+                if bars.enough_loss(&node.gray.sum, &node.gray.rest()) {
+                    candidates.push((e, bars));
                 }
             }
         }
+        if !candidates.is_empty() {
+            let mut members = std::mem::take(&mut self.gray_members);
+            members.clear();
+            for &(e, _) in &candidates {
+                self.nodes[e.index()].gray.candidate = true;
+            }
+            for &h in &self.by_level[Level::Host] {
+                let around = self.nodes[h.index()].around;
+                for level in ABOVE {
+                    if let Some(e) = around[level].filter(|e| self.nodes[e.index()].gray.candidate)
+                    {
+                        members.push((e, h));
+                    }
+                }
+            }
+            members.sort_unstable_by_key(|&(e, _)| e.0);
+            for (e, bars) in candidates.drain(..) {
+                let start = members.partition_point(|&(m, _)| m.0 < e.0);
+                let end = members.partition_point(|&(m, _)| m.0 <= e.0);
+                let level = self.topology.entity(e).level;
+                let hosts = members[start..end].iter().map(|&(_, h)| h);
+                let expected = self.expected_outside(level, hosts, now_ms);
+                let node = &mut self.nodes[e.index()];
+                node.gray.candidate = false;
+                let rest = node.gray.rest();
+                if let Some(expected) = expected.filter(|x| bars.stands_out(&rest, *x)) {
+                    node.gray.shown = Some((node.gray.sum.ratio(), expected.ratio));
+                    node.vote.lossy = true;
+                }
+            }
+            self.gray_members = members;
+        }
+        self.gray_candidates = candidates;
     }
 
-    /// What observers outside `e` lose to hosts as far away from them as `e`,
-    /// outside `e`, weighted by what they exchange with `e`'s hosts; None when no
-    /// observer outside sees them.
-    fn expected_outside(&mut self, e: EntityId, level: Level, now_ms: u64) -> Option<Expected> {
+    /// What observers outside the entity at `level` whose hosts are `hosts` lose to
+    /// hosts as far away from them as these, outside it, weighted by what they
+    /// exchange with its hosts; None when no observer outside sees them.
+    fn expected_outside(
+        &mut self,
+        level: Level,
+        hosts: impl Iterator<Item = EntityId>,
+        now_ms: u64,
+    ) -> Option<Expected> {
         let loss_ms = views::ms(self.cfg.loss_window);
         let enough = views::enough_to_compare(&self.cfg);
         #[expect(clippy::cast_possible_truncation)]
         let least = (1.0 / self.cfg.pooled_loss_ratio) as f32;
+        // Per observer: its loss to these hosts and how far it is (0: not seen yet;
+        // an observer outside is at least one level away). Left zeroed after use.
         let mut per_observer = std::mem::take(&mut self.gray_scratch);
-        per_observer.clear();
         per_observer.resize(self.observers.len(), (PooledLoss::default(), 0));
-        for &h in &self.by_level[Level::Host] {
+        let mut seen = std::mem::take(&mut self.gray_seen);
+        seen.clear();
+        for h in hosts {
             let node = &self.nodes[h.index()];
-            if node.around[level] != Some(e) {
-                continue;
-            }
             let host_ids = super::ids(&node.around);
             for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
                 let o = usize::from(chunk[0].0);
@@ -197,6 +229,9 @@ impl Detector {
                     continue;
                 }
                 let (sums, at) = &mut per_observer[o];
+                if *at == 0 {
+                    seen.push(chunk[0].0);
+                }
                 *at = reach;
                 for &(_, slot) in chunk {
                     if let Some((r, p)) = self.health[slot as usize].loss_sums(now_ms, loss_ms) {
@@ -207,17 +242,17 @@ impl Detector {
             }
         }
         let (mut expected, mut variance, mut progress) = (0.0, 0.0, 0.0);
-        for (o, &(here, reach)) in per_observer.iter().enumerate() {
+        for &o in &seen {
+            let (here, reach) = std::mem::take(&mut per_observer[usize::from(o)]);
             if here.progress <= 0.0 {
                 continue;
             }
-            let before = &self.observers[o].reach_loss;
+            let before = &self.observers[usize::from(o)].reach_loss;
             // Where the hosts as far away carry less than a host is compared with,
             // what they carry is still an estimate, if a rough one: its variance
             // goes into the test. With nothing to compare with, the observer expects
             // what it sees: it neither makes the entity stand out nor hides it.
-            let reach = usize::from(reach);
-            let (r, p) = elsewhere(before, reach, here, (enough, least))
+            let (r, p) = elsewhere(before, usize::from(reach), here, (enough, least))
                 .unwrap_or((here.retrans, here.progress));
             let scale = here.progress / p;
             expected += r * scale;
@@ -228,6 +263,7 @@ impl Detector {
             progress += here.progress;
         }
         self.gray_scratch = per_observer;
+        self.gray_seen = seen;
         (progress > 0.0).then(|| Expected {
             ratio: expected / progress,
             relative_variance: variance / (progress * progress),
@@ -237,7 +273,7 @@ impl Detector {
 
 /// The bars an entity's pooled loss must pass, as they stand for it this tick.
 #[derive(Debug, Clone, Copy)]
-struct Bars {
+pub(super) struct Bars {
     min_retrans: f32,
     min_ratio: f32,
     standout: f32,

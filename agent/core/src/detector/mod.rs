@@ -188,8 +188,13 @@ pub struct Detector {
     cut_off_entities: Vec<EntityId>,
     /// Scratch for `judge_hosts`, kept to reuse its allocation.
     newly_failing: Vec<EntityId>,
-    /// Scratch for `gray`: per observer, its loss to one entity and how far it is.
+    /// Scratch for `gray`: entities to compare with elsewhere and the bars they
+    /// face, their hosts, per observer its loss to one entity and how far it is,
+    /// and the observers seen.
+    gray_candidates: Vec<(EntityId, gray::Bars)>,
+    gray_members: Vec<(EntityId, EntityId)>,
     gray_scratch: Vec<(PooledLoss, u8)>,
+    gray_seen: Vec<u16>,
     forgetting: forget::Forgetting,
 }
 
@@ -218,7 +223,10 @@ impl Detector {
             topology: Topology::default(),
             refused_observations: 0,
             cut_off_entities: Vec::new(),
+            gray_candidates: Vec::new(),
+            gray_members: Vec::new(),
             gray_scratch: Vec::new(),
+            gray_seen: Vec::new(),
             newly_failing: Vec::new(),
         };
         for (i, e) in topology.entities().iter().enumerate() {
@@ -765,7 +773,10 @@ impl Detector {
         let raise = cut_off || node.outside[Level::Host].fresh || node.hold.held;
         node.observed = cut_off || from_outside != LinkStatus::Unknown;
         node.raw_failing = failing && raise;
-        node.raw_degraded = !failing && from_outside == LinkStatus::Degraded;
+        // Held FAILED, it is recovering: the loss and RTTs its links show are its
+        // failure's (every connection that sat in it times out once more and
+        // re-sends as it clears), judged afresh once the hold lets go.
+        node.raw_degraded = !failing && !node.hold.held && from_outside == LinkStatus::Degraded;
         node.hold
             .update(node.raw_failing, node.raw_degraded, now, cfg);
         match from_outside {
@@ -832,7 +843,7 @@ impl Detector {
                 let raise = node.cut_off || node.vote.fresh || node.hold.held;
                 node.observed = node.cut_off || outcome != Outcome::Unobserved;
                 node.raw_failing = failing && raise;
-                node.raw_degraded = !failing && outcome == Outcome::Degraded;
+                node.raw_degraded = !failing && !node.hold.held && outcome == Outcome::Degraded;
                 node.hold
                     .update(node.raw_failing, node.raw_degraded, now, &self.cfg);
             }
