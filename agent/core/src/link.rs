@@ -129,6 +129,19 @@ impl LinkCounters {
             .saturating_add(self.resets_rx)
     }
 
+    /// Retransmitted segments and timeouts that count as loss: those of connections
+    /// that had already timed out and heard nothing since (`repeat_timeouts`, each
+    /// with its re-sent segment) are the tail of an earlier stall, as every
+    /// connection that sat in a fault times out once more after it clears, on its
+    /// backoff timer, seconds later: not new loss.
+    pub fn lost_segs(&self) -> (u64, u64) {
+        let repeat = self.repeat_timeouts;
+        (
+            self.retrans_segs.saturating_sub(repeat),
+            self.rto_timeouts.saturating_sub(repeat),
+        )
+    }
+
     /// `progress_segs` without the heartbeats': the denominator of a loss ratio.
     pub fn progress_segs_but_heartbeats(&self) -> u64 {
         self.progress_segs

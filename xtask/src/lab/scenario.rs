@@ -471,10 +471,21 @@ impl Scenario {
     }
 
     /// Whether this fault and `other` (an entity path) overlap: one contains the other.
+    /// Whether this scenario's entity (the one it fails, or a gray failure's) and
+    /// `other` overlap: a gray failure injected while its rack still recovers from
+    /// an earlier fault (its stuck connections re-sending on their backoff timers)
+    /// would measure that fault's tail.
     fn overlaps(&self, other: &str) -> bool {
+        let gray = self
+            .expect
+            .degraded
+            .as_deref()
+            .and_then(|e| e.split_once('/'))
+            .map(|(_, p)| p);
         self.expect
             .failed_path
             .as_deref()
+            .or(gray)
             .is_some_and(|p| within(p, other) || within(other, p))
     }
 

@@ -157,6 +157,7 @@ impl DecayWeights {
 #[derive(Debug, Clone, Copy, Default)]
 struct LastTick {
     progress: u32,
+    /// Retransmissions and timeouts that count as loss (`LinkCounters::lost_segs`).
     retrans: u32,
     /// Evidence only: saturates at 65,535 a tick, which a link that acknowledges
     /// anything at all has long shown.
@@ -286,12 +287,13 @@ impl LinkHealth {
         let stamp = Stamp(now_ms.min(u64::MAX - 1));
         let previous = self.last_evidence;
         self.last_evidence = stamp;
+        let (lost_retrans, lost_rto) = c.lost_segs();
         self.last = LastTick {
             progress: narrow32(c.progress_segs),
-            retrans: narrow32(c.retrans_segs),
+            retrans: narrow32(lost_retrans),
             acked: narrow16(c.acked_segs),
             control_progress: narrow16(c.control_progress_segs),
-            rto: narrow16(c.rto_timeouts),
+            rto: narrow16(lost_rto),
             syn_retrans: narrow16(c.syn_retrans),
             failed_connects: narrow16(c.failed_connects),
             resets: narrow16(c.resets_rx),
@@ -364,7 +366,7 @@ impl LinkHealth {
         };
         #[expect(clippy::cast_precision_loss)]
         {
-            self.retrans = self.retrans * w + (c.retrans_segs + c.rto_timeouts) as f32;
+            self.retrans = self.retrans * w + (lost_retrans + lost_rto) as f32;
             // The heartbeats neither lose (their retransmissions are apart) nor
             // dilute the ratio.
             self.progress = self.progress * w + c.progress_segs_but_heartbeats() as f32;
