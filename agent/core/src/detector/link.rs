@@ -992,6 +992,25 @@ mod tests {
     }
 
     #[test]
+    fn an_earlier_stalls_repeat_timeouts_are_not_loss() {
+        // After a fault clears, connections that sat in it time out once more and
+        // re-send: as much loss, counted, as a fresh 3 % a tick would be, but all of
+        // it repeats.
+        let cfg = DetectorConfig::default();
+        let (mut tail, mut fresh) = (LinkHealth::default(), LinkHealth::default());
+        for t in 0..20 {
+            let mut repeats = delta(100, 3, 3);
+            repeats.counters.repeat_timeouts = 3;
+            tail.observe(&repeats, ms(t * 100), &cfg);
+            fresh.observe(&delta(100, 3, 3), ms(t * 100), &cfg);
+        }
+        let lost = |l: &LinkHealth| l.loss_sums(1900, 2000).map(|(r, _)| r);
+        assert_eq!(lost(&tail), Some(0.0));
+        assert!(lost(&fresh).is_some_and(|r| r > 10.0), "{:?}", lost(&fresh));
+        assert_eq!(tail.loss_since(1800), Some((0.0, 100.0)));
+    }
+
+    #[test]
     fn without_ack_counts_segments_received_stay_progress() {
         // A host without sock_ops (or an older peer agent) never reports acked_segs.
         let cfg = DetectorConfig::default();
