@@ -252,7 +252,7 @@ impl Detector {
             // what they carry is still an estimate, if a rough one: its variance
             // goes into the test. With nothing to compare with, the observer expects
             // what it sees: it neither makes the entity stand out nor hides it.
-            let (r, p) = elsewhere(before, usize::from(reach), here, (enough, least))
+            let (r, p) = views::elsewhere(before, usize::from(reach), here, (enough, least))
                 .unwrap_or((here.retrans, here.progress));
             let scale = here.progress / p;
             expected += r * scale;
@@ -330,27 +330,6 @@ struct Expected {
     /// The variance of that estimate, per segment squared: an entity's expected
     /// count over `p` segments has variance `p² × relative_variance`.
     relative_variance: f32,
-}
-
-/// An observer's retransmissions and segments to the hosts as far away as `here`'s
-/// and farther, without `here`'s own, widened until they reach `enough` segments
-/// (as [`super::views::expected_ratio`]), or as wide as they go if they reach only
-/// `least`.
-fn elsewhere(
-    before: &[PooledLoss; 5],
-    reach: usize,
-    here: PooledLoss,
-    (enough, least): (f32, f32),
-) -> Option<(f32, f32)> {
-    let (mut retrans, mut progress) = (-here.retrans, -here.progress);
-    for sums in before.get(reach..)? {
-        retrans += sums.retrans;
-        progress += sums.progress;
-        if progress >= enough {
-            break;
-        }
-    }
-    (progress >= least).then_some((retrans.max(0.0), progress))
 }
 
 #[cfg(test)]
@@ -484,17 +463,17 @@ mod tests {
         before[4] = loss(9.0, 600.0);
         let here = loss(1.0, 100.0);
         assert_eq!(
-            elsewhere(&before, 2, here, (500.0, 100.0)),
+            views::elsewhere(&before, 2, here, (500.0, 100.0)),
             Some((11.0, 820.0))
         );
         assert_eq!(
-            elsewhere(&before, 2, here, (200.0, 100.0)),
+            views::elsewhere(&before, 2, here, (200.0, 100.0)),
             Some((2.0, 220.0))
         );
         // Too little even widened: nothing to compare with.
         before[4] = PooledLoss::default();
         assert_eq!(
-            elsewhere(&before, 3, loss(0.0, 150.0), (500.0, 100.0)),
+            views::elsewhere(&before, 3, loss(0.0, 150.0), (500.0, 100.0)),
             None
         );
     }

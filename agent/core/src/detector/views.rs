@@ -338,15 +338,28 @@ pub(super) fn expected_ratio(
     here: PooledLoss,
     enough: f32,
 ) -> Option<f32> {
+    elsewhere(before, reach, here, (enough, enough)).map(|(retrans, progress)| retrans / progress)
+}
+
+/// An observer's retransmissions and segments to the hosts as far away as `here`'s
+/// and farther, without `here`'s own, widened until they reach `enough` segments
+/// (as [`expected_ratio`]), or as wide as they go if they reach only
+/// `least`.
+pub(super) fn elsewhere(
+    before: &[PooledLoss; 5],
+    reach: usize,
+    here: PooledLoss,
+    (enough, least): (f32, f32),
+) -> Option<(f32, f32)> {
     let (mut retrans, mut progress) = (-here.retrans, -here.progress);
     for sums in before.get(reach..)? {
         retrans += sums.retrans;
         progress += sums.progress;
         if progress >= enough {
-            return Some(retrans.max(0.0) / progress);
+            break;
         }
     }
-    None
+    (progress >= least).then_some((retrans.max(0.0), progress))
 }
 
 impl Default for Outside {
