@@ -118,6 +118,12 @@ pub struct LinkStats {
     /// one is a dead path's earliest proof: it ends a stall's wait for silence like
     /// any RTO, but never counts as loss (never in `rto_timeouts`).
     pub control_timeouts: u64,
+    /// `bpf_ktime_get_ns()` of the last ACK of our data (as `acked_segs` counts them),
+    /// 0 if none: the moment our own path there last worked both ways. An observer
+    /// inside a cut-off site still receives the far sites' last ACKs for up to a
+    /// one-way delay after the cut; dated by the kernel, they are told apart from
+    /// answers that crossed after it. Written by the RTT callback only, stored whole.
+    pub last_acked_ns: u64,
 }
 
 impl LinkStats {
@@ -137,6 +143,7 @@ impl LinkStats {
         control_retrans_segs: 0,
         control_progress_segs: 0,
         control_timeouts: 0,
+        last_acked_ns: 0,
     };
 }
 
@@ -338,11 +345,11 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<LinkKey>(), 36);
-        // 6 counters, the histogram, 3 latest values, acked_segs, repeat_timeouts and
-        // the three control counters: all u64, no padding.
+        // 6 counters, the histogram, 3 latest values, acked_segs, repeat_timeouts,
+        // the three control counters and the last ACK's time: all u64, no padding.
         assert_eq!(
             core::mem::size_of::<LinkStats>(),
-            8 * (6 + RTT_BUCKETS + 3 + 5)
+            8 * (6 + RTT_BUCKETS + 3 + 6)
         );
         assert_eq!(
             core::mem::offset_of!(LinkStats, last_progress_ns),

@@ -35,7 +35,8 @@
 //! load + store cannot lose an interleaved increment), except `acked_segs`, whose one
 //! writer nests with itself and so adds with one atomic instruction
 //! ([`LinkSlot::count_nested`]); and the one field written by both sides,
-//! `last_loss_ns`, is only ever stored whole (a store cannot tear). The urgent-event
+//! `last_loss_ns`, is only ever stored whole (a store cannot tear), as is
+//! `last_acked_ns`, whose one writer nests with itself. The urgent-event
 //! budget is multiword read-modify-write state, so each side has its own slot of
 //! `URGENT_BUDGET` ([`URGENT_BUDGET_TRACEPOINTS`], [`URGENT_BUDGET_SOCK_OPS`], the latter
 //! used by the RTO callback only).
@@ -244,6 +245,7 @@ impl Field {
     const SRTT_US: Self = Self(offset_of!(LinkStats, srtt_us));
     const LAST_PROGRESS_NS: Self = Self(offset_of!(LinkStats, last_progress_ns));
     const LAST_LOSS_NS: Self = Self(offset_of!(LinkStats, last_loss_ns));
+    const LAST_ACKED_NS: Self = Self(offset_of!(LinkStats, last_acked_ns));
 
     #[inline(always)]
     fn rtt_bucket(bucket: usize) -> Self {
@@ -620,10 +622,14 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
             urgent(ctx, URGENT_BUDGET_SOCK_OPS, &key, UrgentKind::Rto, now);
         }
         BPF_SOCK_OPS_RTT_CB => {
-            // The per-ACK path: a map lookup and one atomic add, no clock, no event.
+            // The per-ACK path: a map lookup, one atomic add and the clock, no event.
+            // The time is stored whole, so a nested callback's store cannot tear it
+            // (either ACK's time is right).
             let key = sock_ops_key(ctx)?;
             let s = stats(ctx, &key).ok_or(0i64)?;
             s.count_nested(Field::ACKED_SEGS);
+            // SAFETY: helper without preconditions.
+            s.set(Field::LAST_ACKED_NS, unsafe { bpf_ktime_get_ns() });
         }
         _ => {}
     }

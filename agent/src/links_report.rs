@@ -122,6 +122,7 @@ mod tests {
             srtt_us: 1500,
             since_progress: None,
             since_loss: None,
+            since_acked: None,
         }
     }
 

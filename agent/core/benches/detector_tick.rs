@@ -296,6 +296,7 @@ fn healthy(rng: &mut Rng) -> LinkDelta {
         },
         rtt_p50_us: Some(150 + rng.below(150)),
         silent_ms: None,
+        acked_age_ms: None,
     }
 }
 
@@ -318,6 +319,7 @@ fn blackholed(since: Duration, now: Duration, jitter_ms: u8) -> LinkDelta {
         counters,
         rtt_p50_us: None,
         silent_ms: None,
+        acked_age_ms: None,
     }
 }
 

@@ -229,4 +229,6 @@ pub struct LinkSample {
     pub since_progress: Option<Duration>,
     /// Time since the last loss event; None if never.
     pub since_loss: Option<Duration>,
+    /// Time since the peer last acknowledged our data; None if never.
+    pub since_acked: Option<Duration>,
 }

@@ -94,6 +94,7 @@ fn to_wire(o: &Observation) -> pb::LinkObservation {
         control_timeouts: c.control_timeouts,
         rtt_p50_us: o.delta.rtt_p50_us,
         silent_ms: o.delta.silent_ms,
+        acked_age_ms: o.delta.acked_age_ms,
     }
 }
 
@@ -131,6 +132,7 @@ pub(crate) fn from_wire(
                     .clamped(),
                     rtt_p50_us: l.rtt_p50_us,
                     silent_ms: l.silent_ms,
+                    acked_age_ms: l.acked_age_ms,
                 },
             })
         })
@@ -372,6 +374,7 @@ mod tests {
                 },
                 rtt_p50_us: Some(8),
                 silent_ms: Some(95),
+                acked_age_ms: Some(7),
             },
         };
         let batch = pb::ObservationBatch {
@@ -384,6 +387,7 @@ mod tests {
         assert_eq!(batch.links[0].control_retrans_segs, 9);
         assert_eq!(batch.links[0].control_progress_segs, 1);
         assert_eq!(batch.links[0].control_timeouts, 2);
+        assert_eq!(batch.links[0].acked_age_ms, Some(7));
         let received = from_wire(&batch, &"a".into()).expect("a well-formed batch");
         assert_eq!(received.len(), 1);
         assert_eq!(received[0].link, sent.link);
@@ -423,6 +427,10 @@ mod tests {
             received[0].delta.silent_ms, None,
             "undated, not silent since 0 ms"
         );
+        assert_eq!(
+            received[0].delta.acked_age_ms, None,
+            "undated, not acknowledged just now"
+        );
         assert_eq!(received[0].delta.counters.acked_segs, 0);
         assert_eq!(received[0].delta.counters.progress_segs, 9);
     }
@@ -458,6 +466,7 @@ mod tests {
             },
             rtt_p50_us: None,
             silent_ms: None,
+            acked_age_ms: None,
         };
         health.observe(&delivering, Duration::ZERO, &cfg);
         health.observe(&received[0].delta, Duration::from_millis(100), &cfg);

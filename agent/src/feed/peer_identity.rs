@@ -181,6 +181,7 @@ mod tests {
                 counters: LinkCounters::default(),
                 rtt_p50_us: None,
                 silent_ms: None,
+                acked_age_ms: None,
             },
         }
     }

@@ -57,6 +57,7 @@ pub struct LinkTotals {
     pub srtt_us: u64,
     pub last_progress_ns: u64,
     pub last_loss_ns: u64,
+    pub last_acked_ns: u64,
 }
 
 impl LinkTotals {
@@ -71,6 +72,7 @@ impl LinkTotals {
                 total.srtt_us = stats.srtt_us;
             }
             total.last_loss_ns = total.last_loss_ns.max(stats.last_loss_ns);
+            total.last_acked_ns = total.last_acked_ns.max(stats.last_acked_ns);
         }
         total
     }
@@ -117,6 +119,7 @@ impl SampleTracker {
                 srtt_us: totals.srtt_us,
                 since_progress: ago(totals.last_progress_ns),
                 since_loss: ago(totals.last_loss_ns),
+                since_acked: ago(totals.last_acked_ns),
             });
         }
         samples.sort_by_key(|s| s.link);
@@ -177,6 +180,7 @@ mod tests {
         s.progress_segs = progress;
         s.acked_segs = progress / 2;
         s.last_progress_ns = at;
+        s.last_acked_ns = at / 2;
         s.srtt_us = at / 1000;
         s
     }
@@ -189,6 +193,7 @@ mod tests {
         assert_eq!(t.counters.acked_segs, 5);
         assert_eq!(t.srtt_us, 9);
         assert_eq!(t.last_progress_ns, 9_000);
+        assert_eq!(t.last_acked_ns, 4_500, "the latest ACK on any CPU");
     }
 
     #[test]

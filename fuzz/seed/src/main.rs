@@ -79,6 +79,7 @@ fn stalled(local: &str, remote: &str, tick: u64) -> LinkObservation {
         syn_retrans: 1,
         repeat_timeouts: tick.saturating_sub(1),
         silent_ms: Some(u32::try_from(100 * tick).unwrap_or(u32::MAX)),
+        acked_age_ms: None,
         ..LinkObservation::default()
     }
 }
@@ -162,6 +163,7 @@ fn peer_batch_seeds() -> Seeds {
         acked_segs: u64::MAX,
         repeat_timeouts: u64::MAX,
         silent_ms: Some(u32::MAX),
+        acked_age_ms: None,
         control_retrans_segs: u64::MAX,
         control_progress_segs: u64::MAX,
         control_timeouts: u64::MAX,

@@ -285,6 +285,7 @@ mod tests {
                 },
                 rtt_p50_us: Some(200),
                 silent_ms: None,
+                acked_age_ms: None,
             },
         }
     }

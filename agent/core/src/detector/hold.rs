@@ -31,10 +31,22 @@ impl Hold {
         now: Duration,
         cfg: &DetectorConfig,
     ) {
+        self.update_confirmed_after(failing, degraded, now, cfg.confirm, cfg);
+    }
+
+    /// [`Self::update`], FAILED once the condition has held for `confirm`.
+    pub(super) fn update_confirmed_after(
+        &mut self,
+        failing: bool,
+        degraded: bool,
+        now: Duration,
+        confirm: Duration,
+        cfg: &DetectorConfig,
+    ) {
         if failing {
             let since = self.failing_since.get_or_set(now);
             self.recovering_since = Stamp::NEVER;
-            if !self.held && now.saturating_sub(since) >= cfg.confirm {
+            if !self.held && now.saturating_sub(since) >= confirm {
                 self.held = true;
                 self.enter(now, cfg);
             }

@@ -57,6 +57,12 @@ pub struct LinkDelta {
     /// None otherwise, or from an observer that does not say. It dates a stall to the
     /// kernel's clock instead of the tick that reported it.
     pub silent_ms: Option<u32>,
+    /// How long ago, ms, the peer last acknowledged our data, by the kernel's clock,
+    /// when it did during this tick; None otherwise, or from an observer that does not
+    /// say. It dates the link's two-way progress to the ACK itself, not the tick that
+    /// reported it: an ACK that crossed a partition just before it closed is then not
+    /// taken for one that crossed after (see [`LinkHealth::answered_ms`]).
+    pub acked_age_ms: Option<u32>,
 }
 
 /// A point on the detector's clock in whole milliseconds; `NEVER` when unset. Eight
@@ -170,6 +176,24 @@ struct LastTick {
     resets: u16,
 }
 
+/// How long before the sample its latest answer to our data crossed the path towards
+/// us at the latest, ms: the ACK's age by the kernel's clock (0 where the observer does
+/// not say), plus half the larger of this tick's and the recent RTT, rounded up.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+fn answer_age_ms(delta: &LinkDelta, rtt_recent_us: f32) -> u16 {
+    let rtt_us = delta
+        .rtt_p50_us
+        .map_or(0.0, |r| r as f32)
+        .max(rtt_recent_us);
+    let half_rtt_ms = (rtt_us / 2000.0).ceil() as u32;
+    let age = delta.acked_age_ms.unwrap_or(0).saturating_add(half_rtt_ms);
+    u16::try_from(age).unwrap_or(u16::MAX - 1).min(u16::MAX - 1)
+}
+
 fn narrow32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
@@ -237,10 +261,10 @@ pub struct LinkHealth {
     stall_reported_lag_ms: u16,
     /// Retransmissions since `stall_since` (evidence only: saturates).
     stall_retrans: u16,
-    /// Not one segment from the peer since `stall_since`, and among its
-    /// retransmissions one that is not a repeat timeout's: see [`Self::status_as_of`].
-    stall_silent: bool,
-    stall_fresh: bool,
+    /// `SILENT`: not one segment from the peer since `stall_since`; `FRESH`: among its
+    /// retransmissions one that is not a repeat timeout's (see [`Self::status_as_of`]).
+    /// One byte for both, so that `answered_lag_ms` fits in 80.
+    stall_flags: u8,
     /// Retransmissions and segments received, the heartbeats' left out (see
     /// `control_retrans_segs`), decayed with `loss_window`, as of `last_evidence`.
     retrans: f32,
@@ -259,7 +283,14 @@ pub struct LinkHealth {
     /// path out works: an observer that only receives must not pass for one that
     /// reaches, nor witness for a host it cannot send to. 0 where ACKs are not counted.
     two_way_lag_ms: u16,
+    /// How long before `last_progress` the peer's latest answer to our data crossed
+    /// the path towards us at the latest, ms (`u16::MAX`: at least that long, or
+    /// never): see [`Self::answered_ms`].
+    answered_lag_ms: u16,
 }
+
+const SILENT: u8 = 1;
+const FRESH: u8 = 2;
 
 impl LinkHealth {
     /// Folds in one tick of counters observed at `now`.
@@ -335,6 +366,15 @@ impl LinkHealth {
                     .unwrap_or(u16::MAX)
                     .saturating_add(self.two_way_lag_ms)
             };
+            self.answered_lag_ms = if two_way {
+                answer_age_ms(delta, self.rtt_recent_us)
+            } else if self.last_progress == Stamp::NEVER {
+                u16::MAX
+            } else {
+                u16::try_from(stamp.0.saturating_sub(self.last_progress.0))
+                    .unwrap_or(u16::MAX)
+                    .saturating_add(self.answered_lag_ms)
+            };
             self.last_progress = stamp;
             self.stall_since = Stamp::NEVER;
             self.stall_hard = 0;
@@ -352,10 +392,14 @@ impl LinkHealth {
                 self.stall_since = Stamp(stamp.0.saturating_sub(silent).max(floor).min(stamp.0));
                 self.stall_reported_lag_ms =
                     u16::try_from(stamp.0 - self.stall_since.0).unwrap_or(u16::MAX);
-                (self.stall_silent, self.stall_fresh) = (true, false);
+                self.stall_flags = SILENT;
             }
-            self.stall_silent &= c.progress_segs == 0;
-            self.stall_fresh |= retransmitted > c.repeat_timeouts;
+            if c.progress_segs > 0 {
+                self.stall_flags &= !SILENT;
+            }
+            if retransmitted > c.repeat_timeouts {
+                self.stall_flags |= FRESH;
+            }
             self.stall_hard = self.stall_hard.saturating_add(narrow16(hard));
             self.stall_retrans = self.stall_retrans.saturating_add(narrow16(retransmitted));
         }
@@ -490,7 +534,7 @@ impl LinkHealth {
     /// for the observe loop, which asks before and after every observation.
     #[inline]
     pub(super) fn in_silent_stall(&self) -> bool {
-        self.stall_silent && self.stall_fresh && self.stall_since != Stamp::NEVER
+        self.stall_flags == SILENT | FRESH && self.stall_since != Stamp::NEVER
     }
 
     /// Retransmissions and segments received over the loss window, as of the latest
@@ -529,7 +573,11 @@ impl LinkHealth {
     /// the failure began, and an observer inside the partition would blame the nearest
     /// site outside instead of naming itself cut off. Compared sample to sample, the
     /// stall and that ACK come in the same sample: not after.
-    pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64) {
+    ///
+    /// Fifth, how long before its report the kernel dates the stall, ms: the answers
+    /// that prove an observer still reaches elsewhere are dated by the kernel too
+    /// ([`Self::answered_ms`]), and are compared with that date.
+    pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64, u16) {
         let reported = if self.stall_since == Stamp::NEVER {
             Stamp::NEVER.0
         } else {
@@ -540,6 +588,7 @@ impl LinkHealth {
             self.last_progress.0,
             self.two_way_progress_ms(),
             self.last_evidence.0,
+            self.stall_reported_lag_ms,
         )
     }
 
@@ -552,6 +601,27 @@ impl LinkHealth {
         self.last_progress
             .0
             .saturating_sub(u64::from(self.two_way_lag_ms))
+    }
+
+    /// The latest moment, ms on the detector's clock (`u64::MAX`: never), at which the
+    /// peer's answer to our data is known to have crossed any point of the path
+    /// towards us: the latest ACK of our data by the kernel's clock, less half an RTT.
+    ///
+    /// An ACK that crossed a partition just before it closed still comes in for up to
+    /// a one-way delay after it (the far sites' longest); by its sample, or even by its
+    /// own arrival, it passes for a host reached after the partition. Dated this way
+    /// it never comes after the partition began, hence never after the first
+    /// retransmission the partition caused: an observer inside it cannot prove it
+    /// still reaches elsewhere, one outside can, half an RTT later. Where the observer
+    /// does not date its ACKs (an agent older than `acked_age_ms`, or ACKs not counted)
+    /// it is the sample's moment less half an RTT: no earlier than the ACK's true date.
+    pub(super) fn answered_ms(&self) -> u64 {
+        if self.last_progress == Stamp::NEVER || self.answered_lag_ms == u16::MAX {
+            return u64::MAX;
+        }
+        self.last_progress
+            .0
+            .saturating_sub(u64::from(self.answered_lag_ms))
     }
 
     /// When the current stall began (losing with no progress since), if stalled.
@@ -625,6 +695,7 @@ mod tests {
             },
             rtt_p50_us: None,
             silent_ms: None,
+            acked_age_ms: None,
         }
     }
 
@@ -975,6 +1046,40 @@ mod tests {
         let mut old = LinkHealth::default();
         old.observe(&delta(50, 0, 0), ms(500), &cfg);
         assert_eq!(old.stamps_ms().2, 500);
+    }
+
+    #[test]
+    fn an_answer_is_dated_by_the_kernel_less_half_an_rtt() {
+        let cfg = DetectorConfig::default();
+        let mut l = LinkHealth::default();
+        // Acknowledged 30 ms before a sample at 1000, on a path of 100 ms round trip:
+        // the ACK crossed any point of the path to us no later than 1000 - 30 - 50.
+        let mut d = acked(2, delta(2, 0, 0));
+        d.rtt_p50_us = Some(100_000);
+        d.acked_age_ms = Some(30);
+        l.observe(&d, ms(1000), &cfg);
+        assert_eq!(l.answered_ms(), 920);
+        assert_eq!(
+            l.stamps_ms().2,
+            1000,
+            "sampled, as the cut-off tallies see it"
+        );
+        // Segments that only come in keep the last answer.
+        l.observe(&delta(5, 0, 0), ms(1100), &cfg);
+        assert_eq!(l.answered_ms(), 920);
+        // An observer that does not date its ACKs: the sample less half the RTT seen.
+        let mut undated = acked(2, delta(2, 0, 0));
+        undated.rtt_p50_us = Some(100_000);
+        l.observe(&undated, ms(1200), &cfg);
+        assert_eq!(l.answered_ms(), 1150);
+        // Never answered at all.
+        let mut silent = LinkHealth::default();
+        silent.observe(&delta(0, 1, 1), ms(1100), &cfg);
+        assert_eq!(silent.answered_ms(), u64::MAX);
+        // Where ACKs are not counted, a segment received is the answer, sampled.
+        let mut old = LinkHealth::default();
+        old.observe(&delta(5, 0, 0), ms(1000), &cfg);
+        assert_eq!(old.answered_ms(), 1000);
     }
 
     #[test]

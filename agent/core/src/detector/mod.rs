@@ -61,6 +61,7 @@ impl Observation {
                 counters: s.delta,
                 rtt_p50_us: s.rtt.quantile_us(0.5),
                 silent_ms: silent_ms(s),
+                acked_age_ms: acked_age_ms(s),
             },
         }
     }
@@ -72,6 +73,14 @@ fn silent_ms(s: &LinkSample) -> Option<u32> {
     s.since_progress
         .is_none_or(|progress| progress > loss)
         .then(|| u32::try_from(loss.as_millis()).unwrap_or(u32::MAX))
+}
+
+/// How long ago the peer acknowledged our data, when it did during this tick.
+fn acked_age_ms(s: &LinkSample) -> Option<u32> {
+    (s.delta.acked_segs > 0)
+        .then_some(s.since_acked)
+        .flatten()
+        .map(|age| u32::try_from(age.as_millis()).unwrap_or(u32::MAX))
 }
 
 /// Who observes a link, kept apart from its health ([`Detector::health`]): a tick
@@ -744,7 +753,7 @@ impl Detector {
             // `vote_of_reaching_observers`): a partitioned observer's first failing
             // views are of its nearest neighbours outside, not of dead hosts.
             let node = &self.nodes[host.index()];
-            let onset = node.outside[Level::Host].onset_ms;
+            let onset = node.outside[Level::Host].first_loss_ms;
             let around = node.around;
             let reaching = self.views_of(host).iter().any(|v| {
                 v.status == LinkStatus::Failed
@@ -856,8 +865,9 @@ impl Detector {
     /// site, for an entity in another site). An observer cut off with others (a whole
     /// site, say) sees everything outside fail, the nearest first: until it finds
     /// itself cut off, its failing views would vote down the first site whose RTOs
-    /// fire, while its neighbours inside still answer. Its own batches carry both
-    /// stamps, so no slack is needed.
+    /// fire, while its neighbours inside still answer. Both moments are the kernel's
+    /// (the failure's first loss, and each answer less half its RTT,
+    /// [`LinkHealth::answered_ms`]), so no slack is needed.
     ///
     /// A host failing by one such observer alone counts when that observer sees at
     /// least `min_failed_hosts` of `e`'s hosts fail and `min_observers` observers do
@@ -874,7 +884,7 @@ impl Detector {
         let onset = hosts
             .iter()
             .filter(|&&h| inside(h))
-            .map(|&h| self.nodes[h.index()].outside[level].onset_ms)
+            .map(|&h| self.nodes[h.index()].outside[level].first_loss_ms)
             .min()
             .unwrap_or(NEVER_MS);
         let reaching = |h: EntityId| {
@@ -926,31 +936,49 @@ impl Detector {
         vote
     }
 
-    /// Whether the observer behind failing view `v` saw progress since `onset` from
-    /// some host outside its own entity at the highest level where it and the failing
-    /// host differ: it still reaches elsewhere, so it is not the one cut off.
+    /// Whether the observer behind failing view `v` had an answer crossing after
+    /// `onset` from some host outside its own entity at the highest level where it and
+    /// the failing host differ: it still reaches elsewhere, so it is not the one cut
+    /// off. Strictly after: an answer dated to the partition's first moment may have
+    /// crossed just before it.
     fn reaches_after(&self, v: &View, onset: u64) -> bool {
         let l = Level::ALL[usize::from(v.outside).clamp(1, 4) - 1];
         self.reach_ms
             .get(usize::from(v.observer))
-            .is_some_and(|r| r[l] != NEVER_MS && r[l] >= onset)
+            .is_some_and(|r| r[l] != NEVER_MS && r[l] > onset)
     }
 
-    /// Per observer and level, the latest progress it saw from a host outside its own
-    /// entity at that level. Computed only in ticks where something fails.
+    /// Per observer and level, the latest answer it had from a host outside its own
+    /// entity at that level, dated when it crossed the path at the latest
+    /// ([`LinkHealth::answered_ms`]), not by the sample that showed it: the far sites'
+    /// last ACKs reach an observer inside a partition after its nearest site's links
+    /// have failed, sampled after them, yet they crossed before the partition.
+    /// Computed only in ticks where something fails, from the links: a view keeps
+    /// the sampled moment, which the observers' own cut-off tallies compare.
     fn compute_reach(&mut self) {
         self.reach_ms.clear();
         self.reach_ms
             .resize(self.observers.len(), PerLevel([NEVER_MS; 4]));
-        for v in &self.views {
-            let p = v.two_way_ms();
-            if p == NEVER_MS {
-                continue;
-            }
-            let r = &mut self.reach_ms[usize::from(v.observer)];
-            for l in Level::ALL.into_iter().take(usize::from(v.outside)) {
-                if r[l] == NEVER_MS || p > r[l] {
-                    r[l] = p;
+        let observer_ids: Vec<[u32; 4]> = self.observers.iter().map(|o| ids(&o.around)).collect();
+        for &host in &self.by_level[Level::Host] {
+            let node = &self.nodes[host.index()];
+            let host_ids = ids(&node.around);
+            for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
+                let observer = usize::from(chunk[0].0);
+                let outside = outside_count(host_ids, observer_ids[observer]);
+                let answered = chunk
+                    .iter()
+                    .map(|&(_, slot)| self.health[slot as usize].answered_ms())
+                    .filter(|&t| t != NEVER_MS)
+                    .max();
+                let Some(p) = answered else {
+                    continue;
+                };
+                let r = &mut self.reach_ms[observer];
+                for l in Level::ALL.into_iter().take(usize::from(outside)) {
+                    if r[l] == NEVER_MS || p > r[l] {
+                        r[l] = p;
+                    }
                 }
             }
         }

@@ -240,7 +240,13 @@ impl Observer {
             (found, _) => found,
         };
         self.cut_now = cut;
-        self.cut.update(cut.is_some(), false, now, cfg);
+        // Held (and its region kept, above) only once found across batches: the batch
+        // that brings an observer's first failures cannot also show its neighbours
+        // answering after them, so on its own it finds the observer cut off at its
+        // host. Judged again before the next batch (a confirm falling due), that alone
+        // held the observer's host cut off for the whole recovery hold.
+        self.cut
+            .update_confirmed_after(cut.is_some(), false, now, cut_confirm(cfg), cfg);
         if cut.is_some() {
             self.cut_level = cut;
         } else if !self.cut.held {

@@ -170,6 +170,7 @@ impl Sim {
                     },
                     rtt_p50_us: None,
                     silent_ms: None,
+                    acked_age_ms: None,
                 };
             }
             Some(Fault::Straggler) => {
@@ -181,6 +182,7 @@ impl Sim {
                         },
                         rtt_p50_us: None,
                         silent_ms: Some(5),
+                        acked_age_ms: None,
                     };
                 }
             }
@@ -197,10 +199,13 @@ impl Sim {
             }
             Some(Fault::Blackhole { at, jitter }) => return self.blackholed(at, jitter).0,
         }
+        // The latest ACK came some time during the tick, by the kernel's clock.
+        let acked_age_ms = u32::try_from(self.rng.below(100)).ok();
         LinkDelta {
             counters: c,
             rtt_p50_us: Some(rtt),
             silent_ms: None,
+            acked_age_ms,
         }
     }
 
@@ -228,6 +233,7 @@ impl Sim {
             counters: c,
             rtt_p50_us: None,
             silent_ms: None,
+            acked_age_ms: None,
         };
         (d, fired)
     }
@@ -821,8 +827,10 @@ fn the_same_failure_held_past_confirm_is_announced_once_confirmed() {
     sim.run(Duration::from_secs(2));
     sim.fault(0, peer, Fault::Dark);
     sim.fault(1, peer, Fault::Dark);
-    // The first tick that sees the failure starts the confirm period.
-    let onset = sim.now + TICK;
+    // The first tick that sees the failure (undated: `Dark` says nothing of when in
+    // the tick it began) cannot hold an answer from elsewhere that came after it; the
+    // next one does, and starts the confirm period.
+    let onset = sim.now + 2 * TICK;
     sim.run(cfg.confirm + 3 * TICK);
     let announced = first_failed(&sim, path).expect("a failure held past confirm is announced");
     assert_eq!(
@@ -1109,6 +1117,7 @@ fn a_sample_dates_its_silence_only_when_nothing_came_since_the_loss() {
         srtt_us: 0,
         since_progress,
         since_loss,
+        since_acked: None,
     };
     let silent = |s: &LinkSample| Observation::from_sample(&Arc::from("a"), s).delta.silent_ms;
     assert_eq!(silent(&sample(Some(ms(400)), Some(ms(30)))), Some(30));

@@ -33,6 +33,9 @@ pub(super) struct View {
     /// Failing with loss evidence no older than `fresh_evidence`: only such a view
     /// may raise a new FAILED.
     pub(super) fresh: bool,
+    /// Failing: how long before `onset_ms` the kernel dates the earliest of its
+    /// failing links' first loss, ms, saturated. In the padding.
+    onset_lead_ms: u8,
     /// How many of the host's enclosing entities, from the host up, do not hold the
     /// observer (0: none — the observer is the host itself; 4: not even its site).
     pub(super) outside: u8,
@@ -46,6 +49,13 @@ pub(super) fn ms(t: Duration) -> u64 {
 }
 
 impl View {
+    /// Failing: the kernel's date of the earliest first loss on its links, ms. A
+    /// partition began no later than that, and any answer from elsewhere that crossed
+    /// the path later proves the observer is not inside it.
+    pub(super) fn first_loss_ms(&self) -> u64 {
+        self.onset_ms.saturating_sub(u64::from(self.onset_lead_ms))
+    }
+
     /// The latest two-way progress on its links to the host, ms (`u64::MAX`: never):
     /// the observer's own path there works. Segments that only come in (the host
     /// sends, the observer sends nothing) show the host alive, not the observer's
@@ -59,8 +69,9 @@ impl View {
 }
 
 /// One link's status, then its stall onset, last progress, last two-way progress and
-/// last evidence in ms (`u64::MAX`: never).
-pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64, u64));
+/// last evidence in ms (`u64::MAX`: never), and how long before its onset the kernel
+/// dates the stall.
+pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64, u64, u16));
 
 /// The clock a tick judges views by, ms: now, `fresh_evidence`, and per observer the
 /// moment before which a stall is old news (see `Detector::host_views`).
@@ -84,7 +95,8 @@ pub(super) fn view_of(
     let now_ms = clock.now_ms;
     let (mut failed, mut healthy, mut degraded, mut fresh) = (false, false, false, false);
     let (mut onset_ms, mut progress_ms, mut two_way) = (NEVER, NEVER, NEVER);
-    for (status, (onset, progress, both_ways, evidence)) in links {
+    let mut first_loss_ms = NEVER;
+    for (status, (onset, progress, both_ways, evidence, lead)) in links {
         if progress != NEVER && (progress_ms == NEVER || progress > progress_ms) {
             progress_ms = progress;
         }
@@ -94,7 +106,13 @@ pub(super) fn view_of(
         match status {
             LinkStatus::Failed => {
                 failed = true;
-                onset_ms = onset_ms.min(if onset == NEVER { now_ms } else { onset });
+                let (onset, lead) = if onset == NEVER {
+                    (now_ms, 0)
+                } else {
+                    (onset, lead)
+                };
+                onset_ms = onset_ms.min(onset);
+                first_loss_ms = first_loss_ms.min(onset.saturating_sub(u64::from(lead)));
                 fresh |= evidence != NEVER && now_ms.saturating_sub(evidence) <= clock.fresh_ms;
             }
             LinkStatus::Healthy => healthy = true,
@@ -124,14 +142,27 @@ pub(super) fn view_of(
         // A stall from before the observer's news began keeps a failure, never
         // raises one.
         fresh: failing && fresh && onset_ms >= clock.news_since_ms,
+        onset_lead_ms: if failing {
+            lead_ms(onset_ms, first_loss_ms)
+        } else {
+            0
+        },
         outside,
     }
+}
+
+/// How long before `onset_ms` the kernel dated the first loss, saturated to a byte:
+/// a lead longer than that (a stall reported late) leaves its date later than the
+/// kernel's, so a partition's first moment is never taken for earlier than it was.
+#[inline(always)]
+fn lead_ms(onset_ms: u64, first_loss_ms: u64) -> u8 {
+    u8::try_from(onset_ms.saturating_sub(first_loss_ms)).unwrap_or(u8::MAX)
 }
 
 /// [`view_of`] for the common case of one link: its status is the view's.
 #[inline(always)]
 pub(super) fn view_of_link(observer: u16, outside: u8, link: LinkFacts, clock: ViewClock) -> View {
-    let (status, (onset, progress_ms, two_way, evidence)) = link;
+    let (status, (onset, progress_ms, two_way, evidence, lead)) = link;
     let failing = status == LinkStatus::Failed;
     let onset_ms = if !failing {
         NEVER
@@ -151,6 +182,11 @@ pub(super) fn view_of_link(observer: u16, outside: u8, link: LinkFacts, clock: V
         observer,
         status,
         fresh,
+        onset_lead_ms: if failing && onset != NEVER {
+            lead_ms(onset, onset.saturating_sub(u64::from(lead)))
+        } else {
+            0
+        },
         outside,
     }
 }
@@ -258,6 +294,8 @@ pub(super) struct Outside {
     pub(super) degraded: u32,
     /// The earliest onset among the failing views, ms (`u64::MAX`: none).
     pub(super) onset_ms: u64,
+    /// The kernel's date of the earliest first loss among the failing views, ms.
+    pub(super) first_loss_ms: u64,
     pub(super) fresh: bool,
     /// Who saw it fail or degrade, and whether it loses pooled over every outside
     /// observer's links ([`PooledLoss`]): what its entity's vote takes of it.
@@ -370,6 +408,7 @@ impl Default for Outside {
             reached: 0,
             degraded: 0,
             onset_ms: NEVER,
+            first_loss_ms: NEVER,
             fresh: false,
             blame: Blame::default(),
         }
@@ -383,6 +422,7 @@ impl Outside {
     pub(super) fn add_failing(&mut self, v: &View, rack: EntityId) {
         self.failing += 1;
         self.onset_ms = self.onset_ms.min(v.onset_ms);
+        self.first_loss_ms = self.first_loss_ms.min(v.first_loss_ms());
         self.fresh |= v.fresh;
         self.blame.failing_observers.add(v.observer);
         self.blame.failing_racks.add(rack);
@@ -418,6 +458,7 @@ impl Outside {
         self.reached += o.reached;
         self.degraded += o.degraded;
         self.onset_ms = self.onset_ms.min(o.onset_ms);
+        self.first_loss_ms = self.first_loss_ms.min(o.first_loss_ms);
         self.fresh |= o.fresh;
         let (mine, theirs) = (&mut self.blame, &o.blame);
         mine.failing_observers.merge(theirs.failing_observers);
@@ -495,6 +536,7 @@ mod tests {
             observer,
             status: LinkStatus::Failed,
             fresh: true,
+            onset_lead_ms: 0,
             outside: 4,
         }
     }
@@ -507,6 +549,7 @@ mod tests {
             observer,
             status: LinkStatus::Healthy,
             fresh: false,
+            onset_lead_ms: 0,
             outside: 4,
         }
     }
@@ -538,14 +581,16 @@ mod tests {
             for onset in stamps {
                 for progress in stamps {
                     for two_way in stamps {
-                        for evidence in stamps {
+                        for (evidence, lead) in
+                            stamps.into_iter().zip([0, 30, 300].into_iter().cycle())
+                        {
                             for news_since_ms in [0, 1000, 2500] {
                                 let clock = ViewClock {
                                     now_ms: 2000,
                                     fresh_ms: 1000,
                                     news_since_ms,
                                 };
-                                let link = (status, (onset, progress, two_way, evidence));
+                                let link = (status, (onset, progress, two_way, evidence, lead));
                                 let one = view_of_link(7, 3, link, clock);
                                 let fold = view_of(7, 3, std::iter::once(link), clock);
                                 assert_eq!(format!("{one:?}"), format!("{fold:?}"), "{link:?}");
