@@ -61,7 +61,7 @@ pub struct LinkDelta {
     /// when it did during this tick; None otherwise, or from an observer that does not
     /// say. It dates the link's two-way progress to the ACK itself, not the tick that
     /// reported it: an ACK that crossed a partition just before it closed is then not
-    /// taken for one that crossed after (see [`LinkHealth::answered_ms`]).
+    /// taken for one that crossed after (see `View::answered_ms`).
     pub acked_age_ms: Option<u32>,
 }
 
@@ -179,17 +179,16 @@ struct LastTick {
 /// How long before the sample its latest answer to our data crossed the path towards
 /// us at the latest, ms: the ACK's age by the kernel's clock (0 where the observer does
 /// not say), plus half the larger of this tick's and the recent RTT, rounded up.
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_precision_loss
-)]
+#[inline]
+#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn answer_age_ms(delta: &LinkDelta, rtt_recent_us: f32) -> u16 {
+    // Whole µs, saturated: an RTT is far below 2^32 µs.
+    let recent_us = rtt_recent_us as u32;
     let rtt_us = delta
         .rtt_p50_us
-        .map_or(0.0, |r| r as f32)
-        .max(rtt_recent_us);
-    let half_rtt_ms = (rtt_us / 2000.0).ceil() as u32;
+        .map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX))
+        .max(recent_us);
+    let half_rtt_ms = rtt_us.div_ceil(2000);
     let age = delta.acked_age_ms.unwrap_or(0).saturating_add(half_rtt_ms);
     u16::try_from(age).unwrap_or(u16::MAX - 1).min(u16::MAX - 1)
 }
@@ -263,7 +262,7 @@ pub struct LinkHealth {
     stall_retrans: u16,
     /// `SILENT`: not one segment from the peer since `stall_since`; `FRESH`: among its
     /// retransmissions one that is not a repeat timeout's (see [`Self::status_as_of`]).
-    /// One byte for both, so that `answered_lag_ms` fits in 80.
+    /// One byte for both, so that `answer_lead_ms` fits in 80.
     stall_flags: u8,
     /// Retransmissions and segments received, the heartbeats' left out (see
     /// `control_retrans_segs`), decayed with `loss_window`, as of `last_evidence`.
@@ -283,10 +282,10 @@ pub struct LinkHealth {
     /// path out works: an observer that only receives must not pass for one that
     /// reaches, nor witness for a host it cannot send to. 0 where ACKs are not counted.
     two_way_lag_ms: u16,
-    /// How long before `last_progress` the peer's latest answer to our data crossed
-    /// the path towards us at the latest, ms (`u16::MAX`: at least that long, or
-    /// never): see [`Self::answered_ms`].
-    answered_lag_ms: u16,
+    /// How long before the latest two-way progress the peer's answer to our data
+    /// crossed the path towards us at the latest, ms, saturated: see
+    /// `View::answered_ms`. Both move only together, when our data is acknowledged.
+    answer_lead_ms: u16,
 }
 
 const SILENT: u8 = 1;
@@ -366,15 +365,9 @@ impl LinkHealth {
                     .unwrap_or(u16::MAX)
                     .saturating_add(self.two_way_lag_ms)
             };
-            self.answered_lag_ms = if two_way {
-                answer_age_ms(delta, self.rtt_recent_us)
-            } else if self.last_progress == Stamp::NEVER {
-                u16::MAX
-            } else {
-                u16::try_from(stamp.0.saturating_sub(self.last_progress.0))
-                    .unwrap_or(u16::MAX)
-                    .saturating_add(self.answered_lag_ms)
-            };
+            if two_way {
+                self.answer_lead_ms = answer_age_ms(delta, self.rtt_recent_us);
+            }
             self.last_progress = stamp;
             self.stall_since = Stamp::NEVER;
             self.stall_hard = 0;
@@ -574,10 +567,11 @@ impl LinkHealth {
     /// site outside instead of naming itself cut off. Compared sample to sample, the
     /// stall and that ACK come in the same sample: not after.
     ///
-    /// Fifth, how long before its report the kernel dates the stall, ms: the answers
-    /// that prove an observer still reaches elsewhere are dated by the kernel too
-    /// ([`Self::answered_ms`]), and are compared with that date.
-    pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64, u16) {
+    /// Fifth, how long before its report the kernel dates the stall, ms, and sixth,
+    /// how long before the two-way progress the latest answer crossed towards us
+    /// (`View::answered_ms`): an observer still reaches elsewhere when an answer
+    /// crossed after a failure's first loss, both dated by the kernel.
+    pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64, u16, u16) {
         let reported = if self.stall_since == Stamp::NEVER {
             Stamp::NEVER.0
         } else {
@@ -589,6 +583,7 @@ impl LinkHealth {
             self.two_way_progress_ms(),
             self.last_evidence.0,
             self.stall_reported_lag_ms,
+            self.answer_lead_ms,
         )
     }
 
@@ -603,25 +598,15 @@ impl LinkHealth {
             .saturating_sub(u64::from(self.two_way_lag_ms))
     }
 
-    /// The latest moment, ms on the detector's clock (`u64::MAX`: never), at which the
-    /// peer's answer to our data is known to have crossed any point of the path
-    /// towards us: the latest ACK of our data by the kernel's clock, less half an RTT.
-    ///
-    /// An ACK that crossed a partition just before it closed still comes in for up to
-    /// a one-way delay after it (the far sites' longest); by its sample, or even by its
-    /// own arrival, it passes for a host reached after the partition. Dated this way
-    /// it never comes after the partition began, hence never after the first
-    /// retransmission the partition caused: an observer inside it cannot prove it
-    /// still reaches elsewhere, one outside can, half an RTT later. Where the observer
-    /// does not date its ACKs (an agent older than `acked_age_ms`, or ACKs not counted)
-    /// it is the sample's moment less half an RTT: no earlier than the ACK's true date.
+    /// When the peer's latest answer to our data crossed the path towards us at the
+    /// latest, ms (`u64::MAX`: never), as views date it ([`super::views::View::answered_ms`]).
+    #[cfg(test)]
     pub(super) fn answered_ms(&self) -> u64 {
-        if self.last_progress == Stamp::NEVER || self.answered_lag_ms == u16::MAX {
+        if self.two_way_lag_ms == u16::MAX {
             return u64::MAX;
         }
-        self.last_progress
-            .0
-            .saturating_sub(u64::from(self.answered_lag_ms))
+        self.two_way_progress_ms()
+            .saturating_sub(u64::from(self.answer_lead_ms))
     }
 
     /// When the current stall began (losing with no progress since), if stalled.

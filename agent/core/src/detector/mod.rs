@@ -867,7 +867,7 @@ impl Detector {
     /// itself cut off, its failing views would vote down the first site whose RTOs
     /// fire, while its neighbours inside still answer. Both moments are the kernel's
     /// (the failure's first loss, and each answer less half its RTT,
-    /// [`LinkHealth::answered_ms`]), so no slack is needed.
+    /// [`View::answered_ms`]), so no slack is needed.
     ///
     /// A host failing by one such observer alone counts when that observer sees at
     /// least `min_failed_hosts` of `e`'s hosts fail and `min_observers` observers do
@@ -950,35 +950,23 @@ impl Detector {
 
     /// Per observer and level, the latest answer it had from a host outside its own
     /// entity at that level, dated when it crossed the path at the latest
-    /// ([`LinkHealth::answered_ms`]), not by the sample that showed it: the far sites'
-    /// last ACKs reach an observer inside a partition after its nearest site's links
-    /// have failed, sampled after them, yet they crossed before the partition.
-    /// Computed only in ticks where something fails, from the links: a view keeps
-    /// the sampled moment, which the observers' own cut-off tallies compare.
+    /// ([`View::answered_ms`]), not by the sample that showed it: the far sites' last
+    /// ACKs reach an observer inside a partition after its nearest site's links have
+    /// failed, sampled after them, yet they crossed before the partition. Computed
+    /// only in ticks where something fails.
     fn compute_reach(&mut self) {
         self.reach_ms.clear();
         self.reach_ms
             .resize(self.observers.len(), PerLevel([NEVER_MS; 4]));
-        let observer_ids: Vec<[u32; 4]> = self.observers.iter().map(|o| ids(&o.around)).collect();
-        for &host in &self.by_level[Level::Host] {
-            let node = &self.nodes[host.index()];
-            let host_ids = ids(&node.around);
-            for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
-                let observer = usize::from(chunk[0].0);
-                let outside = outside_count(host_ids, observer_ids[observer]);
-                let answered = chunk
-                    .iter()
-                    .map(|&(_, slot)| self.health[slot as usize].answered_ms())
-                    .filter(|&t| t != NEVER_MS)
-                    .max();
-                let Some(p) = answered else {
-                    continue;
-                };
-                let r = &mut self.reach_ms[observer];
-                for l in Level::ALL.into_iter().take(usize::from(outside)) {
-                    if r[l] == NEVER_MS || p > r[l] {
-                        r[l] = p;
-                    }
+        for v in &self.views {
+            let p = v.answered_ms();
+            if p == NEVER_MS {
+                continue;
+            }
+            let r = &mut self.reach_ms[usize::from(v.observer)];
+            for l in Level::ALL.into_iter().take(usize::from(v.outside)) {
+                if r[l] == NEVER_MS || p > r[l] {
+                    r[l] = p;
                 }
             }
         }

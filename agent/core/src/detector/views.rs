@@ -33,9 +33,11 @@ pub(super) struct View {
     /// Failing with loss evidence no older than `fresh_evidence`: only such a view
     /// may raise a new FAILED.
     pub(super) fresh: bool,
-    /// Failing: how long before `onset_ms` the kernel dates the earliest of its
-    /// failing links' first loss, ms, saturated. In the padding.
-    onset_lead_ms: u8,
+    /// How long before the sampled moment the kernel's was, ms, saturated: failing,
+    /// before `onset_ms`, the earliest first loss on its failing links; otherwise,
+    /// before its two-way progress, the latest answer crossing towards the observer
+    /// ([`Self::answered_ms`]; `u8::MAX`: none, or 255 ms or more). In the padding.
+    lead_ms: u8,
     /// How many of the host's enclosing entities, from the host up, do not hold the
     /// observer (0: none — the observer is the host itself; 4: not even its site).
     pub(super) outside: u8,
@@ -53,7 +55,27 @@ impl View {
     /// partition began no later than that, and any answer from elsewhere that crossed
     /// the path later proves the observer is not inside it.
     pub(super) fn first_loss_ms(&self) -> u64 {
-        self.onset_ms.saturating_sub(u64::from(self.onset_lead_ms))
+        self.onset_ms.saturating_sub(u64::from(self.lead_ms))
+    }
+
+    /// Not failing: when the host's latest answer to the observer's data crossed the
+    /// path towards it at the latest, ms (`u64::MAX`: none, or none known recent
+    /// enough): the latest ACK of its data by the kernel's clock, less half an RTT
+    /// (`LinkDelta::acked_age_ms`; where the observer does not date its ACKs, the
+    /// sample's moment less half an RTT).
+    ///
+    /// An ACK that crossed a partition just before it closed still comes in for up to
+    /// a one-way delay after it (the far sites' longest); by its sample, or even by
+    /// its own arrival, it passes for a host reached after the partition began. Dated
+    /// this way it never comes after the partition began, hence never after the first
+    /// loss the partition caused: an observer inside cannot prove it still reaches
+    /// elsewhere, one outside can, half an RTT after its next answer.
+    pub(super) fn answered_ms(&self) -> u64 {
+        let two_way = self.two_way_ms();
+        if self.status == LinkStatus::Failed || two_way == NEVER || self.lead_ms == u8::MAX {
+            return NEVER;
+        }
+        two_way.saturating_sub(u64::from(self.lead_ms))
     }
 
     /// The latest two-way progress on its links to the host, ms (`u64::MAX`: never):
@@ -69,9 +91,10 @@ impl View {
 }
 
 /// One link's status, then its stall onset, last progress, last two-way progress and
-/// last evidence in ms (`u64::MAX`: never), and how long before its onset the kernel
-/// dates the stall.
-pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64, u64, u16));
+/// last evidence in ms (`u64::MAX`: never), how long before its onset the kernel
+/// dates the stall, and how long before its two-way progress its latest answer
+/// crossed.
+pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64, u64, u16, u16));
 
 /// The clock a tick judges views by, ms: now, `fresh_evidence`, and per observer the
 /// moment before which a stall is old news (see `Detector::host_views`).
@@ -95,13 +118,19 @@ pub(super) fn view_of(
     let now_ms = clock.now_ms;
     let (mut failed, mut healthy, mut degraded, mut fresh) = (false, false, false, false);
     let (mut onset_ms, mut progress_ms, mut two_way) = (NEVER, NEVER, NEVER);
-    let mut first_loss_ms = NEVER;
-    for (status, (onset, progress, both_ways, evidence, lead)) in links {
+    let (mut first_loss_ms, mut answered_ms) = (NEVER, NEVER);
+    for (status, (onset, progress, both_ways, evidence, lead, answer_lead)) in links {
         if progress != NEVER && (progress_ms == NEVER || progress > progress_ms) {
             progress_ms = progress;
         }
         if both_ways != NEVER && (two_way == NEVER || both_ways > two_way) {
             two_way = both_ways;
+        }
+        if both_ways != NEVER {
+            let answered = both_ways.saturating_sub(u64::from(answer_lead));
+            if answered_ms == NEVER || answered > answered_ms {
+                answered_ms = answered;
+            }
         }
         match status {
             LinkStatus::Failed => {
@@ -142,10 +171,10 @@ pub(super) fn view_of(
         // A stall from before the observer's news began keeps a failure, never
         // raises one.
         fresh: failing && fresh && onset_ms >= clock.news_since_ms,
-        onset_lead_ms: if failing {
-            lead_ms(onset_ms, first_loss_ms)
+        lead_ms: if failing {
+            loss_lead(onset_ms, first_loss_ms)
         } else {
-            0
+            answer_lead(two_way, answered_ms)
         },
         outside,
     }
@@ -155,14 +184,25 @@ pub(super) fn view_of(
 /// a lead longer than that (a stall reported late) leaves its date later than the
 /// kernel's, so a partition's first moment is never taken for earlier than it was.
 #[inline(always)]
-fn lead_ms(onset_ms: u64, first_loss_ms: u64) -> u8 {
+fn loss_lead(onset_ms: u64, first_loss_ms: u64) -> u8 {
     u8::try_from(onset_ms.saturating_sub(first_loss_ms)).unwrap_or(u8::MAX)
+}
+
+/// How long before the two-way progress the latest answer crossed, saturated to 254
+/// (dated earlier than it was: a far site proves reach later, never wrongly);
+/// `u8::MAX`: none.
+#[inline(always)]
+fn answer_lead(two_way: u64, answered_ms: u64) -> u8 {
+    if two_way == NEVER || answered_ms == NEVER {
+        return u8::MAX;
+    }
+    u8::try_from(two_way.saturating_sub(answered_ms)).map_or(u8::MAX - 1, |l| l.min(u8::MAX - 1))
 }
 
 /// [`view_of`] for the common case of one link: its status is the view's.
 #[inline(always)]
 pub(super) fn view_of_link(observer: u16, outside: u8, link: LinkFacts, clock: ViewClock) -> View {
-    let (status, (onset, progress_ms, two_way, evidence, lead)) = link;
+    let (status, (onset, progress_ms, two_way, evidence, lead, answered_lead)) = link;
     let failing = status == LinkStatus::Failed;
     let onset_ms = if !failing {
         NEVER
@@ -182,10 +222,18 @@ pub(super) fn view_of_link(observer: u16, outside: u8, link: LinkFacts, clock: V
         observer,
         status,
         fresh,
-        onset_lead_ms: if failing && onset != NEVER {
-            lead_ms(onset, onset.saturating_sub(u64::from(lead)))
+        lead_ms: if failing {
+            if onset == NEVER {
+                0
+            } else {
+                loss_lead(onset, onset.saturating_sub(u64::from(lead)))
+            }
+        } else if two_way == NEVER {
+            u8::MAX
         } else {
-            0
+            // As `view_of` folds it: the answer no earlier than 0.
+            u8::try_from(u64::from(answered_lead).min(two_way))
+                .map_or(u8::MAX - 1, |l| l.min(u8::MAX - 1))
         },
         outside,
     }
@@ -536,7 +584,7 @@ mod tests {
             observer,
             status: LinkStatus::Failed,
             fresh: true,
-            onset_lead_ms: 0,
+            lead_ms: 0,
             outside: 4,
         }
     }
@@ -549,7 +597,7 @@ mod tests {
             observer,
             status: LinkStatus::Healthy,
             fresh: false,
-            onset_lead_ms: 0,
+            lead_ms: 0,
             outside: 4,
         }
     }
@@ -581,8 +629,9 @@ mod tests {
             for onset in stamps {
                 for progress in stamps {
                     for two_way in stamps {
-                        for (evidence, lead) in
-                            stamps.into_iter().zip([0, 30, 300].into_iter().cycle())
+                        for (evidence, (lead, answered)) in stamps
+                            .into_iter()
+                            .zip([(0, 0), (30, 400), (300, u16::MAX)].into_iter().cycle())
                         {
                             for news_since_ms in [0, 1000, 2500] {
                                 let clock = ViewClock {
@@ -590,7 +639,8 @@ mod tests {
                                     fresh_ms: 1000,
                                     news_since_ms,
                                 };
-                                let link = (status, (onset, progress, two_way, evidence, lead));
+                                let link =
+                                    (status, (onset, progress, two_way, evidence, lead, answered));
                                 let one = view_of_link(7, 3, link, clock);
                                 let fold = view_of(7, 3, std::iter::once(link), clock);
                                 assert_eq!(format!("{one:?}"), format!("{fold:?}"), "{link:?}");
