@@ -105,6 +105,12 @@ impl Dc {
     }
 
     fn with_config(cfg: &DetectorConfig) -> Self {
+        Self::with_stream(cfg, 0)
+    }
+
+    /// A data center whose random stream (traffic, losses, heartbeat phases) is
+    /// `seed`'s own; seed 0 is [`Self::with_config`]'s.
+    fn with_stream(cfg: &DetectorConfig, seed: u64) -> Self {
         let (text, hosts) = build();
         let topology = Topology::parse(Path::new("dc.toml"), &text).unwrap();
         let n = hosts.len();
@@ -118,7 +124,7 @@ impl Dc {
             cut_since: vec![vec![None; n]; n],
             hosts,
             now: Duration::ZERO,
-            rng: 0x9E37_79B9_7F4A_7C15,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xA24B_AED4_963E_E407),
             cuts: Vec::new(),
             starved: Vec::new(),
             segments: (80, 40),
@@ -138,19 +144,16 @@ impl Dc {
         self
     }
 
-    /// [`Self::new`] with a random stream (and heartbeat phases) of its own.
+    /// [`Self::new`] with a random stream of its own.
     fn seeded(seed: u64) -> Self {
-        let mut dc = Self::new();
-        dc.rng ^= seed.wrapping_mul(0xA24B_AED4_963E_E407);
-        dc.with_beat_phases()
+        Self::with_stream(&DetectorConfig::default(), seed)
     }
 
     /// Links that carry about twenty segments a second, as in the lab (heartbeats,
     /// which never count as loss, aside), with a random stream of its own.
     fn thin(seed: u64) -> Self {
-        let mut dc = Self::new();
+        let mut dc = Self::seeded(seed);
         dc.segments = (1, 3);
-        dc.rng ^= seed.wrapping_mul(0xA24B_AED4_963E_E407);
         dc
     }
 

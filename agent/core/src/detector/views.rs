@@ -228,12 +228,8 @@ pub(super) fn view_of_link(observer: u16, outside: u8, link: LinkFacts, clock: V
             } else {
                 loss_lead(onset, onset.saturating_sub(u64::from(lead)))
             }
-        } else if two_way == NEVER {
-            u8::MAX
         } else {
-            // As `view_of` folds it: the answer no earlier than 0.
-            u8::try_from(u64::from(answered_lead).min(two_way))
-                .map_or(u8::MAX - 1, |l| l.min(u8::MAX - 1))
+            answer_lead(two_way, two_way.saturating_sub(u64::from(answered_lead)))
         },
         outside,
     }
