@@ -86,6 +86,7 @@ impl Detector {
                 ..Node::default()
             });
             self.by_level[Level::Host].push(id);
+            self.scan.invalidate();
             return id;
         };
         self.topology.reuse(id, info);
@@ -94,6 +95,7 @@ impl Detector {
             ..Node::default()
         };
         self.by_level[Level::Host].push(id);
+        self.scan.invalidate();
         id
     }
 
@@ -164,6 +166,7 @@ impl Detector {
         if !forgotten.is_empty() {
             forgotten.sort_unstable();
             self.by_level[Level::Host].retain(|h| forgotten.binary_search(h).is_err());
+            self.scan.invalidate();
         }
     }
 
@@ -182,6 +185,7 @@ impl Detector {
         self.link_index.remove(&(observer, link));
         if let Some(&host) = self.host_of_ip.get(&link.remote) {
             self.nodes[host.index()].links.retain(|&(_, s)| s != slot);
+            self.scan.invalidate();
         }
         self.silent_watch.retain(|&s| s != slot);
         self.slots[slot as usize].observer = FREE;
@@ -296,6 +300,34 @@ mod tests {
 
     fn detector(cfg: DetectorConfig) -> Detector {
         Detector::new(Topology::parse(Path::new("t.toml"), TOPOLOGY).unwrap(), cfg)
+    }
+
+    /// A link forgotten while its host stays: the next tick reads the host's links
+    /// as they are now (debug builds check the tick's copy of them every tick).
+    #[test]
+    fn a_forgotten_link_of_a_listed_host_leaves_its_views() {
+        let mut d = detector(DetectorConfig::default());
+        let db: IpAddr = "10.0.0.2".parse().unwrap();
+        let from_peer = |mut o: Observation| {
+            o.observer = Arc::from("peer");
+            o.link.local = "10.0.0.9".parse().unwrap();
+            o
+        };
+        let t0 = Duration::from_secs(1);
+        d.observe(&[delivering(db), from_peer(delivering(db))], t0);
+        d.tick(t0);
+        assert_eq!(d.tracked().links, 2);
+        // The peer stays, but stops talking to db; we keep talking to it.
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(62) {
+            now += Duration::from_secs(1);
+            d.observe(&[delivering(db)], now);
+            d.heard_from("peer", now);
+            d.tick(now);
+        }
+        assert_eq!(d.tracked().links, 1);
+        let v = d.verdict(Level::Host, "s/c/r/db").expect("db stays");
+        assert_eq!(v.state, State::Healthy);
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod hold;
 pub mod link;
 mod observers;
 mod rollup;
+mod scan;
 pub mod verdict;
 mod views;
 
@@ -170,7 +171,9 @@ pub struct Detector {
     silent_watch: Vec<SlotId>,
     /// Per observer, this tick: alive, its latest sample and the start of fresh
     /// news (see `host_views`), ms.
-    observer_clock: Vec<(bool, u64, u64, [u32; 4])>,
+    observer_clock: Vec<(bool, u64, u64)>,
+    /// Every host's links end to end, in the order a tick reads them.
+    scan: scan::LinkScan,
     /// Per observer and level, this tick: the latest progress from outside its own
     /// entity at that level (`compute_reach`), when something fails.
     reach_ms: Vec<PerLevel<u64>>,
@@ -218,6 +221,7 @@ impl Detector {
             slots: Vec::new(),
             health: Vec::new(),
             observer_clock: Vec::new(),
+            scan: scan::LinkScan::default(),
             silent_watch: Vec::new(),
             views: Vec::new(),
             reach_ms: Vec::new(),
@@ -336,6 +340,7 @@ impl Detector {
         let links = &mut self.nodes[host.index()].links;
         let at = links.partition_point(|&(ob, _)| ob <= observer);
         links.insert(at, (observer, id));
+        self.scan.invalidate();
         self.link_index.insert((observer, link), id);
         id
     }
@@ -433,6 +438,7 @@ impl Detector {
             let o = &mut self.observers[usize::from(id)];
             o.host = Some(host);
             o.around = self.nodes[host.index()].around;
+            self.scan.invalidate();
         }
         Some(id)
     }
@@ -531,8 +537,7 @@ impl Detector {
                 .rejoined_at
                 .map_or(0, |t| views::ms(t.saturating_add(cfg.recovery_hold)));
             let heard = views::ms(o.last_heard.unwrap_or(now));
-            self.observer_clock
-                .push((o.alive(now, cfg), heard, joined, ids(&o.around)));
+            self.observer_clock.push((o.alive(now, cfg), heard, joined));
         }
         let limits = &self.limits;
         let enough = views::enough_to_compare(cfg);
@@ -549,24 +554,35 @@ impl Detector {
             )
         };
         self.last_tick_ms = now_ms;
-        for &host in &self.by_level[Level::Host] {
+        let hosts = &self.by_level[Level::Host];
+        self.scan.refresh(hosts, &self.nodes, &self.observers);
+        #[cfg(debug_assertions)]
+        assert!(
+            self.scan.matches(hosts, &self.nodes, &self.observers),
+            "a change to a host's links did not invalidate the scan"
+        );
+        for (i, &host) in hosts.iter().enumerate() {
+            if let Some(&ahead) = hosts.get(i + NODES_AHEAD) {
+                scan::prefetch_all(&self.nodes[ahead.index()]);
+            }
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
             let health_of = &self.health;
             // Pooled loss by how many levels its observer is outside (as views are
             // bucketed in `outside_of`); each level sums the buckets above it.
-            let host_ids = ids(&node.around);
             let mut loss_outside = [PooledLoss::default(); 5];
             let mut fresh_loss_outside = [PooledLoss::default(); 5];
-            for chunk in node.links.chunk_by(|a, b| a.0 == b.0) {
-                let observer = chunk[0].0;
-                let (alive, heard_ms, joined_ms, observer_ids) =
-                    self.observer_clock[usize::from(observer)];
+            for chunk in self
+                .scan
+                .host(i, health_of)
+                .chunk_by(|a, b| a.observer == b.observer)
+            {
+                let (observer, outside) = (chunk[0].observer, chunk[0].outside);
+                let (alive, heard_ms, joined_ms) = self.observer_clock[usize::from(observer)];
                 if !alive {
                     continue;
                 }
                 let o = &mut self.observers[usize::from(observer)];
-                let outside = outside_count(host_ids, observer_ids);
                 // One pass over the chunk's slots: each is read once per tick and its
                 // status computed here, not in a pass of its own over every slot.
                 let (mut loss, mut fresh_loss) = (PooledLoss::default(), PooledLoss::default());
@@ -592,10 +608,10 @@ impl Detector {
                 };
                 // One link per observer and host is the common case (one local
                 // address): folded without the loop, it costs a third less.
-                let view = if let [(_, slot)] = chunk {
-                    views::view_of_link(observer, outside, facts(*slot), clock)
+                let view = if let [link] = chunk {
+                    views::view_of_link(observer, outside, facts(link.slot), clock)
                 } else {
-                    let links = chunk.iter().map(|&(_, slot)| facts(slot));
+                    let links = chunk.iter().map(|l| facts(l.slot));
                     views::view_of(observer, outside, links, clock)
                 };
                 let reach = usize::from(outside);
@@ -720,6 +736,7 @@ impl Detector {
         // reach is known (see below).
         let mut newly_failing = std::mem::take(&mut self.newly_failing);
         for i in 0..self.by_level[Level::Host].len() {
+            self.prefetch_host(i + NODES_AHEAD);
             let host = self.by_level[Level::Host][i];
             let node = &mut self.nodes[host.index()];
             outside_of(
@@ -1122,6 +1139,21 @@ fn link_facts(
         }
     }
     (status, health.stamps_ms())
+}
+
+/// How many hosts ahead of the one a pass is at it asks for a node: each is several
+/// hundred bytes, walked host after host, and waiting for each in turn was a tenth
+/// of a tick.
+const NODES_AHEAD: usize = 4;
+
+impl Detector {
+    /// Asks for the node of the `i`-th host, if there is one, ahead of reading it.
+    #[inline(always)]
+    fn prefetch_host(&self, i: usize) {
+        if let Some(&host) = self.by_level[Level::Host].get(i) {
+            scan::prefetch_all(&self.nodes[host.index()]);
+        }
+    }
 }
 
 /// A node's views as an index range of `Detector::views`.
