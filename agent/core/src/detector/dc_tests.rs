@@ -65,6 +65,8 @@ enum Cut {
     Blackhole(&'static str),
     /// Nothing enters the entity from outside.
     Into(&'static str),
+    /// Nothing leaves the entity.
+    OutOf(&'static str),
     /// Random loss (percent) on everything crossing the entity's boundary.
     Loss(&'static str, f64),
     /// Nothing between this host and any other site, either way.
@@ -193,6 +195,7 @@ impl Dc {
         self.cuts.iter().all(|(cut, _)| match cut {
             Cut::Blackhole(e) => within(pa, e) == within(pb, e),
             Cut::Into(e) => within(pa, e) || !within(pb, e),
+            Cut::OutOf(e) => !within(pa, e) || within(pb, e),
             Cut::Loss(..) => true,
             Cut::LongHaul(h) => {
                 let site = |p: &str| p.split('/').next().unwrap_or_default().to_owned();
@@ -316,7 +319,14 @@ impl Dc {
             rto += backoff;
             backoff *= 2;
         }
-        let last_ack = since + rtt / 2;
+        // The cut at the far end: ACKs past it arrive within half an RTT. At the
+        // observer's own end, and only what it sends: the data it sent just before
+        // the cut is still acknowledged a whole RTT later.
+        let own_end = self.cuts.iter().any(|(cut, _)| {
+            matches!(cut, Cut::OutOf(e) if within(&self.hosts[a].path, e)
+                && !within(&self.hosts[b].path, e))
+        });
+        let last_ack = since + if own_end { rtt } else { rtt / 2 };
         let in_flight = last_ack > from;
         if in_flight {
             c.progress_segs = 2;
@@ -573,6 +583,14 @@ fn a_partitioned_site_is_named_from_both_sides() {
 #[test]
 fn a_site_cut_one_way_is_named_from_both_sides() {
     partition_is_named_from_both_sides(Level::Site, "west", &Cut::Into("west"));
+}
+
+/// West sends nothing out: its observers' data to north, 150 ms away, is still
+/// acknowledged up to 150 ms after the cut, long after their heartbeats to east (40
+/// ms) have timed out. Those late ACKs crossed before the cut and prove nothing.
+#[test]
+fn a_site_that_sends_nothing_is_named_from_both_sides_though_far_acks_still_come() {
+    partition_is_named_from_both_sides(Level::Site, "west", &Cut::OutOf("west"));
 }
 
 #[test]
@@ -1028,6 +1046,24 @@ fn sample(
 /// site's heartbeats time out too the agent names its own site cut off.
 #[test]
 fn acks_that_crossed_the_cut_before_it_closed_do_not_blame_the_nearest_site() {
+    // (sample, ACK age by the kernel's clock, ms)
+    inside_cut_names_nothing_outside(&[(100, 30)], 180);
+}
+
+/// The same site cut only in what it sends, at its own edge: the data its observers
+/// sent to the far site just before T is acknowledged up to a whole RTT later (150
+/// ms), long after the near site's heartbeats timed out. Those ACKs answer data that
+/// left before the cut: they prove nothing about the path out after it.
+#[test]
+fn acks_of_data_sent_before_an_outbound_cut_do_not_blame_the_nearest_site() {
+    inside_cut_names_nothing_outside(&[(100, 30), (150, 1)], 260);
+}
+
+/// An agent inside west cut at T, its observers sampled every 10 ms: neighbours
+/// answer, east's heartbeats time out at T + 55 (sampled at T + 60), north's last
+/// ACKs come in the samples `north_acks` (sample ms after T, their age), and north's
+/// heartbeats time out in the sample at `north_timeout`.
+fn inside_cut_names_nothing_outside(north_acks: &[(u64, u32)], north_timeout: u64) {
     let mut dc = Dc::new();
     dc.run(Duration::from_secs(3));
     let inside = dc.agents_inside("west");
@@ -1057,11 +1093,15 @@ fn acks_that_crossed_the_cut_before_it_closed_do_not_blame_the_nearest_site() {
                     // Neighbours answer every 10 ms.
                     ("west", _) => sample(&dc, a, b, delivering(2), Some(200), None, Some(3)),
                     ("east", 60) => sample(&dc, a, b, beat_timeout, None, Some(5), None),
-                    // The far site's ACKs in flight at the cut came in at T + 70.
-                    ("north", 100) => {
-                        sample(&dc, a, b, delivering(2), Some(150_000), None, Some(30))
+                    ("north", at) if at == north_timeout => {
+                        sample(&dc, a, b, beat_timeout, None, Some(5), None)
                     }
-                    ("north", 180) => sample(&dc, a, b, beat_timeout, None, Some(5), None),
+                    ("north", at) => match north_acks.iter().find(|(s, _)| *s == at) {
+                        Some(&(_, age)) => {
+                            sample(&dc, a, b, delivering(2), Some(150_000), None, Some(age))
+                        }
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 observations.push(o);
