@@ -69,6 +69,9 @@ pub(super) enum Kind {
     SitePartition,
     /// Packets into a site are dropped at the core; it can still send.
     SiteOnewayIn,
+    /// Packets out of a site are dropped at the core; it still receives. Its
+    /// observers' data sent just before the cut is still acknowledged for a whole RTT.
+    SiteOnewayOut,
     /// 3% of the packets into a rack are dropped at its ToR (gray failure).
     GrayLoss,
     /// 1% of every packet crossing the core is dropped (noise: nothing should fail).
@@ -97,7 +100,7 @@ impl Kind {
     /// (the dc-a/c1 rack and cabinet, the dc-c site) interleaved with others, so the
     /// flap spacing between them costs little waiting. bgp-failover (two faults of all
     /// of dc-a, a flap spacing apart) comes last.
-    pub(super) const ALL: [Self; 12] = [
+    pub(super) const ALL: [Self; 13] = [
         Self::HostUnreachable,
         Self::RackBlackhole,
         Self::SitePartition,
@@ -109,6 +112,7 @@ impl Kind {
         Self::RackOnewayIn,
         Self::GrayLoss,
         Self::RackOnewayOut,
+        Self::SiteOnewayOut,
         Self::BgpFailover,
     ];
 
@@ -335,12 +339,15 @@ impl Scenario {
                     inside,
                 )
             }
-            Kind::SitePartition | Kind::SiteOnewayIn => {
+            Kind::SitePartition | Kind::SiteOnewayIn | Kind::SiteOnewayOut => {
                 let port = core_port(&t.sites[site].tag);
-                let mut rules = vec![format!("oifname \"{port}\" counter drop")];
-                if kind == Kind::SitePartition {
-                    rules.push(format!("iifname \"{port}\" counter drop"));
-                }
+                let into = format!("oifname \"{port}\" counter drop");
+                let out_of = format!("iifname \"{port}\" counter drop");
+                let rules = match kind {
+                    Kind::SiteOnewayIn => vec![into],
+                    Kind::SiteOnewayOut => vec![out_of],
+                    _ => vec![into, out_of],
+                };
                 let inside = (0..t.hosts.len())
                     .filter(|&h| t.hosts[h].site == site)
                     .collect();

@@ -176,12 +176,9 @@ struct LastTick {
     resets: u16,
 }
 
-/// How long before the sample the data its latest answer acknowledges had left us at
-/// the latest, ms: the ACK's age by the kernel's clock (0 where the observer does not
-/// say), plus the larger of this tick's and the recent RTT, rounded up. An ACK
-/// completes a round trip: the data went out up to an RTT before it came back. Half
-/// an RTT dates only the way back, and a cut of what the observer's own site sends
-/// still lets through, for a whole RTT, the ACKs of data that left before it.
+/// How long before the sample its latest answer to our data crossed the path towards
+/// us at the latest, ms: the ACK's age by the kernel's clock (0 where the observer does
+/// not say), plus half the larger of this tick's and the recent RTT, rounded up.
 #[inline]
 #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn answer_age_ms(delta: &LinkDelta, rtt_recent_us: f32) -> u16 {
@@ -191,8 +188,8 @@ fn answer_age_ms(delta: &LinkDelta, rtt_recent_us: f32) -> u16 {
         .rtt_p50_us
         .map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX))
         .max(recent_us);
-    let rtt_ms = rtt_us.div_ceil(1000);
-    let age = delta.acked_age_ms.unwrap_or(0).saturating_add(rtt_ms);
+    let half_rtt_ms = rtt_us.div_ceil(2000);
+    let age = delta.acked_age_ms.unwrap_or(0).saturating_add(half_rtt_ms);
     u16::try_from(age).unwrap_or(u16::MAX - 1).min(u16::MAX - 1)
 }
 
@@ -285,8 +282,8 @@ pub struct LinkHealth {
     /// path out works: an observer that only receives must not pass for one that
     /// reaches, nor witness for a host it cannot send to. 0 where ACKs are not counted.
     two_way_lag_ms: u16,
-    /// How long before the latest two-way progress the data the peer's latest answer
-    /// acknowledges had left us at the latest, ms, saturated: see
+    /// How long before the latest two-way progress the peer's answer to our data
+    /// crossed the path towards us at the latest, ms, saturated: see
     /// `View::answered_ms`. Both move only together, when our data is acknowledged.
     answer_lead_ms: u16,
 }
@@ -571,9 +568,9 @@ impl LinkHealth {
     /// stall and that ACK come in the same sample: not after.
     ///
     /// Fifth, how long before its report the kernel dates the stall, ms, and sixth,
-    /// how long before the two-way progress the data the latest answer acknowledges
-    /// left us (`View::answered_ms`): an observer still reaches elsewhere when that
-    /// round trip began after a failure's first loss, both dated by the kernel.
+    /// how long before the two-way progress the latest answer crossed towards us
+    /// (`View::answered_ms`): an observer still reaches elsewhere when an answer
+    /// crossed after a failure's first loss, both dated by the kernel.
     pub(super) fn stamps_ms(&self) -> (u64, u64, u64, u64, u16, u16) {
         let reported = if self.stall_since == Stamp::NEVER {
             Stamp::NEVER.0
@@ -601,8 +598,8 @@ impl LinkHealth {
             .saturating_sub(u64::from(self.two_way_lag_ms))
     }
 
-    /// When the data the peer's latest answer acknowledges had left us at the latest,
-    /// ms (`u64::MAX`: never), as views date it ([`super::views::View::answered_ms`]).
+    /// When the peer's latest answer to our data crossed the path towards us at the
+    /// latest, ms (`u64::MAX`: never), as views date it ([`super::views::View::answered_ms`]).
     #[cfg(test)]
     pub(super) fn answered_ms(&self) -> u64 {
         if self.two_way_lag_ms == u16::MAX {
@@ -1037,16 +1034,16 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_dated_by_the_kernel_less_its_round_trip() {
+    fn an_answer_is_dated_by_the_kernel_less_half_an_rtt() {
         let cfg = DetectorConfig::default();
         let mut l = LinkHealth::default();
         // Acknowledged 30 ms before a sample at 1000, on a path of 100 ms round trip:
-        // the data it acknowledges left us no later than 1000 - 30 - 100.
+        // the ACK crossed any point of the path to us no later than 1000 - 30 - 50.
         let mut d = acked(2, delta(2, 0, 0));
         d.rtt_p50_us = Some(100_000);
         d.acked_age_ms = Some(30);
         l.observe(&d, ms(1000), &cfg);
-        assert_eq!(l.answered_ms(), 870);
+        assert_eq!(l.answered_ms(), 920);
         assert_eq!(
             l.stamps_ms().2,
             1000,
@@ -1054,12 +1051,12 @@ mod tests {
         );
         // Segments that only come in keep the last answer.
         l.observe(&delta(5, 0, 0), ms(1100), &cfg);
-        assert_eq!(l.answered_ms(), 870);
-        // An observer that does not date its ACKs: the sample less the RTT seen.
+        assert_eq!(l.answered_ms(), 920);
+        // An observer that does not date its ACKs: the sample less half the RTT seen.
         let mut undated = acked(2, delta(2, 0, 0));
         undated.rtt_p50_us = Some(100_000);
         l.observe(&undated, ms(1200), &cfg);
-        assert_eq!(l.answered_ms(), 1100);
+        assert_eq!(l.answered_ms(), 1150);
         // Never answered at all.
         let mut silent = LinkHealth::default();
         silent.observe(&delta(0, 1, 1), ms(1100), &cfg);

@@ -883,7 +883,7 @@ impl Detector {
     /// site, say) sees everything outside fail, the nearest first: until it finds
     /// itself cut off, its failing views would vote down the first site whose RTOs
     /// fire, while its neighbours inside still answer. Both moments are the kernel's
-    /// (the failure's first loss, and each answer less its RTT,
+    /// (the failure's first loss, and each answer less half its RTT,
     /// [`View::answered_ms`]), so no slack is needed.
     ///
     /// A host failing by one such observer alone counts when that observer sees at

@@ -35,8 +35,8 @@ pub(super) struct View {
     pub(super) fresh: bool,
     /// How long before the sampled moment the kernel's was, ms, saturated: failing,
     /// before `onset_ms`, the earliest first loss on its failing links; otherwise,
-    /// before its two-way progress, when the data its latest answer acknowledges left
-    /// the observer ([`Self::answered_ms`]; `u8::MAX`: none). In the padding.
+    /// before its two-way progress, the latest answer crossing towards the observer
+    /// ([`Self::answered_ms`]; `u8::MAX`: none, or 255 ms or more). In the padding.
     lead_ms: u8,
     /// How many of the host's enclosing entities, from the host up, do not hold the
     /// observer (0: none — the observer is the host itself; 4: not even its site).
@@ -58,21 +58,18 @@ impl View {
         self.onset_ms.saturating_sub(u64::from(self.lead_ms))
     }
 
-    /// Not failing: when the data the host's latest answer acknowledges had left the
-    /// observer at the latest, ms (`u64::MAX`: none, or none known recent enough): the
-    /// latest ACK of its data by the kernel's clock, less an RTT
+    /// Not failing: when the host's latest answer to the observer's data crossed the
+    /// path towards it at the latest, ms (`u64::MAX`: none, or none known recent
+    /// enough): the latest ACK of its data by the kernel's clock, less half an RTT
     /// (`LinkDelta::acked_age_ms`; where the observer does not date its ACKs, the
-    /// sample's moment less an RTT). The round trip it completes began then: both
-    /// ways worked after that moment.
+    /// sample's moment less half an RTT).
     ///
-    /// An ACK of data sent just before a partition closed still comes in after it:
-    /// for up to a one-way delay where the far end is cut, a whole round trip where
-    /// only what the observer's own site sends is (the far sites' longest); by its
-    /// sample, or even by its own arrival, it passes for a host reached after the
-    /// partition began. Dated this way it never comes after the partition began, hence
-    /// never after the first loss the partition caused: an observer inside cannot
-    /// prove it still reaches elsewhere, one outside can, an RTT after its next answer
-    /// leaves.
+    /// An ACK that crossed a partition just before it closed still comes in for up to
+    /// a one-way delay after it (the far sites' longest); by its sample, or even by
+    /// its own arrival, it passes for a host reached after the partition began. Dated
+    /// this way it never comes after the partition began, hence never after the first
+    /// loss the partition caused: an observer inside cannot prove it still reaches
+    /// elsewhere, one outside can, half an RTT after its next answer.
     pub(super) fn answered_ms(&self) -> u64 {
         let two_way = self.two_way_ms();
         if self.status == LinkStatus::Failed || two_way == NEVER || self.lead_ms == u8::MAX {
@@ -95,8 +92,8 @@ impl View {
 
 /// One link's status, then its stall onset, last progress, last two-way progress and
 /// last evidence in ms (`u64::MAX`: never), how long before its onset the kernel
-/// dates the stall, and how long before its two-way progress the data its latest
-/// answer acknowledges left.
+/// dates the stall, and how long before its two-way progress its latest answer
+/// crossed.
 pub(super) type LinkFacts = (LinkStatus, (u64, u64, u64, u64, u16, u16));
 
 /// The clock a tick judges views by, ms: now, `fresh_evidence`, and per observer the
@@ -191,9 +188,8 @@ fn loss_lead(onset_ms: u64, first_loss_ms: u64) -> u8 {
     u8::try_from(onset_ms.saturating_sub(first_loss_ms)).unwrap_or(u8::MAX)
 }
 
-/// How long before the two-way progress the data the latest answer acknowledges left,
-/// saturated to 254 (dated earlier than it was: a far site proves reach later, never
-/// wrongly);
+/// How long before the two-way progress the latest answer crossed, saturated to 254
+/// (dated earlier than it was: a far site proves reach later, never wrongly);
 /// `u8::MAX`: none.
 #[inline(always)]
 fn answer_lead(two_way: u64, answered_ms: u64) -> u8 {
