@@ -562,9 +562,7 @@ impl Detector {
             "a change to a host's links did not invalidate the scan"
         );
         for (i, &host) in hosts.iter().enumerate() {
-            if let Some(&ahead) = hosts.get(i + NODES_AHEAD) {
-                scan::prefetch_all(&self.nodes[ahead.index()]);
-            }
+            self.prefetch_host(i + NODES_AHEAD);
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
             let health_of = &self.health;
