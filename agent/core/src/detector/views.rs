@@ -33,10 +33,11 @@ pub(super) struct View {
     /// Failing with loss evidence no older than `fresh_evidence`: only such a view
     /// may raise a new FAILED.
     pub(super) fresh: bool,
-    /// How long before the sampled moment the kernel's was, ms, saturated: failing,
-    /// before `onset_ms`, the earliest first loss on its failing links; otherwise,
-    /// before its two-way progress, the latest answer crossing towards the observer
-    /// ([`Self::answered_ms`]; `u8::MAX`: none, or 255 ms or more). In the padding.
+    /// How long before the sampled moment the kernel's was, ms: failing, before
+    /// `onset_ms`, the earliest first loss on its failing links (saturated at 255);
+    /// otherwise, before its two-way progress, the latest answer crossing towards the
+    /// observer ([`Self::answered_ms`]; saturated at 254, `u8::MAX`: none). In the
+    /// padding.
     lead_ms: u8,
     /// How many of the host's enclosing entities, from the host up, do not hold the
     /// observer (0: none — the observer is the host itself; 4: not even its site).
