@@ -113,27 +113,23 @@ impl Default for Shown {
 /// A link's place in the slot arena.
 type SlotId = u32;
 
+/// One entity's state. Laid out by pass, each part a run of whole cache lines from
+/// the start (a tick walks 10k host nodes three times, and each pass asks for only the
+/// lines it reads: [`HOST_VIEWS_BYTES`], [`JUDGE_BYTES`]): first what every pass reads
+/// (publishing reads nothing else of a host), then the loss the views build, then the
+/// host seen from outside, then what only racks and above use.
 #[derive(Default)]
+#[repr(C, align(64))]
 struct Node {
     /// The entities enclosing it (itself at its own level).
     around: PerLevel<Option<EntityId>>,
-    /// Links to this host (hosts only): (observer, slot), sorted by observer.
-    links: Vec<(u16, SlotId)>,
-    /// This tick, hosts only: its observers' views (a range of `Detector::views`),
-    /// and the host as seen from outside each of its enclosing entities.
-    views: std::ops::Range<u32>,
-    outside: PerLevel<Outside>,
-    /// Hosts only: retransmissions and progress on the links of observers outside
-    /// each enclosing entity, pooled over `pooled_loss_fast_window` and decayed from
-    /// tick to tick, and this tick's over `loss_window`; and whether the host is lossy
-    /// seen from outside each.
-    fast_loss: PerLevel<PooledLoss>,
-    loss: PerLevel<PooledLoss>,
-    lossy: PerLevel<bool>,
-    /// This tick, racks and above: its hosts' loss pooled (see `gray`).
-    gray: gray::EntityLoss,
-    /// This tick, racks and above: the vote of its hosts.
-    vote: Vote,
+    /// The top failed ancestor (or self) as published this tick, for children.
+    failed_root: Option<EntityId>,
+    /// Boxed: a verdict is hundreds of bytes, and a tick walks every node.
+    published: Option<Box<Verdict>>,
+    hold: Hold,
+    /// What `published` shows, kept inline so a tick compares without chasing the box.
+    shown: Shown,
     /// This tick: the entity's own state before hysteresis.
     observed: bool,
     raw_failing: bool,
@@ -142,16 +138,37 @@ struct Node {
     /// the host); and whether its held failure is that (named from inside).
     cut_off: bool,
     named_from_inside: bool,
-    hold: Hold,
     /// Held but not yet announced: children wait for it before announcing themselves.
     pending: bool,
-    /// Boxed: a verdict is hundreds of bytes, and a tick walks every node.
-    published: Option<Box<Verdict>>,
-    /// What `published` shows, kept inline so a tick compares without chasing the box.
-    shown: Shown,
-    /// The top failed ancestor (or self) as published this tick, for children.
-    failed_root: Option<EntityId>,
+    /// Whether the host is lossy seen from outside each enclosing entity (see `loss`).
+    lossy: PerLevel<bool>,
+    /// This tick, hosts only: its observers' views (a range of `Detector::views`).
+    views: std::ops::Range<u32>,
+    /// Hosts only: retransmissions and progress on the links of observers outside
+    /// each enclosing entity, pooled over `pooled_loss_fast_window` and decayed from
+    /// tick to tick, and this tick's over `loss_window`.
+    fast_loss: PerLevel<PooledLoss>,
+    loss: PerLevel<PooledLoss>,
+    /// This tick, hosts only: the host as seen from outside each of its enclosing
+    /// entities.
+    outside: PerLevel<Outside>,
+    /// This tick, racks and above: its hosts' loss pooled (see `gray`).
+    gray: gray::EntityLoss,
+    /// This tick, racks and above: the vote of its hosts.
+    vote: Vote,
+    /// Links to this host (hosts only): (observer, slot), sorted by observer.
+    links: Vec<(u16, SlotId)>,
 }
+
+/// The bytes of a host's node that building its views reads and writes: up to its
+/// pooled loss.
+const HOST_VIEWS_BYTES: usize =
+    std::mem::offset_of!(Node, loss) + size_of::<PerLevel<PooledLoss>>();
+/// The bytes of a host's node that judging it reads and writes: up to how it is seen
+/// from outside.
+const JUDGE_BYTES: usize = std::mem::offset_of!(Node, outside) + size_of::<PerLevel<Outside>>();
+/// The bytes of a node publishing reads of a host.
+const PUBLISH_BYTES: usize = std::mem::offset_of!(Node, fast_loss);
 
 /// The verdict engine.
 pub struct Detector {
@@ -519,6 +536,7 @@ impl Detector {
     /// Step 2: each live observer's view of each host, and what it tallies of where
     /// it stands (for step 3).
     fn host_views(&mut self, now: Duration) {
+        self.clear_gray();
         let cfg = &self.cfg;
         self.views.clear();
         let (now_ms, fresh_ms) = (views::ms(now), views::ms(cfg.fresh_evidence));
@@ -561,8 +579,9 @@ impl Detector {
             self.scan.matches(hosts, &self.nodes, &self.observers),
             "a change to a host's links did not invalidate the scan"
         );
-        for (i, &host) in hosts.iter().enumerate() {
-            self.prefetch_host(i + NODES_AHEAD);
+        for i in 0..self.by_level[Level::Host].len() {
+            self.prefetch_host(i + NODES_AHEAD, HOST_VIEWS_BYTES);
+            let host = self.by_level[Level::Host][i];
             let node = &mut self.nodes[host.index()];
             let start = u32::try_from(self.views.len()).expect("fewer than 2^32 views");
             let health_of = &self.health;
@@ -638,6 +657,7 @@ impl Detector {
                     || fast.is_lossy(2.0 * cfg.degraded_standout, cfg);
                 node.loss[level] = pooled;
             }
+            gray::pool(&mut self.nodes, host);
         }
         // Only observers with enough failing views can be cut off: tally them by level.
         let mut any = false;
@@ -734,7 +754,7 @@ impl Detector {
         // reach is known (see below).
         let mut newly_failing = std::mem::take(&mut self.newly_failing);
         for i in 0..self.by_level[Level::Host].len() {
-            self.prefetch_host(i + NODES_AHEAD);
+            self.prefetch_host(i + NODES_AHEAD, JUDGE_BYTES);
             let host = self.by_level[Level::Host][i];
             let node = &mut self.nodes[host.index()];
             outside_of(
@@ -970,21 +990,35 @@ impl Detector {
     /// failed, sampled after them, yet they crossed before the partition. Computed
     /// only in ticks where something fails.
     fn compute_reach(&mut self) {
-        self.reach_ms.clear();
-        self.reach_ms
-            .resize(self.observers.len(), PerLevel([NEVER_MS; 4]));
+        // The latest answer by how many levels its host is outside the observer
+        // (1–4), one store per view; each level then takes the latest of those
+        // outside it at least as far. (Taking every level in each view's own loop
+        // was a twentieth of a failing tick.)
+        let mut by_distance = vec![[NEVER_MS; 4]; self.observers.len()];
         for v in &self.views {
             let p = v.answered_ms();
-            if p == NEVER_MS {
+            if p == NEVER_MS || v.outside == 0 {
                 continue;
             }
-            let r = &mut self.reach_ms[usize::from(v.observer)];
-            for l in Level::ALL.into_iter().take(usize::from(v.outside)) {
-                if r[l] == NEVER_MS || p > r[l] {
-                    r[l] = p;
-                }
+            let latest =
+                &mut by_distance[usize::from(v.observer)][usize::from(v.outside.min(4)) - 1];
+            if *latest == NEVER_MS || p > *latest {
+                *latest = p;
             }
         }
+        self.reach_ms.clear();
+        self.reach_ms.extend(by_distance.iter().map(|d| {
+            let mut r = PerLevel([NEVER_MS; 4]);
+            let mut latest = NEVER_MS;
+            for l in Level::ALL.into_iter().rev() {
+                let p = d[l.index()];
+                if p != NEVER_MS && (latest == NEVER_MS || p > latest) {
+                    latest = p;
+                }
+                r[l] = latest;
+            }
+            r
+        }));
     }
 
     /// Step 6: top-down, decide what each entity shows and collect the changes.
@@ -992,6 +1026,9 @@ impl Detector {
         let mut changes = Vec::new();
         for level in Level::ALL.into_iter().rev() {
             for i in 0..self.by_level[level].len() {
+                if level == Level::Host {
+                    self.prefetch_host(i + NODES_AHEAD, PUBLISH_BYTES);
+                }
                 let id = self.by_level[level][i];
                 let (state, cause) = self.shown_state(id, now);
                 let node = &self.nodes[id.index()];
@@ -1145,11 +1182,12 @@ fn link_facts(
 const NODES_AHEAD: usize = 4;
 
 impl Detector {
-    /// Asks for the node of the `i`-th host, if there is one, ahead of reading it.
+    /// Asks for the first `bytes` of the node of the `i`-th host, if there is one,
+    /// ahead of reading them.
     #[inline(always)]
-    fn prefetch_host(&self, i: usize) {
+    fn prefetch_host(&self, i: usize, bytes: usize) {
         if let Some(&host) = self.by_level[Level::Host].get(i) {
-            scan::prefetch_all(&self.nodes[host.index()]);
+            scan::prefetch_bytes(&self.nodes[host.index()], bytes);
         }
     }
 }

@@ -121,14 +121,15 @@ fn prefetch<T>(value: &T) {
     prefetch_line(first.wrapping_add(size_of::<T>().saturating_sub(1)));
 }
 
-/// Asks for the cache lines of `value`, one every 64 bytes from its first: a host's
-/// node, a few hosts ahead of the one a pass over the hosts is at. Where it starts
-/// mid-line, the line of its last bytes is left to the hardware (asking for it too,
-/// tried with other changes, was not faster).
+/// Asks for the cache lines of the first `bytes` of `value` (at most all of it), one
+/// every 64 bytes from its first: the part of a host's node a pass reads, a few hosts
+/// ahead of the one it is at. Where `value` starts mid-line, the line of its last
+/// bytes is left to the hardware (asking for it too, tried with other changes, was not
+/// faster).
 #[inline(always)]
-pub(super) fn prefetch_all<T>(value: &T) {
+pub(super) fn prefetch_bytes<T>(value: &T, bytes: usize) {
     let first = std::ptr::from_ref(value).cast::<i8>();
-    for offset in (0..size_of::<T>()).step_by(64) {
+    for offset in (0..bytes.min(size_of::<T>())).step_by(64) {
         prefetch_line(first.wrapping_add(offset));
     }
 }
