@@ -299,8 +299,86 @@ impl LinkHealth {
 
     /// [`Self::observe`] at `now_ms` on the detector's clock, with memoized decay
     /// weights, for the detector's hot loop.
-    #[inline]
+    #[inline(always)]
     pub(super) fn observe_with(
+        &mut self,
+        delta: &LinkDelta,
+        now_ms: u64,
+        cfg: &DetectorConfig,
+        weights: &mut DecayWeights,
+    ) {
+        if !self.observe_delivering(delta, now_ms, cfg, weights) {
+            self.observe_any(delta, now_ms, cfg, weights);
+        }
+    }
+
+    /// [`Self::observe_any`] for what nearly every observation of a fleet is, in
+    /// fewer steps: a link that delivers both ways and lost nothing this tick. False,
+    /// and nothing changed, for any other. The two must agree exactly (see the test
+    /// `the_delivering_path_agrees_with_the_general_one`): at 100k links this path
+    /// is a tenth of a tick.
+    #[inline(always)]
+    fn observe_delivering(
+        &mut self,
+        delta: &LinkDelta,
+        now_ms: u64,
+        cfg: &DetectorConfig,
+        weights: &mut DecayWeights,
+    ) -> bool {
+        let c = &delta.counters;
+        let lost = c.retrans_segs
+            | c.rto_timeouts
+            | c.syn_retrans
+            | c.failed_connects
+            | c.resets_rx
+            | c.repeat_timeouts
+            | c.control_retrans_segs
+            | c.control_timeouts;
+        // Both ways: our data acknowledged, or (where ACKs are not counted) anything
+        // received.
+        let both_ways = c.acked_segs > 0 || (!self.acks_counted && c.progress_segs > 0);
+        if lost != 0 || !both_ways {
+            return false;
+        }
+        let stamp = Stamp(now_ms.min(u64::MAX - 1));
+        let previous = self.last_evidence;
+        self.last_evidence = stamp;
+        self.last = LastTick {
+            progress: narrow32(c.progress_segs),
+            retrans: 0,
+            acked: narrow16(c.acked_segs),
+            control_progress: narrow16(c.control_progress_segs),
+            rto: 0,
+            syn_retrans: 0,
+            failed_connects: 0,
+            resets: 0,
+        };
+        self.acks_counted |= c.acked_segs > 0;
+        self.two_way_lag_ms = 0;
+        self.answer_lead_ms = answer_age_ms(delta, self.rtt_recent_us);
+        self.last_progress = stamp;
+        self.stall_since = Stamp::NEVER;
+        self.stall_hard = 0;
+        self.stall_retrans = 0;
+        let w = if previous == Stamp::NEVER {
+            0.0
+        } else {
+            weights.for_dt(stamp.0.saturating_sub(previous.0), cfg).loss
+        };
+        #[expect(clippy::cast_precision_loss)]
+        {
+            self.retrans = self.retrans * w + 0.0;
+            self.progress = self.progress * w + c.progress_segs_but_heartbeats() as f32;
+        }
+        if let Some(rtt) = delta.rtt_p50_us {
+            self.observe_rtt(rtt, stamp, cfg, weights);
+        }
+        true
+    }
+
+    /// [`Self::observe_with`] for any observation.
+    #[inline(never)]
+    fn observe_any(
         &mut self,
         delta: &LinkDelta,
         now_ms: u64,
@@ -686,6 +764,107 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    /// Small deterministic RNG (xorshift64*), for the agreement test below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+        }
+
+        /// One of `values`, or 0 most of the time.
+        fn sometimes(&mut self, values: u64) -> u64 {
+            if self.below(3) == 0 {
+                self.below(values)
+            } else {
+                0
+            }
+        }
+    }
+
+    /// Any observation at all: loss, timeouts, resets, heartbeats, ACKs or none, an
+    /// RTT or none, kernel dates or none.
+    fn any_delta(rng: &mut Rng) -> LinkDelta {
+        let progress = rng.sometimes(200);
+        LinkDelta {
+            counters: LinkCounters {
+                progress_segs: progress,
+                acked_segs: rng.sometimes(100),
+                retrans_segs: rng.sometimes(4),
+                rto_timeouts: rng.sometimes(3),
+                syn_retrans: rng.sometimes(2),
+                failed_connects: rng.sometimes(2),
+                resets_rx: rng.sometimes(2),
+                repeat_timeouts: rng.sometimes(3),
+                control_retrans_segs: rng.sometimes(2),
+                control_progress_segs: rng.sometimes(progress + 1),
+                control_timeouts: rng.sometimes(2),
+            },
+            rtt_p50_us: (rng.below(4) > 0).then(|| 100 + rng.below(200_000)),
+            silent_ms: (rng.below(2) == 0).then(|| u32::try_from(rng.below(2000)).unwrap_or(0)),
+            acked_age_ms: (rng.below(2) == 0).then(|| u32::try_from(rng.below(300)).unwrap_or(0)),
+        }
+    }
+
+    /// What a delivering link reports: something received, our data acknowledged or
+    /// ACKs not counted, nothing lost.
+    fn delivering_delta(rng: &mut Rng) -> LinkDelta {
+        let progress = rng.below(300);
+        LinkDelta {
+            counters: LinkCounters {
+                progress_segs: progress,
+                acked_segs: rng.sometimes(100_000),
+                control_progress_segs: rng.sometimes(progress + 1),
+                ..LinkCounters::default()
+            },
+            rtt_p50_us: (rng.below(4) > 0).then(|| 100 + rng.below(200_000)),
+            silent_ms: None,
+            acked_age_ms: (rng.below(2) == 0)
+                .then(|| u32::try_from(rng.below(70_000)).unwrap_or(0)),
+        }
+    }
+
+    #[test]
+    fn the_delivering_path_agrees_with_the_general_one() {
+        let cfg = DetectorConfig::default();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let (mut taken, mut declined) = (0, 0);
+        for _ in 0..200 {
+            let mut link = LinkHealth::default();
+            let mut weights = DecayWeights::default();
+            let mut now_ms = rng.below(1000);
+            for _ in 0..60 {
+                // Mostly a tick apart, sometimes the same moment or a long gap.
+                now_ms += [0, 100, 100, 100, 37, 5000][usize::try_from(rng.below(6)).unwrap_or(0)];
+                let d = if rng.below(2) == 0 {
+                    delivering_delta(&mut rng)
+                } else {
+                    any_delta(&mut rng)
+                };
+                let before = format!("{link:?}");
+                let (mut fast, mut fast_weights) = (link.clone(), weights);
+                let took = fast.observe_delivering(&d, now_ms, &cfg, &mut fast_weights);
+                link.observe_any(&d, now_ms, &cfg, &mut weights);
+                if took {
+                    taken += 1;
+                    assert_eq!(format!("{fast:?}"), format!("{link:?}"), "after {d:?}");
+                } else {
+                    // Declined: it changed nothing, and the general path runs.
+                    declined += 1;
+                    assert_eq!(format!("{fast:?}"), before, "declining {d:?}");
+                }
+            }
+        }
+        // Both paths were exercised, many times.
+        assert!(
+            taken > 1000 && declined > 1000,
+            "taken {taken}, declined {declined}"
+        );
     }
 
     #[test]
