@@ -149,6 +149,11 @@ struct Node {
     /// tick to tick, and this tick's over `loss_window`.
     fast_loss: PerLevel<PooledLoss>,
     loss: PerLevel<PooledLoss>,
+    /// This tick, hosts only: how many views see the host healthy, by how many levels
+    /// they are outside it; None if some view sees it failing or degraded. Counted as
+    /// the views are built, so that judging a host every view sees healthy (most
+    /// hosts, most ticks) reads none of them.
+    healthy_reached: Option<[u32; 5]>,
     /// This tick, hosts only: the host as seen from outside each of its enclosing
     /// entities.
     outside: PerLevel<Outside>,
@@ -160,10 +165,10 @@ struct Node {
     links: Vec<(u16, SlotId)>,
 }
 
-/// The bytes of a host's node that building its views reads and writes: up to its
-/// pooled loss.
+/// The bytes of a host's node that building its views reads and writes: up to what
+/// they see of it.
 const HOST_VIEWS_BYTES: usize =
-    std::mem::offset_of!(Node, loss) + size_of::<PerLevel<PooledLoss>>();
+    std::mem::offset_of!(Node, healthy_reached) + size_of::<Option<[u32; 5]>>();
 /// The bytes of a host's node that judging it reads and writes: up to how it is seen
 /// from outside.
 const JUDGE_BYTES: usize = std::mem::offset_of!(Node, outside) + size_of::<PerLevel<Outside>>();
@@ -589,6 +594,7 @@ impl Detector {
             // bucketed in `outside_of`); each level sums the buckets above it.
             let mut loss_outside = [PooledLoss::default(); 5];
             let mut fresh_loss_outside = [PooledLoss::default(); 5];
+            let (mut healthy, mut all_healthy) = ([0; 5], true);
             for chunk in self
                 .scan
                 .host(i, health_of)
@@ -641,10 +647,13 @@ impl Detector {
                 o.reach_loss[reach].add(loss);
                 loss_outside[reach].add(loss);
                 fresh_loss_outside[reach].add(fresh_loss);
+                healthy[reach] += u32::from(view.status == LinkStatus::Healthy);
+                all_healthy &= view.status < LinkStatus::Degraded;
                 o.count(view);
                 self.views.push(view);
             }
             node.views = start..u32::try_from(self.views.len()).expect("fewer than 2^32 views");
+            node.healthy_reached = all_healthy.then_some(healthy);
             let (mut pooled, mut added) = (PooledLoss::default(), PooledLoss::default());
             for level in Level::ALL.into_iter().rev() {
                 pooled.add(loss_outside[level.index() + 1]);
@@ -762,7 +771,7 @@ impl Detector {
                 &self.views[range(&node.views)],
                 &node.around,
                 &self.observers,
-                plain,
+                (plain, node.healthy_reached),
                 &self.cfg,
             );
             for level in Level::ALL {
@@ -1261,16 +1270,17 @@ fn ids(around: &PerLevel<Option<EntityId>>) -> [u32; 4] {
 /// buckets above it. Witnesses need every level's onset first, so they are counted in
 /// a second pass, and only when something fails. `plain`: every observer judges
 /// everywhere ([`Observer::judges_everywhere`]), so a host every view sees healthy
-/// (most hosts, most ticks) is only counted.
+/// (most hosts, most ticks: `healthy_reached`, counted as its views were built) is
+/// judged without reading its views.
 fn outside_of(
     out: &mut PerLevel<Outside>,
     views: &[View],
     around: &PerLevel<Option<EntityId>>,
     observers: &[Observer],
-    plain: bool,
+    (plain, healthy_reached): (bool, Option<[u32; 5]>),
     cfg: &DetectorConfig,
 ) {
-    if plain && let Some(reached) = healthy_by_distance(views) {
+    if plain && let Some(reached) = healthy_reached {
         let mut acc = 0;
         for level in Level::ALL.into_iter().rev() {
             acc += reached[level.index() + 1];
@@ -1313,20 +1323,6 @@ fn outside_of(
             }
         }
     }
-}
-
-/// How many views see the host healthy, by how many levels they are outside; None
-/// if some view sees it failing or degraded.
-fn healthy_by_distance(views: &[View]) -> Option<[u32; 5]> {
-    let mut reached = [0; 5];
-    for v in views {
-        match v.status {
-            LinkStatus::Unknown => {}
-            LinkStatus::Healthy => reached[usize::from(v.outside)] += 1,
-            LinkStatus::Degraded | LinkStatus::Failed => return None,
-        }
-    }
-    Some(reached)
 }
 
 fn is_within(topology: &Topology, mut e: EntityId, ancestor: EntityId) -> bool {
