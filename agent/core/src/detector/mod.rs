@@ -197,8 +197,11 @@ pub struct Detector {
     /// Every host's links end to end, in the order a tick reads them.
     scan: scan::LinkScan,
     /// Per observer and level, this tick: the latest progress from outside its own
-    /// entity at that level (`compute_reach`), when something fails.
+    /// entity at that level (`work_out_reach`), when something fails.
     reach_ms: Vec<PerLevel<u64>>,
+    /// Something fails this tick and `reach_ms` is not worked out yet: it is, when
+    /// first asked for (most failing ticks ask for none: their failures are held).
+    reach_due: bool,
     /// Every (observer, host) view of this tick, host after host: one sequential
     /// buffer rather than a vector per host, which at 100k views missed the cache.
     views: Vec<View>,
@@ -247,6 +250,7 @@ impl Detector {
             silent_watch: Vec::new(),
             views: Vec::new(),
             reach_ms: Vec::new(),
+            reach_due: false,
             link_index: FxHashMap::default(),
             hints: Vec::new(),
             weights: link::DecayWeights::default(),
@@ -787,10 +791,10 @@ impl Detector {
                 self.settle_host(host, from_outside, now);
             }
         }
-        if something_fails {
-            self.compute_reach();
-        } else {
-            self.reach_ms.clear();
+        self.reach_ms.clear();
+        self.reach_due = something_fails;
+        if !newly_failing.is_empty() {
+            self.work_out_reach();
         }
         for &host in &newly_failing {
             // Raised only by observers that still reach elsewhere (see
@@ -882,6 +886,7 @@ impl Detector {
                 {
                     // Count again by observer, only with observers that still reach
                     // elsewhere.
+                    self.work_out_reach();
                     let vote = self.vote_of_reaching_observers(id, level, now);
                     let recounted = rollup::judge(&vote, &self.totals, &self.cfg);
                     if recounted == Outcome::Failed {
@@ -919,15 +924,20 @@ impl Detector {
     fn vote_of_reaching_observers(&self, e: EntityId, level: Level, now: Duration) -> Vote {
         let cfg = &self.cfg;
         let hosts = &self.by_level[Level::Host];
-        let inside = |h: EntityId| self.nodes[h.index()].around[level] == Some(e);
+        // Its hosts, found in one pass over every host's node (each pass reads a
+        // line of all 10k of them).
+        let members: Vec<EntityId> = hosts
+            .iter()
+            .copied()
+            .filter(|h| self.nodes[h.index()].around[level] == Some(e))
+            .collect();
         let counts = |v: &View, around: &PerLevel<Option<EntityId>>| {
             v.status == LinkStatus::Failed
                 && usize::from(v.outside) > level.index()
                 && self.observers[usize::from(v.observer)].may_judge(around)
         };
-        let onset = hosts
+        let onset = members
             .iter()
-            .filter(|&&h| inside(h))
             .map(|&h| self.nodes[h.index()].outside[level].first_loss_ms)
             .min()
             .unwrap_or(NEVER_MS);
@@ -940,9 +950,8 @@ impl Detector {
         // The observers that see at least min_failed_hosts of e's hosts fail (one view
         // per observer and host): sorted and counted in runs, since a site's vote may
         // hold thousands of views from as many observers.
-        let mut failing_views: Vec<u16> = hosts
+        let mut failing_views: Vec<u16> = members
             .iter()
-            .filter(|&&h| inside(h))
             .flat_map(|&h| reaching(h).map(|v| v.observer))
             .collect();
         failing_views.sort_unstable();
@@ -957,7 +966,7 @@ impl Detector {
             u32::try_from(strong).unwrap_or(u32::MAX) >= cfg.min_observers;
         let mut vote = self.nodes[e.index()].vote;
         vote.clear_failed();
-        for &h in hosts.iter().filter(|&&h| inside(h)) {
+        for &h in &members {
             let node = &self.nodes[h.index()];
             let outside = &node.outside[level];
             let mut counted = false;
@@ -996,9 +1005,13 @@ impl Detector {
     /// entity at that level, dated when it crossed the path at the latest
     /// ([`View::answered_ms`]), not by the sample that showed it: the far sites' last
     /// ACKs reach an observer inside a partition after its nearest site's links have
-    /// failed, sampled after them, yet they crossed before the partition. Computed
-    /// only in ticks where something fails.
-    fn compute_reach(&mut self) {
+    /// failed, sampled after them, yet they crossed before the partition. Worked out
+    /// once in a tick where something fails, when first asked for; left empty (no
+    /// observer reaches anything after anything) in one where nothing does.
+    fn work_out_reach(&mut self) {
+        if !std::mem::take(&mut self.reach_due) {
+            return;
+        }
         // The latest answer by how many levels its host is outside the observer
         // (1–4), one store per view; each level then takes the latest of those
         // outside it at least as far. (Taking every level in each view's own loop
