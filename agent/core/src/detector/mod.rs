@@ -225,6 +225,9 @@ pub struct Detector {
     cut_off_entities: Vec<EntityId>,
     /// Scratch for `judge_hosts`, kept to reuse its allocation.
     newly_failing: Vec<EntityId>,
+    /// This tick: the hosts some view from outside sees failing, in host order. A
+    /// failing entity's recount looks among these, not among every host.
+    failing_hosts: Vec<EntityId>,
     /// Scratch for `gray`: entities to compare with elsewhere and the bars they
     /// face, their hosts, per observer its loss to one entity and how far it is,
     /// and the observers seen.
@@ -267,6 +270,7 @@ impl Detector {
             gray_scratch: Vec::new(),
             gray_seen: Vec::new(),
             newly_failing: Vec::new(),
+            failing_hosts: Vec::new(),
         };
         for (i, e) in topology.entities().iter().enumerate() {
             let id = EntityId(u32::try_from(i).expect("< 2^32 entities"));
@@ -763,6 +767,7 @@ impl Detector {
         }
         let plain = self.observers.iter().all(Observer::judges_everywhere);
         let mut something_fails = false;
+        self.failing_hosts.clear();
         // Hosts failing from outside and not yet held: judged once every observer's
         // reach is known (see below).
         let mut newly_failing = std::mem::take(&mut self.newly_failing);
@@ -781,7 +786,10 @@ impl Detector {
             for level in Level::ALL {
                 node.outside[level].blame.lossy = node.lossy[level];
             }
-            something_fails |= node.outside[Level::Host].failing > 0;
+            if node.outside[Level::Host].failing > 0 {
+                something_fails = true;
+                self.failing_hosts.push(host);
+            }
             self.vote(host, now);
             let node = &self.nodes[host.index()];
             let from_outside = node.outside[Level::Host].status(now, &self.cfg);
@@ -923,10 +931,10 @@ impl Detector {
     /// (see `rollup`). Runs only for an entity whose plain vote fails or may.
     fn vote_of_reaching_observers(&self, e: EntityId, level: Level, now: Duration) -> Vote {
         let cfg = &self.cfg;
-        let hosts = &self.by_level[Level::Host];
-        // Its hosts, found in one pass over every host's node (each pass reads a
-        // line of all 10k of them).
-        let members: Vec<EntityId> = hosts
+        // Its hosts that some view from outside sees failing: no other has a view
+        // that counts here (failing, from outside `e`), nor a first loss.
+        let members: Vec<EntityId> = self
+            .failing_hosts
             .iter()
             .copied()
             .filter(|h| self.nodes[h.index()].around[level] == Some(e))
