@@ -124,13 +124,19 @@ pub(super) fn agreeing(d: &Detector, id: EntityId, state: State, now: Duration) 
         _ => st != LinkStatus::Unknown,
     };
     let mut observers = BTreeSet::new();
+    let inside = |h: &EntityId| d.nodes[h.index()].around[level] == Some(id);
     let hosts: Vec<EntityId> = if level == Level::Host {
         vec![id]
-    } else if state == State::Failed || state == State::Degraded {
+    } else if state == State::Failed {
+        // Only a host some view from outside sees failing has a view that supports
+        // a failure from outside the entity: found among those, not among every
+        // host (a held failure is asked this every tick).
+        d.failing_hosts.iter().copied().filter(inside).collect()
+    } else if state == State::Degraded {
         d.by_level[Level::Host]
             .iter()
             .copied()
-            .filter(|&h| d.nodes[h.index()].around[level] == Some(id))
+            .filter(inside)
             .collect()
     } else {
         Vec::new()

@@ -226,7 +226,8 @@ pub struct Detector {
     /// Scratch for `judge_hosts`, kept to reuse its allocation.
     newly_failing: Vec<EntityId>,
     /// This tick: the hosts some view from outside sees failing, in host order. A
-    /// failing entity's recount looks among these, not among every host.
+    /// failing entity's recount, and the observers agreeing on its failure, are
+    /// looked for among these, not among every host.
     failing_hosts: Vec<EntityId>,
     /// Scratch for `gray`: entities to compare with elsewhere and the bars they
     /// face, their hosts, per observer its loss to one entity and how far it is,
