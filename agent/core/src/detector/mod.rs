@@ -113,11 +113,12 @@ impl Default for Shown {
 /// A link's place in the slot arena.
 type SlotId = u32;
 
-/// One entity's state. Laid out by pass, each part a run of whole cache lines from
-/// the start (a tick walks 10k host nodes three times, and each pass asks for only the
-/// lines it reads: [`HOST_VIEWS_BYTES`], [`JUDGE_BYTES`]): first what every pass reads
-/// (publishing reads nothing else of a host), then the loss the views build, then the
-/// host seen from outside, then what only racks and above use.
+/// One entity's state, laid out by pass: a tick walks 10k host nodes three times,
+/// and each pass asks ahead for the lines from the start that it reads of a host
+/// ([`PUBLISH_BYTES`], [`HOST_VIEWS_BYTES`], [`JUDGE_BYTES`]: 2, 4 and 8 of its 12 lines).
+/// First what every pass reads (publishing reads nothing else of a host), then what
+/// building the views writes, then the host seen from outside, then what only racks
+/// and above use.
 #[derive(Default)]
 #[repr(C, align(64))]
 struct Node {
