@@ -149,8 +149,7 @@ impl Detector {
     }
 
     /// Step 4½: each rack, cabinet and site judged on its hosts' pooled loss (pooled
-    /// as the views were built, [`pool`]); sets `lossy` in its vote for
-    /// the roll-up.
+    /// as the views were built, [`pool`]); sets `lossy` in its vote for the roll-up.
     pub(super) fn judge_gray(&mut self, now: Duration) {
         let now_ms = views::ms(now);
         for (k, level) in ABOVE.into_iter().enumerate().skip(1) {

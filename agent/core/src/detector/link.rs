@@ -747,6 +747,7 @@ impl LinkHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::tests::Rng;
 
     fn delta(progress: u64, retrans: u64, rto: u64) -> LinkDelta {
         LinkDelta {
@@ -766,66 +767,54 @@ mod tests {
         Duration::from_millis(v)
     }
 
-    /// Small deterministic RNG (xorshift64*), for the agreement test below.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-        }
-
-        /// One of `values`, or 0 most of the time.
-        fn sometimes(&mut self, values: u64) -> u64 {
-            if self.below(3) == 0 {
-                self.below(values)
-            } else {
-                0
-            }
+    /// One of `0..values`, or 0 two times in three.
+    fn sometimes(rng: &mut Rng, values: u64) -> u64 {
+        if rng.below(3) == 0 {
+            rng.below(values)
+        } else {
+            0
         }
     }
 
-    /// Any observation at all: loss, timeouts, resets, heartbeats, ACKs or none, an
-    /// RTT or none, kernel dates or none.
+    /// Any observation at all: loss, timeouts, resets, heartbeats, ACKs or none (up
+    /// to past what a stored count holds), an RTT or none, kernel dates or none.
     fn any_delta(rng: &mut Rng) -> LinkDelta {
-        let progress = rng.sometimes(200);
+        let progress = sometimes(rng, 300);
         LinkDelta {
             counters: LinkCounters {
                 progress_segs: progress,
-                acked_segs: rng.sometimes(100),
-                retrans_segs: rng.sometimes(4),
-                rto_timeouts: rng.sometimes(3),
-                syn_retrans: rng.sometimes(2),
-                failed_connects: rng.sometimes(2),
-                resets_rx: rng.sometimes(2),
-                repeat_timeouts: rng.sometimes(3),
-                control_retrans_segs: rng.sometimes(2),
-                control_progress_segs: rng.sometimes(progress + 1),
-                control_timeouts: rng.sometimes(2),
+                acked_segs: sometimes(rng, 100_000),
+                retrans_segs: sometimes(rng, 4),
+                rto_timeouts: sometimes(rng, 3),
+                syn_retrans: sometimes(rng, 2),
+                failed_connects: sometimes(rng, 2),
+                resets_rx: sometimes(rng, 2),
+                repeat_timeouts: sometimes(rng, 3),
+                control_retrans_segs: sometimes(rng, 2),
+                control_progress_segs: sometimes(rng, progress + 1),
+                control_timeouts: sometimes(rng, 2),
             },
             rtt_p50_us: (rng.below(4) > 0).then(|| 100 + rng.below(200_000)),
             silent_ms: (rng.below(2) == 0).then(|| u32::try_from(rng.below(2000)).unwrap_or(0)),
-            acked_age_ms: (rng.below(2) == 0).then(|| u32::try_from(rng.below(300)).unwrap_or(0)),
+            acked_age_ms: (rng.below(2) == 0)
+                .then(|| u32::try_from(rng.below(70_000)).unwrap_or(0)),
         }
     }
 
-    /// What a delivering link reports: something received, our data acknowledged or
-    /// ACKs not counted, nothing lost.
+    /// What a delivering link reports: [`any_delta`] with nothing lost and no stall
+    /// to date.
     fn delivering_delta(rng: &mut Rng) -> LinkDelta {
-        let progress = rng.below(300);
+        let d = any_delta(rng);
+        let c = d.counters;
         LinkDelta {
             counters: LinkCounters {
-                progress_segs: progress,
-                acked_segs: rng.sometimes(100_000),
-                control_progress_segs: rng.sometimes(progress + 1),
+                progress_segs: c.progress_segs,
+                acked_segs: c.acked_segs,
+                control_progress_segs: c.control_progress_segs,
                 ..LinkCounters::default()
             },
-            rtt_p50_us: (rng.below(4) > 0).then(|| 100 + rng.below(200_000)),
             silent_ms: None,
-            acked_age_ms: (rng.below(2) == 0)
-                .then(|| u32::try_from(rng.below(70_000)).unwrap_or(0)),
+            ..d
         }
     }
 

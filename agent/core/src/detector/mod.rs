@@ -1025,7 +1025,7 @@ impl Detector {
         // The latest answer by how many levels its host is outside the observer
         // (1–4), one store per view; each level then takes the latest of those
         // outside it at least as far. (Taking every level in each view's own loop
-        // was a twentieth of a failing tick.)
+        // was about 3 % of a failing tick's instructions.)
         let mut by_distance = vec![[NEVER_MS; 4]; self.observers.len()];
         for v in &self.views {
             let p = v.answered_ms();

@@ -65,8 +65,9 @@ enum Fault {
     Dark,
 }
 
-/// Small deterministic RNG (xorshift64*), so tests need no seed plumbing.
-struct Rng(u64);
+/// Small deterministic RNG (xorshift64*), so tests need no seed plumbing; shared
+/// with the detector's other test modules.
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -76,7 +77,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
