@@ -1,6 +1,12 @@
 //! The verdict hub: the latest verdict of every entity, a numbered history of recent
 //! changes, and a broadcast of new ones.
 //!
+//! The history is bounded by its count of changes and by their size on the wire: a
+//! change carries its evidence (up to `max_evidence` links). In the lab a change held
+//! ~3.3 KiB of heap (heaptrack), so 4096 of them would hold 13 MiB, more with fuller
+//! evidence, and the agents' RSS climbed 16 → 25 MiB over a 50-minute bench on the
+//! way there: bounded, but it looks like a leak to whoever watches it.
+//!
 //! The detector publishes here and never waits: subscribers read from a bounded
 //! broadcast, and one that falls behind is told so (it then takes a fresh snapshot,
 //! which holds the latest state of every entity, so nothing that matters is lost).
@@ -11,6 +17,7 @@ use std::{
 };
 
 use faultline_proto::v1 as pb;
+use prost::Message as _;
 use tokio::sync::broadcast;
 
 use super::convert;
@@ -44,6 +51,8 @@ struct State {
     latest: BTreeMap<String, Numbered>,
     /// The most recent changes, oldest first.
     history: VecDeque<Numbered>,
+    /// Their wire forms' encoded size, summed.
+    history_bytes: usize,
 }
 
 /// Shared by the run loop (publisher) and the gRPC services (subscribers).
@@ -51,23 +60,27 @@ pub struct Hub {
     state: Mutex<State>,
     live: broadcast::Sender<Numbered>,
     history_len: usize,
+    history_bytes: usize,
     /// Wall-clock time of the detector's zero, for the wire form's timestamps.
     epoch: SystemTime,
 }
 
 impl Hub {
-    /// `history_len`: changes kept for resuming; `backlog`: changes a subscriber may
-    /// fall behind before it is switched to a snapshot.
-    pub fn new(history_len: usize, backlog: usize, epoch: SystemTime) -> Self {
+    /// `history`: at most this many changes, of at most this many bytes on the wire,
+    /// kept for resuming (the newest change is always kept); `backlog`: changes a
+    /// subscriber may fall behind before it is switched to a snapshot.
+    pub fn new(history: (usize, usize), backlog: usize, epoch: SystemTime) -> Self {
         let (live, _) = broadcast::channel(backlog.max(1));
         Self {
             state: Mutex::new(State {
                 sequence: 0,
                 latest: BTreeMap::new(),
                 history: VecDeque::new(),
+                history_bytes: 0,
             }),
             live,
-            history_len,
+            history_len: history.0,
+            history_bytes: history.1,
             epoch,
         }
     }
@@ -106,9 +119,15 @@ impl Hub {
             state
                 .latest
                 .insert(v.entity.service_name(), numbered.clone());
+            state.history_bytes += numbered.wire.encoded_len();
             state.history.push_back(numbered.clone());
-            if state.history.len() > self.history_len {
-                state.history.pop_front();
+            while state.history.len() > self.history_len.max(1)
+                || (state.history_bytes > self.history_bytes && state.history.len() > 1)
+            {
+                let Some(oldest) = state.history.pop_front() else {
+                    break;
+                };
+                state.history_bytes -= oldest.wire.encoded_len();
             }
             // No receivers is fine: nobody is watching yet.
             let _ = self.live.send(numbered);
@@ -185,7 +204,7 @@ mod tests {
 
     #[test]
     fn resume_within_history_and_snapshot_beyond_it() {
-        let hub = Hub::new(3, 16, SystemTime::UNIX_EPOCH);
+        let hub = Hub::new((3, usize::MAX), 16, SystemTime::UNIX_EPOCH);
         for i in 0..5 {
             hub.publish(&[verdict(&format!("r{i}"), VState::Failed)]);
         }
@@ -215,8 +234,41 @@ mod tests {
     }
 
     #[test]
+    fn the_history_keeps_to_its_bytes_as_well_as_its_count() {
+        let one = |i: usize| verdict(&format!("r{i:02}"), VState::Failed);
+        let size = convert::verdict(&one(0), SystemTime::UNIX_EPOCH).encoded_len();
+        // Room for three changes by bytes, a hundred by count.
+        let hub = Hub::new((100, 3 * size + size / 2), 16, SystemTime::UNIX_EPOCH);
+        for i in 0..10 {
+            hub.publish(&[one(i)]);
+        }
+        match hub.subscribe(Some(7), None).0 {
+            Start::Resume(missed) => assert_eq!(
+                missed.iter().map(|n| n.sequence).collect::<Vec<_>>(),
+                [8, 9, 10]
+            ),
+            Start::Snapshot { .. } => panic!("8, 9 and 10 fit in the bytes"),
+        }
+        // Change 7 was dropped for its bytes: a snapshot, every entity in it.
+        match hub.subscribe(Some(6), None).0 {
+            Start::Snapshot { sequence, verdicts } => {
+                assert_eq!((sequence, verdicts.len()), (10, 10));
+            }
+            Start::Resume(_) => panic!("7 no longer fits"),
+        }
+        // A change bigger than the whole budget is still kept, alone.
+        let tiny = Hub::new((100, 1), 16, SystemTime::UNIX_EPOCH);
+        tiny.publish(&[one(0), one(1)]);
+        assert!(matches!(tiny.subscribe(Some(1), None).0, Start::Resume(m) if m.len() == 1));
+        assert!(matches!(
+            tiny.subscribe(Some(0), None).0,
+            Start::Snapshot { .. }
+        ));
+    }
+
+    #[test]
     fn latest_state_per_entity_survives() {
-        let hub = Hub::new(2, 2, SystemTime::UNIX_EPOCH);
+        let hub = Hub::new((2, usize::MAX), 2, SystemTime::UNIX_EPOCH);
         hub.publish(&[
             verdict("a", VState::Failed),
             verdict("b", VState::Failed),
@@ -230,7 +282,7 @@ mod tests {
 
     #[test]
     fn forgotten_entities_leave_the_snapshot() {
-        let hub = Hub::new(8, 8, SystemTime::UNIX_EPOCH);
+        let hub = Hub::new((8, usize::MAX), 8, SystemTime::UNIX_EPOCH);
         hub.publish(&[verdict("a", VState::Healthy), verdict("b", VState::Unknown)]);
         let b = hub.latest("rack/b").unwrap().entity.clone();
         hub.forget(&[b]);

@@ -40,8 +40,11 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Buffer sizes of the feed; the defaults suit thousands of subscribers.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedLimits {
-    /// Changes kept so a reconnecting client can resume without a snapshot.
+    /// Changes kept so a reconnecting client can resume without a snapshot …
     pub history: usize,
+    /// … and at most this many bytes of them on the wire (a client resuming past
+    /// them gets a snapshot, which loses nothing).
+    pub history_bytes: usize,
     /// Changes a subscriber may fall behind before it gets a snapshot instead.
     pub backlog: usize,
     /// Messages queued towards one client.
@@ -56,6 +59,7 @@ impl Default for FeedLimits {
     fn default() -> Self {
         Self {
             history: 4096,
+            history_bytes: 1 << 20,
             backlog: 1024,
             queue: 64,
             connections: 1024,
@@ -112,7 +116,11 @@ impl Feed {
         let counters = Arc::new(ServerCounters::default());
         let streams = StreamSlots::new(limits.streams.max(1), counters.clone());
         Self {
-            hub: Arc::new(Hub::new(limits.history, limits.backlog, epoch)),
+            hub: Arc::new(Hub::new(
+                (limits.history, limits.history_bytes),
+                limits.backlog,
+                epoch,
+            )),
             observations: Publisher::new(observer, 64, streams.clone()),
             topology: SharedTopology::new(topology),
             limits,
