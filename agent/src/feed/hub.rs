@@ -20,7 +20,7 @@ use faultline_proto::v1 as pb;
 use prost::Message as _;
 use tokio::sync::broadcast;
 
-use super::convert;
+use super::{FeedLimits, convert};
 use crate::detector::Verdict;
 
 /// A verdict change with its sequence number, and its wire form, converted once here
@@ -66,11 +66,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// `history`: at most this many changes, of at most this many bytes on the wire,
-    /// kept for resuming (the newest change is always kept); `backlog`: changes a
-    /// subscriber may fall behind before it is switched to a snapshot.
-    pub fn new(history: (usize, usize), backlog: usize, epoch: SystemTime) -> Self {
-        let (live, _) = broadcast::channel(backlog.max(1));
+    /// Keeps `limits.history` changes of at most `limits.history_bytes` on the wire
+    /// for resuming (the newest change always); a subscriber may fall
+    /// `limits.backlog` changes behind before it is switched to a snapshot.
+    pub fn new(limits: &FeedLimits, epoch: SystemTime) -> Self {
+        let (live, _) = broadcast::channel(limits.backlog.max(1));
         Self {
             state: Mutex::new(State {
                 sequence: 0,
@@ -79,8 +79,8 @@ impl Hub {
                 history_bytes: 0,
             }),
             live,
-            history_len: history.0,
-            history_bytes: history.1,
+            history_len: limits.history,
+            history_bytes: limits.history_bytes,
             epoch,
         }
     }
@@ -198,13 +198,22 @@ mod tests {
     use super::*;
     use crate::{detector::State as VState, topology::Level};
 
+    fn limits(history: usize, history_bytes: usize, backlog: usize) -> FeedLimits {
+        FeedLimits {
+            history,
+            history_bytes,
+            backlog,
+            ..FeedLimits::default()
+        }
+    }
+
     fn verdict(path: &str, state: VState) -> Verdict {
         Verdict::scripted(Level::Rack, path, state)
     }
 
     #[test]
     fn resume_within_history_and_snapshot_beyond_it() {
-        let hub = Hub::new((3, usize::MAX), 16, SystemTime::UNIX_EPOCH);
+        let hub = Hub::new(&limits(3, usize::MAX, 16), SystemTime::UNIX_EPOCH);
         for i in 0..5 {
             hub.publish(&[verdict(&format!("r{i}"), VState::Failed)]);
         }
@@ -238,7 +247,10 @@ mod tests {
         let one = |i: usize| verdict(&format!("r{i:02}"), VState::Failed);
         let size = convert::verdict(&one(0), SystemTime::UNIX_EPOCH).encoded_len();
         // Room for three changes by bytes, a hundred by count.
-        let hub = Hub::new((100, 3 * size + size / 2), 16, SystemTime::UNIX_EPOCH);
+        let hub = Hub::new(
+            &limits(100, 3 * size + size / 2, 16),
+            SystemTime::UNIX_EPOCH,
+        );
         for i in 0..10 {
             hub.publish(&[one(i)]);
         }
@@ -257,7 +269,7 @@ mod tests {
             Start::Resume(_) => panic!("7 no longer fits"),
         }
         // A change bigger than the whole budget is still kept, alone.
-        let tiny = Hub::new((100, 1), 16, SystemTime::UNIX_EPOCH);
+        let tiny = Hub::new(&limits(100, 1, 16), SystemTime::UNIX_EPOCH);
         tiny.publish(&[one(0), one(1)]);
         assert!(matches!(tiny.subscribe(Some(1), None).0, Start::Resume(m) if m.len() == 1));
         assert!(matches!(
@@ -268,7 +280,7 @@ mod tests {
 
     #[test]
     fn latest_state_per_entity_survives() {
-        let hub = Hub::new((2, usize::MAX), 2, SystemTime::UNIX_EPOCH);
+        let hub = Hub::new(&limits(2, usize::MAX, 2), SystemTime::UNIX_EPOCH);
         hub.publish(&[
             verdict("a", VState::Failed),
             verdict("b", VState::Failed),
@@ -282,7 +294,7 @@ mod tests {
 
     #[test]
     fn forgotten_entities_leave_the_snapshot() {
-        let hub = Hub::new((8, usize::MAX), 8, SystemTime::UNIX_EPOCH);
+        let hub = Hub::new(&limits(8, usize::MAX, 8), SystemTime::UNIX_EPOCH);
         hub.publish(&[verdict("a", VState::Healthy), verdict("b", VState::Unknown)]);
         let b = hub.latest("rack/b").unwrap().entity.clone();
         hub.forget(&[b]);

@@ -116,11 +116,7 @@ impl Feed {
         let counters = Arc::new(ServerCounters::default());
         let streams = StreamSlots::new(limits.streams.max(1), counters.clone());
         Self {
-            hub: Arc::new(Hub::new(
-                (limits.history, limits.history_bytes),
-                limits.backlog,
-                epoch,
-            )),
+            hub: Arc::new(Hub::new(&limits, epoch)),
             observations: Publisher::new(observer, 64, streams.clone()),
             topology: SharedTopology::new(topology),
             limits,
